@@ -1,0 +1,8 @@
+"""mitmproxy entry script: ``mitmdump -s addons/bundle.py --mode reverse:https://api.anthropic.com@8080``.
+
+Options are listed by ``mitmdump -s addons/bundle.py --options | grep flare_``.
+"""
+
+from mitmflare.bundle import make_addons
+
+addons = make_addons()

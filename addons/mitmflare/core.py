@@ -1,0 +1,183 @@
+"""State shared by the bundle's addons: the pool, the selector, the writer and flow contexts.
+
+Runs on the event loop; database work is handed to :class:`~.writer.DatabaseWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
+from .pool import AVAILABLE, Account, AccountPool
+from .ratelimits import Limits
+from .selection import Selector
+from .sse import UsageTap
+from .times import iso_utc
+from .writer import DatabaseWriter
+
+log = logging.getLogger("mitmflare")
+
+ACCOUNTS_SNAPSHOT_S = 5.0  # the `accounts` table is refreshed at most this often
+
+
+@dataclass
+class FlowContext:
+    """What mitmflare knows about one client request while it is in flight.
+
+    ``base_headers``: the request headers with every client credential removed, from which
+    each attempt's headers are made. ``attempts``: rows for the ``attempts`` table.
+    ``excluded``: accounts not to try again for this request. Times are epoch s.
+    """
+
+    flow_id: str
+    provider: str
+    started: float
+    client_session: str | None
+    model: str | None
+    user_agent: str | None
+    base_headers: http.Headers
+    stream: bool = False
+    account: Account | None = None
+    limits: Limits | None = None
+    same_account_retried: bool = False
+    attempt_started: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)
+    tap: UsageTap | None = None
+    ttfb: float | None = None
+    failover: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Core:
+    """The shared state. ``options`` mirrors the ``flare_*`` options as plain attributes."""
+
+    def __init__(self) -> None:
+        self.pool = AccountPool()
+        self.selector = Selector()
+        self.writer: DatabaseWriter | None = None
+        self.flows: dict[str, FlowContext] = {}
+        self.strategy = "session"
+        self.session_hours = 5.0
+        self.headroom = 0.95
+        self.max_cooldown_s = 6 * 3600.0
+        self.config_error: str | None = None
+        self.tokens: dict[str, dict[str, Any]] = {}  # OAuth token rows from flare_state
+        self._accounts_dirty = True
+        self._accounts_written = 0.0
+
+    # -- credentials ------------------------------------------------------------------------
+    def secret(self, account: Account) -> str | None:
+        """The credential to send for ``account``: its API key, or its OAuth access token
+        (the rotated one in ``flare_state`` when there is one). None when it has none."""
+        cfg = account.config
+        if cfg.api_key is not None:
+            return cfg.api_key
+        stored = self.tokens.get(cfg.name)
+        if stored and stored.get("access_token"):
+            return stored["access_token"]
+        return cfg.oauth.access_token if cfg.oauth else None
+
+    def on_account_added(self, account: Account) -> None:
+        """Called for each account that appears in the configuration."""
+        self._accounts_dirty = True
+
+    # -- persistence ------------------------------------------------------------------------
+    def put(self, kind: str, payload: Any) -> None:
+        if self.writer is not None:
+            self.writer.put(kind, payload)
+
+    def persist(self, account: Account) -> None:
+        """Queue the account's state for ``flare_state`` and mark the accounts table stale."""
+        self.put("state", {account.name: {"provider": account.provider,
+                                          **account.state.to_persisted()}})
+        self._accounts_dirty = True
+
+    def event(self, account: Account, event: str, reason: str = "", until: float = 0.0,
+              limits: Limits | None = None) -> None:
+        """Record an ``account_events`` row and log it."""
+        self.put("event", {"at": iso_utc(time.time()), "account": account.name, "event": event,
+                           "until": iso_utc(until), "reason": reason,
+                           "headers": json.dumps(limits.to_dict()) if limits else None})
+        log.info("account %s: %s%s%s", account.name, event, f" until {iso_utc(until)}"
+                 if until else "", f" ({reason})" if reason else "")
+
+    def snapshot_accounts(self, force: bool = False) -> None:
+        """Queue the `accounts` table rows when something changed (at most every 5 s)."""
+        now = time.time()
+        if not force and (not self._accounts_dirty or now - self._accounts_written < ACCOUNTS_SNAPSHOT_S):
+            return
+        self._accounts_dirty = False
+        self._accounts_written = now
+        self.put("accounts", [self.account_row(a, now) for a in self.pool.accounts.values()])
+
+    def account_row(self, account: Account, now: float) -> dict[str, Any]:
+        """The public (secret-free) row describing ``account`` for the `accounts` table."""
+        cfg, st = account.config, account.state
+        return {
+            "name": cfg.name, "provider": cfg.provider, "credential": cfg.credential_kind,
+            "base_url": cfg.upstream, "priority": cfg.priority, "weight": cfg.weight,
+            "paused": int(cfg.paused), "status": account.status(now),
+            "cooldown_until": iso_utc(st.cooldown_until) if st.cooldown_until > now else None,
+            "cooldown_reason": st.cooldown_reason if st.cooldown_until > now else None,
+            "needs_reauth": int(st.needs_reauth), "requests": st.requests,
+            "failures": st.failures, "last_used_at": iso_utc(st.last_used),
+            "limits": json.dumps(st.limits) if st.limits else None,
+            "token_expires_at": None, "last_refresh_at": None,
+            "updated_at": iso_utc(now),
+        }
+
+    # -- learning from answers --------------------------------------------------------------
+    def learn(self, account: Account, limits: Limits, now: float) -> None:
+        """Keep the latest limit snapshot and whether the account is near a limit."""
+        if not limits.present:
+            return
+        st = account.state
+        st.limits = limits.to_dict()
+        if limits.constrained(self.headroom, now):
+            resets = [w.reset for w in limits.windows.values() if w.reset and w.reset > now]
+            resets += [b.reset for b in limits.buckets.values() if b.reset and b.reset > now]
+            st.constrained_until = limits.unified_reset or (min(resets) if resets else now + 60)
+        else:
+            st.constrained_until = 0.0
+        self._accounts_dirty = True
+
+    def succeeded(self, account: Account) -> None:
+        """A good answer: the exponential cooldown starts again from its base."""
+        if account.state.backoff_s:
+            account.state.backoff_s = 0.0
+            self.persist(account)
+
+    def apply(self, account: Account, verdict: Verdict, model: str | None, limits: Limits | None,
+              now: float) -> None:
+        """Change the account's state as the verdict says and record what happened."""
+        st = account.state
+        st.failures += 1
+        until = verdict.cooldown_until
+        if verdict.backoff:
+            st.backoff_s = min(max(st.backoff_s * 2, BACKOFF_START_S), BACKOFF_MAX_S)
+            until = now + st.backoff_s
+        if until > now:
+            was = account.status(now)
+            st.cooldown_until = max(st.cooldown_until, until)
+            st.cooldown_reason = verdict.reason
+            if was == AVAILABLE or verdict.backoff:
+                self.event(account, "cooldown", verdict.reason, st.cooldown_until, limits)
+        if verdict.model_cooldown_until > now and model:
+            st.model_cooldowns[model] = verdict.model_cooldown_until
+            self.event(account, "model_cooldown", f"{verdict.reason} ({model})",
+                       verdict.model_cooldown_until, limits)
+        if verdict.needs_reauth and not st.needs_reauth:
+            st.needs_reauth = True
+            self.event(account, "needs_reauth", verdict.reason)
+        if verdict.bench and not st.benched:
+            st.benched = True
+            st.benched_reason = verdict.reason
+            self.event(account, "benched", verdict.reason, limits=limits)
+        self.persist(account)

@@ -1,0 +1,232 @@
+"""Failover: what happens after an upstream answer that is not a success.
+
+Runs in the async ``response`` hook, so waiting here blocks only this flow.
+
+* Non-streamed requests, and streamed ones from clients that do not retry by themselves: the
+  proxy re-sends the same request bytes to the next account itself (with ``httpx``) and the
+  client gets the good answer. A re-sent stream reaches the client in one piece.
+* Streamed requests from clients that retry by themselves (the official SDKs and Claude Code
+  send ``x-stainless-retry-count``): the failed answer is handed back marked
+  ``x-should-retry: true`` with a tiny ``retry-after-ms``, and the retry is routed to another
+  account, so the answer still streams chunk by chunk.
+* Nothing left to try: an error in the upstream's own shape; for rate limits a ``retry-after``
+  equal to the time until the soonest account is free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+
+import httpx
+from mitmproxy import ctx, http
+
+from .classify import FAILOVER, OK, TRANSIENT, Verdict, classify
+from .core import Core, FlowContext
+from .pool import Account
+from .providers import error_response
+from .ratelimits import parse_limits
+from .times import iso_utc
+
+log = logging.getLogger("mitmflare")
+
+SELF_RETRY_MAX_COUNT = 2   # the SDKs' default max_retries: beyond it they would give up
+HOP_HEADERS = ("host", "content-length", "connection", "transfer-encoding", "keep-alive")
+DROP_RESPONSE_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding",
+                         "keep-alive")
+LONG_RETRY_AFTER_S = 60.0
+
+Route = Callable[..., bool]
+
+
+class Failover:
+    """Retry budget and pacing (``flare_retry_*`` options) and the failover loop."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.client: httpx.AsyncClient | None = None
+        self.attempts = 3
+        self.delay_ms = 1000.0
+        self.backoff = 2.0
+
+    def load(self, loader) -> None:
+        loader.add_option("flare_retry_attempts", int, 3,
+                          "Retries after the first attempt of a request (other accounts, or "
+                          "the same one after a transient error).")
+        loader.add_option("flare_retry_delay_ms", int, 1000,
+                          "Delay before retrying after a transient error (529, 5xx), ms.")
+        loader.add_option("flare_retry_backoff", float, 2.0,
+                          "Factor applied to the retry delay after each retry.")
+
+    def configure(self, updated: set[str]) -> None:
+        self.attempts = max(ctx.options.flare_retry_attempts, 0)
+        self.delay_ms = max(ctx.options.flare_retry_delay_ms, 0)
+        self.backoff = max(ctx.options.flare_retry_backoff, 1.0)
+
+    def running(self) -> None:
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0),
+                                        follow_redirects=False, trust_env=False)
+
+    def done(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            with contextlib.suppress(RuntimeError):  # no loop left at interpreter exit
+                asyncio.get_running_loop().create_task(client.aclose())
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def handle(self, flow: http.HTTPFlow, fc: FlowContext, route: Route) -> Verdict:
+        """Judge the answer in ``flow.response`` and fail over as needed; leaves the answer for
+        the client in ``flow.response``. Returns the verdict on the last upstream answer."""
+        verdict = self._judge(flow, fc)
+        retries = 0
+        while verdict.action in (FAILOVER, TRANSIENT):
+            account = fc.account
+            now = time.time()
+            same = verdict.action == TRANSIENT and not fc.same_account_retried
+            if not same:
+                self.core.apply(account, verdict, fc.model, fc.limits, now)
+                fc.excluded.add(account.name)
+            if retries >= self.attempts:
+                self._give_up(flow, fc)
+                break
+            if fc.stream and self._client_retries(flow) and not same:
+                if self._peek(fc) is None:
+                    flow.response = self.no_account_response(fc)
+                else:
+                    self._ask_client_to_retry(flow, fc, verdict)
+                break
+            if same:
+                fc.same_account_retried = True
+                route(flow, fc, account)
+            elif not route(flow, fc):
+                flow.response = self.no_account_response(fc)
+                break
+            if verdict.action == TRANSIENT:
+                await asyncio.sleep(self._delay(retries))
+            retries += 1
+            fc.failover = True
+            await self._send(flow, fc)
+            verdict = self._judge(flow, fc)
+        if verdict.action == OK:
+            self.core.succeeded(fc.account)
+        self._comment(flow, fc)
+        return verdict
+
+    def _judge(self, flow: http.HTTPFlow, fc: FlowContext) -> Verdict:
+        """Classify the current answer and record it as an attempt."""
+        now = time.time()
+        response = flow.response
+        if fc.limits is None:
+            fc.limits = parse_limits(fc.provider, response.headers, now)
+        body = response.content if response.status_code >= 400 else None
+        verdict = classify(fc.provider, response.status_code, fc.limits, body, now,
+                           self.core.max_cooldown_s)
+        if response.status_code >= 400:
+            fc.notes.append(f"{fc.account.name}: {response.status_code} {verdict.reason}")
+        self.core.put("attempt", {
+            "request_id": flow.id, "attempt": len(fc.attempts) + 1, "account": fc.account.name,
+            "started_at": iso_utc(fc.attempt_started), "status": response.status_code,
+            "reason": verdict.reason or None,
+            "duration_ms": round((now - fc.attempt_started) * 1000, 3)})
+        fc.attempts.append({"account": fc.account.name, "status": response.status_code})
+        return verdict
+
+    async def _send(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """Send the (already re-routed) request again and put the answer in ``flow.response``."""
+        request = flow.request
+        headers = [(k, v) for k, v in request.headers.items(multi=True)
+                   if k.lower() not in HOP_HEADERS]
+        fc.limits = None
+        try:
+            up = await self.client.request(request.method, request.url, headers=headers,
+                                           content=request.raw_content or b"")
+        except httpx.HTTPError as exc:
+            log.warning("failover to %s: %s", fc.account.name, exc)
+            flow.response = error_response(fc.provider, 502, "unavailable",
+                                           f"mitmflare: upstream of {fc.account.name} "
+                                           f"unreachable: {type(exc).__name__}")
+            return
+        now = time.time()
+        out = [(k.encode(), v.encode()) for k, v in up.headers.multi_items()
+               if k.lower() not in DROP_RESPONSE_HEADERS]
+        flow.response = http.Response.make(up.status_code, up.content, out)
+        fc.limits = parse_limits(fc.provider, flow.response.headers, now)
+        self.core.learn(fc.account, fc.limits, now)
+
+    def _delay(self, retry: int) -> float:
+        """Seconds before a retry after a transient error: delay x backoff^n, +-25 % jitter."""
+        base = self.delay_ms / 1000.0 * self.backoff ** retry
+        return base * random.uniform(0.75, 1.25)
+
+    @staticmethod
+    def _client_retries(flow: http.HTTPFlow) -> bool:
+        count = flow.request.headers.get("x-stainless-retry-count")
+        return count is not None and count.isdigit() and int(count) < SELF_RETRY_MAX_COUNT
+
+    def _peek(self, fc: FlowContext) -> Account | None:
+        core = self.core
+        return core.selector.choose(core.pool, fc.provider, core.strategy, time.time(),
+                                    session_hours=core.session_hours,
+                                    client_session=fc.client_session, model=fc.model,
+                                    exclude=fc.excluded)
+
+    @staticmethod
+    def _ask_client_to_retry(flow: http.HTTPFlow, fc: FlowContext, verdict: Verdict) -> None:
+        headers = flow.response.headers
+        headers.pop("retry-after", None)
+        headers["retry-after-ms"] = "1"
+        headers["x-should-retry"] = "true"
+        headers["x-mitmflare-retry"] = verdict.reason or "failover"
+        fc.failover = True
+
+    def _give_up(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """Retry budget spent: hand back the last answer, telling the client not to retry."""
+        headers = flow.response.headers
+        headers["x-should-retry"] = "false"
+        wait = fc.limits.retry_after_s if fc.limits else None
+        if wait is not None and wait > LONG_RETRY_AFTER_S:
+            headers.pop("retry-after", None)
+            headers.pop("retry-after-ms", None)
+
+    def no_account_response(self, fc: FlowContext) -> http.Response:
+        """The answer when no account can take the request (provider's error shape)."""
+        now = time.time()
+        accounts = self.core.pool.for_provider(fc.provider)
+        if not accounts:
+            return error_response(fc.provider, 503, "unavailable",
+                                  f"mitmflare: no {fc.provider} account is configured")
+        frees = [(_free_at(a, fc.model, now), a) for a in accounts if a.status(now) in
+                 ("available", "cooling_down")]
+        frees = [(t, a) for t, a in frees if t > now]
+        if frees:
+            at, account = min(frees, key=lambda x: x[0])
+            wait = max(1, math.ceil(at - now))
+            return error_response(
+                fc.provider, 429, "rate_limit",
+                f"mitmflare: all {len(accounts)} {fc.provider} accounts are rate limited; "
+                f"{account.name} is free again in {wait} s (at {iso_utc(at)})",
+                {"retry-after": str(wait)})
+        states = ", ".join(f"{a.name} ({a.status(now)})" for a in accounts)
+        return error_response(fc.provider, 503, "unavailable",
+                              f"mitmflare: no usable {fc.provider} account: {states}")
+
+    @staticmethod
+    def _comment(flow: http.HTTPFlow, fc: FlowContext) -> None:
+        served = fc.account.name if fc.account else "none"
+        text = f"mitmflare: account {served}"
+        if fc.notes:
+            text += "; tried " + "; ".join(fc.notes)
+        flow.comment = text
+
+
+def _free_at(account: Account, model: str | None, now: float) -> float:
+    """When ``account`` can take a request for ``model`` again (epoch s; ``now`` if it can)."""
+    at = account.state.cooldown_until
+    if model:
+        at = max(at, account.state.model_cooldowns.get(model, 0.0))
+    return at if at > now else now

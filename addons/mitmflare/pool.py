@@ -1,0 +1,126 @@
+"""The account pool: configured accounts plus their live state (cooldowns, counters, limits).
+
+Everything here runs on the proxy's event loop and does no I/O. Times are Unix epoch seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AccountConfig
+
+log = logging.getLogger(__name__)
+
+# Status names, as shown in /health, the `accounts` table and account_events.
+AVAILABLE = "available"
+COOLING_DOWN = "cooling_down"
+PAUSED = "paused"
+NEEDS_REAUTH = "needs_reauth"
+BENCHED = "benched"
+
+
+@dataclass
+class AccountState:
+    """Mutable state of one account. Persisted in ``flare_state`` (see :mod:`.state_store`).
+
+    ``cooldown_until``: epoch s before which the account is not chosen (0 = none).
+    ``backoff_s``: current exponential cooldown for 429s that carry no reset time, s.
+    ``benched``: out of quota until an operator resumes it (``flare.resume``).
+    ``limits``: the latest parsed rate-limit snapshot (see :mod:`.ratelimits`).
+    ``constrained_until``: epoch s until which the account is near a limit (chosen last).
+    ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
+    """
+
+    cooldown_until: float = 0.0
+    cooldown_reason: str = ""
+    backoff_s: float = 0.0
+    needs_reauth: bool = False
+    benched: bool = False
+    benched_reason: str = ""
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    last_used: float = 0.0
+    limits: dict[str, Any] = field(default_factory=dict)
+    constrained_until: float = 0.0
+    model_cooldowns: dict[str, float] = field(default_factory=dict)
+
+    PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
+                 "benched_reason", "requests", "failures", "last_used", "limits",
+                 "constrained_until", "model_cooldowns")
+
+    def to_persisted(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.PERSISTED}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        for key in self.PERSISTED:
+            if key in data and data[key] is not None:
+                setattr(self, key, data[key])
+
+
+@dataclass
+class Account:
+    """A configured account with its state. ``order`` is its position in the YAML file."""
+
+    config: AccountConfig
+    order: int
+    state: AccountState = field(default_factory=AccountState)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def provider(self) -> str:
+        return self.config.provider
+
+    def status(self, now: float) -> str:
+        """One of available / cooling_down / paused / needs_reauth / benched."""
+        if self.config.paused:
+            return PAUSED
+        if self.state.needs_reauth:
+            return NEEDS_REAUTH
+        if self.state.benched:
+            return BENCHED
+        if self.state.cooldown_until > now:
+            return COOLING_DOWN
+        return AVAILABLE
+
+    def is_available(self, now: float) -> bool:
+        return self.status(now) == AVAILABLE
+
+
+class AccountPool:
+    """The accounts in file order, keyed by name. State survives config reloads by name."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    def replace(self, configs: list[AccountConfig]) -> tuple[list[str], list[str]]:
+        """Install a new configuration. Returns (added names, removed names)."""
+        old = self.accounts
+        new: dict[str, Account] = {}
+        for order, cfg in enumerate(configs):
+            previous = old.get(cfg.name)
+            state = previous.state if previous and previous.provider == cfg.provider else AccountState()
+            new[cfg.name] = Account(cfg, order, state)
+        self.accounts = new
+        added = [n for n in new if n not in old]
+        removed = [n for n in old if n not in new]
+        return added, removed
+
+    def get(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def for_provider(self, provider: str) -> list[Account]:
+        return [a for a in self.accounts.values() if a.provider == provider]
+
+    def available(self, provider: str, now: float) -> list[Account]:
+        return [a for a in self.accounts.values() if a.provider == provider and a.is_available(now)]
+
+    def soonest_free(self, provider: str, now: float) -> Account | None:
+        """The cooling-down account of ``provider`` whose cooldown ends first, if any."""
+        cooling = [a for a in self.for_provider(provider) if a.status(now) == COOLING_DOWN]
+        return min(cooling, key=lambda a: a.state.cooldown_until, default=None)

@@ -1,0 +1,92 @@
+"""What differs between upstream providers: detection, credentials, error bodies.
+
+Facts from ``shared/reference/upstream-apis.md`` sections 2, 3, 5 and 8 (Anthropic and
+OpenAI API documentation, the official SDKs and Claude Code).
+"""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+KNOWN_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings",
+                "/v1/models")
+OAUTH_BETA = "oauth-2025-04-20"  # required in anthropic-beta with an OAuth bearer token
+CLIENT_CREDENTIAL_HEADERS = ("x-api-key", "authorization")
+
+
+def detect_provider(flow: http.HTTPFlow) -> str | None:
+    """Provider of a client request: the listener's reverse target when it is a known host,
+    else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
+    mode = flow.client_conn.proxy_mode
+    if isinstance(mode, ReverseMode):
+        provider = KNOWN_HOSTS.get(mode.address[0])
+        if provider:
+            return provider
+    path = flow.request.path.split("?", 1)[0]
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(OPENAI_PATHS):
+        return "openai"
+    return None
+
+
+def set_credentials(headers: http.Headers, provider: str, kind: str, secret: str) -> None:
+    """Remove every client credential from ``headers`` and set the account's.
+
+    ``kind`` is ``api_key`` or ``oauth``. Anthropic API key: ``x-api-key`` (and the OAuth beta
+    is dropped); Anthropic OAuth: ``Authorization: Bearer`` plus ``oauth-2025-04-20`` in
+    ``anthropic-beta``, keeping the client's other betas; OpenAI: ``Authorization: Bearer``.
+    """
+    for name in CLIENT_CREDENTIAL_HEADERS:
+        headers.pop(name, None)
+    if provider == "anthropic":
+        betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
+        betas = [b for b in betas if b != OAUTH_BETA]
+        if kind == "oauth":
+            headers["authorization"] = f"Bearer {secret}"
+            betas.append(OAUTH_BETA)
+        else:
+            headers["x-api-key"] = secret
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        else:
+            headers.pop("anthropic-beta", None)
+    else:
+        headers["authorization"] = f"Bearer {secret}"
+
+
+def redact_credentials(headers: http.Headers, account: str) -> None:
+    """Replace credential header values with ``<account>`` so flows keep no secret."""
+    for name in CLIENT_CREDENTIAL_HEADERS:
+        if name in headers:
+            headers[name] = f"Bearer <{account}>" if name == "authorization" else f"<{account}>"
+
+
+# Synthesized-error kinds → (Anthropic error.type, OpenAI error.type, OpenAI error.code)
+_ERROR_TYPES = {
+    "rate_limit": ("rate_limit_error", "rate_limit_error", "rate_limit_exceeded"),
+    "unavailable": ("api_error", "server_error", "no_account_available"),
+    "overloaded": ("overloaded_error", "server_error", "server_is_overloaded"),
+    "invalid_request": ("invalid_request_error", "invalid_request_error", None),
+    "not_found": ("not_found_error", "invalid_request_error", "not_found"),
+}
+
+
+def error_response(provider: str | None, status: int, kind: str, message: str,
+                   headers: dict[str, str] | None = None) -> http.Response:
+    """A response in the upstream's own error shape, marked ``x-should-retry: false`` unless
+    ``headers`` says otherwise. Anthropic: ``{"type":"error","error":{"type","message"}}``;
+    OpenAI: ``{"error":{"message","type","param","code"}}``."""
+    a_type, o_type, o_code = _ERROR_TYPES[kind]
+    if provider == "openai":
+        body = {"error": {"message": message, "type": o_type, "param": None, "code": o_code}}
+    else:
+        body = {"type": "error", "error": {"type": a_type, "message": message}}
+    out = {"content-type": "application/json", "x-should-retry": "false",
+           "x-mitmflare-error": kind}
+    out.update(headers or {})
+    return http.Response.make(status, json.dumps(body), out)

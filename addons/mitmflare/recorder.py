@@ -1,0 +1,110 @@
+"""Addon: records every client request as a `requests` row (``flare_db``).
+
+On the event loop it only collects facts: timings, the account, and usage from the SSE tap.
+Bodies that still need parsing, and the cost, are handled in the writer thread
+(:mod:`.rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from mitmproxy import ctx, http
+
+from .core import Core, FlowContext
+from .rows import BODY, BODY_IS_SSE
+from .sse import UsageTap
+from .times import iso_utc
+from .writer import DatabaseWriter
+
+log = logging.getLogger("mitmflare")
+
+SSE = "text/event-stream"
+
+
+class Recorder:
+    """Owns the database writer thread and turns finished flows into rows."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def load(self, loader) -> None:
+        loader.add_option("flare_db", str, "mitmflare.db",
+                          "Path of the analytics SQLite database (served by Datasette; "
+                          "holds no secrets).")
+
+    def configure(self, updated: set[str]) -> None:
+        if {"flare_db", "flare_state"} & updated:
+            self._stop_writer()
+            for path in (ctx.options.flare_db, ctx.options.flare_state):
+                folder = os.path.dirname(os.path.abspath(path))
+                os.makedirs(folder, exist_ok=True)
+            writer = DatabaseWriter(ctx.options.flare_db, ctx.options.flare_state)
+            writer.start()
+            writer.ready.wait(10)
+            self.core.writer = writer
+            self.core.snapshot_accounts(force=True)
+
+    def done(self) -> None:
+        self.core.snapshot_accounts(force=True)
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        writer, self.core.writer = self.core.writer, None
+        if writer is not None:
+            writer.flush()
+            writer.stop()
+
+    # -- hooks ------------------------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        response = flow.response
+        if fc is None or fc.account is None or response.status_code >= 400:
+            return
+        if not response.headers.get("content-type", "").startswith(SSE):
+            return
+        tap = UsageTap(fc.provider)
+        fc.tap = tap
+
+        def forward(chunk: bytes) -> bytes:
+            tap.feed(chunk)
+            return chunk
+
+        response.stream = forward
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.pop(flow.id, None)
+        if fc is not None:
+            self.core.put("request", self._row(flow, fc, None))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.pop(flow.id, None)
+        if fc is not None:
+            self.core.put("request", self._row(flow, fc, flow.error.msg if flow.error else None))
+
+    def _row(self, flow: http.HTTPFlow, fc: FlowContext, error: str | None) -> dict:
+        now = time.time()
+        started = flow.request.timestamp_start or fc.started
+        response = flow.response
+        row = {
+            "id": flow.id, "started_at": iso_utc(started), "provider": fc.provider,
+            "account": fc.account.name if fc.account else None,
+            "method": flow.request.method, "path": flow.request.path.split("?", 1)[0],
+            "model": fc.model, "status": response.status_code if response else None,
+            "streamed": int(fc.stream), "duration_ms": round((now - started) * 1000, 3),
+            "ttfb_ms": round((fc.ttfb - started) * 1000, 3) if fc.ttfb else None,
+            "client_session": fc.client_session, "user_agent": fc.user_agent,
+            "error": error, "attempts": len(fc.attempts), "failover": int(fc.failover),
+        }
+        if response is None:
+            pass
+        elif fc.tap is not None and response.stream:
+            row.update({k: v for k, v in fc.tap.usage.as_row().items() if v is not None})
+            row["model"] = fc.tap.model or fc.model
+            row["error"] = error or fc.tap.error
+        elif response.raw_content:
+            row[BODY] = response.content
+            row[BODY_IS_SSE] = response.headers.get("content-type", "").startswith(SSE)
+        return row

@@ -1,0 +1,276 @@
+"""Addon: picks an account for every client request and sends the request with its credentials.
+
+Hot path (``request``/``responseheaders``): account selection, header rewriting and reading the
+rate-limit headers. No I/O happens here. Failures are handled by :mod:`.failover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+
+from mitmproxy import command, ctx, exceptions, http
+
+from . import __version__
+from .classify import TRANSIENT_COOLDOWN_S, Verdict
+from .core import Core, FlowContext
+from .failover import Failover
+from .pool import AVAILABLE, COOLING_DOWN, Account
+from .providers import detect_provider, error_response, redact_credentials, set_credentials
+from .ratelimits import parse_limits
+from .request_info import inspect_request
+from .selection import STRATEGIES
+from .times import iso_utc
+
+log = logging.getLogger("mitmflare")
+
+TICK_S = 1.0
+RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
+RETRY_COUNT_HEADER = "x-stainless-retry-count"
+
+
+class Router:
+    """Selection, credentials, ``/health``, rate-limit learning and the ``flare.*`` commands."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.failover = Failover(core)
+        self._ticker: asyncio.Task | None = None
+        self._retry_exclusions: dict[bytes, tuple[set[str], float]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option("flare_strategy", str, "session",
+                          "Account selection: session (sticky for flare_session_hours), "
+                          "round-robin, least-requests or weighted.", choices=STRATEGIES)
+        loader.add_option("flare_session_hours", float, 5.0,
+                          "Hours the session strategy keeps using one account.")
+        loader.add_option("flare_headroom", float, 0.95,
+                          "Utilization (0..1) at which an account counts as near its limit and "
+                          "is chosen only when nothing better is free.")
+        loader.add_option("flare_max_cooldown_s", float, 6 * 3600.0,
+                          "Upper bound (s) for a cooldown taken from rate-limit headers.")
+        self.failover.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if "flare_session_hours" in updated and o.flare_session_hours <= 0:
+            raise exceptions.OptionsError("flare_session_hours must be > 0")
+        if "flare_headroom" in updated and not 0 < o.flare_headroom <= 1:
+            raise exceptions.OptionsError("flare_headroom must be in (0, 1]")
+        self.core.strategy = o.flare_strategy
+        self.core.session_hours = o.flare_session_hours
+        self.core.headroom = o.flare_headroom
+        self.core.max_cooldown_s = o.flare_max_cooldown_s
+        self.failover.configure(updated)
+        if "connection_strategy" in o and o.connection_strategy != "lazy":
+            # A health check or a re-routed request must not open a connection to the
+            # listener's reverse target first.
+            o.connection_strategy = "lazy"
+
+    def running(self) -> None:
+        self.failover.running()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def done(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        self.failover.done()
+
+    # -- hooks ------------------------------------------------------------------------------
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.is_replay:
+            return
+        if flow.request.path.split("?", 1)[0] == "/health":
+            flow.response = http.Response.make(200, json.dumps(self.health()),
+                                               {"content-type": "application/json"})
+            return
+        provider = detect_provider(flow)
+        if provider is None:
+            flow.response = error_response(None, 404, "not_found",
+                                           f"mitmflare: no provider serves {flow.request.path}")
+            return
+        info = inspect_request(provider, flow.request)
+        headers = flow.request.headers.copy()
+        for name in ("x-api-key", "authorization"):
+            headers.pop(name, None)
+        headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
+        fc = FlowContext(provider=provider, started=time.time(),
+                         client_session=info.client_session, model=info.model,
+                         user_agent=flow.request.headers.get("user-agent"), base_headers=headers,
+                         stream=info.stream, flow_id=flow.id)
+        fc.excluded = self._excluded_for_retry(flow)
+        self.core.flows[flow.id] = fc
+        if not self.route(flow, fc):
+            flow.response = self.failover.no_account_response(fc)
+
+    def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None) -> bool:
+        """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
+        credentials. Returns False when no account is usable."""
+        core = self.core
+        now = time.time()
+        if account is None:
+            account = core.selector.choose(core.pool, fc.provider, core.strategy, now,
+                                           session_hours=core.session_hours,
+                                           client_session=fc.client_session, model=fc.model,
+                                           exclude=fc.excluded)
+            if account is None:
+                return False
+        secret = core.secret(account)
+        if secret is None:
+            fc.excluded.add(account.name)
+            return self.route(flow, fc)
+        if fc.account is not None:
+            fc.account.state.in_flight -= 1
+        flow.request.headers = fc.base_headers.copy()
+        flow.request.url = account.config.upstream + flow.request.path
+        set_credentials(flow.request.headers, fc.provider, account.config.credential_kind, secret)
+        fc.account = account
+        fc.attempt_started = now
+        account.state.in_flight += 1
+        account.state.requests += 1
+        account.state.last_used = now
+        flow.metadata["mitmflare.account"] = account.name
+        return True
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        now = time.time()
+        response = flow.response
+        redact_credentials(flow.request.headers, fc.account.name)
+        fc.ttfb = now
+        fc.limits = parse_limits(fc.provider, response.headers, now)
+        self.core.learn(fc.account, fc.limits, now)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        verdict = await self.failover.handle(flow, fc, self.route)
+        if verdict is not None and verdict.action != "ok" and fc.account is not None:
+            self._remember_for_retry(flow, fc)
+        redact_credentials(flow.request.headers, fc.account.name if fc.account else "none")
+        self._release(fc)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        redact_credentials(flow.request.headers, fc.account.name)
+        if flow.response is None and fc.ttfb is None:
+            # The upstream could not be reached or dropped the connection before answering.
+            now = time.time()
+            verdict = Verdict("transient", "connect_error",
+                              cooldown_until=now + TRANSIENT_COOLDOWN_S)
+            self.core.apply(fc.account, verdict, fc.model, None, now)
+        self._release(fc)
+
+    def _release(self, fc: FlowContext) -> None:
+        if fc.account is not None:
+            fc.account.state.in_flight -= 1
+
+    # -- retries by the client itself -------------------------------------------------------
+    def _remember_for_retry(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        if RETRY_COUNT_HEADER not in flow.request.headers:
+            return
+        now = time.time()
+        if len(self._retry_exclusions) > 1000:
+            self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
+                                      if v[1] > now}
+        tried = {a["account"] for a in fc.attempts} | fc.excluded
+        self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S)
+
+    def _excluded_for_retry(self, flow: http.HTTPFlow) -> set[str]:
+        count = flow.request.headers.get(RETRY_COUNT_HEADER, "0")
+        if count in ("", "0") or not self._retry_exclusions:
+            return set()
+        tried, expires = self._retry_exclusions.get(_digest(flow), (set(), 0.0))
+        return set(tried) if expires > time.time() else set()
+
+    # -- periodic work ----------------------------------------------------------------------
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("mitmflare ticker")
+
+    def tick(self, now: float) -> None:
+        """Return accounts whose cooldown has passed and refresh the `accounts` table."""
+        for account in self.core.pool.accounts.values():
+            st = account.state
+            if st.cooldown_until and st.cooldown_until <= now:
+                st.cooldown_until = 0.0
+                reason, st.cooldown_reason = st.cooldown_reason, ""
+                self.core.event(account, "recovered", reason)
+                self.core.persist(account)
+            expired = [m for m, t in st.model_cooldowns.items() if t <= now]
+            for model in expired:
+                del st.model_cooldowns[model]
+                self.core.event(account, "model_recovered", model)
+                self.core.persist(account)
+        self.core.snapshot_accounts()
+
+    # -- health and commands ----------------------------------------------------------------
+    def health(self) -> dict:
+        """The ``GET /health`` body: status, account counts, strategy and version."""
+        now = time.time()
+        accounts = list(self.core.pool.accounts.values())
+        statuses = [a.status(now) for a in accounts]
+        available = statuses.count(AVAILABLE)
+        body = {
+            "status": "ok" if available else "degraded",
+            "version": __version__,
+            "strategy": self.core.strategy,
+            "accounts": {"total": len(accounts), "available": available,
+                         "cooling_down": statuses.count(COOLING_DOWN)},
+            "providers": {p: {"total": sum(a.provider == p for a in accounts),
+                              "available": sum(a.provider == p and s == AVAILABLE
+                                               for a, s in zip(accounts, statuses, strict=True))}
+                          for p in sorted({a.provider for a in accounts})},
+        }
+        if self.core.config_error:
+            body["config_error"] = self.core.config_error
+        return body
+
+    @command.command("flare.accounts")
+    def accounts_command(self) -> str:
+        """Each account's status and cooldown, one per line."""
+        now = time.time()
+        return "\n".join(
+            f"{a.name}\t{a.provider}\t{a.status(now)}\t{iso_utc(a.state.cooldown_until) or '-'}"
+            f"\t{a.state.cooldown_reason or a.state.benched_reason or ''}"
+            for a in self.core.pool.accounts.values())
+
+    @command.command("flare.resume")
+    def resume(self, name: str) -> None:
+        """Clear an account's cooldown, bench and needs_reauth mark now (``*`` for all)."""
+        targets = list(self.core.pool.accounts.values()) if name == "*" else \
+            [a for a in [self.core.pool.get(name)] if a is not None]
+        if not targets:
+            raise exceptions.CommandError(f"no account named {name!r}")
+        for account in targets:
+            st = account.state
+            st.cooldown_until = 0.0
+            st.cooldown_reason = ""
+            st.backoff_s = 0.0
+            st.benched = False
+            st.benched_reason = ""
+            st.needs_reauth = False
+            st.model_cooldowns.clear()
+            self.core.event(account, "resumed", "operator")
+            self.core.persist(account)
+        self.core.snapshot_accounts(force=True)
+
+
+def _digest(flow: http.HTTPFlow) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(flow.request.path.encode())
+    h.update(flow.request.raw_content or b"")
+    return h.digest()

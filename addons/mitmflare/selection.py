@@ -1,0 +1,90 @@
+"""Choosing an account for a request (``flare_strategy``).
+
+Every strategy first narrows the candidates to the *best tier*: available accounts of the
+request's provider, not excluded for this request, whose model is not cooling down, ranked by
+(near a limit?, ``priority``). Accounts near a limit are chosen only when nothing else is free.
+
+* ``session`` (default): one account per provider for ``flare_session_hours``, left early when
+  a better-ranked account is free again; a client conversation stays on the account it started
+  on while that account is available, so its prompt cache keeps hitting.
+* ``round-robin``: rotate through the best tier.
+* ``least-requests``: fewest requests in flight, then fewest served.
+* ``weighted``: random, proportional to ``weight``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Collection
+
+from .pool import Account, AccountPool
+
+STRATEGIES = ("session", "round-robin", "least-requests", "weighted")
+AFFINITY_MAX = 10_000  # client conversations remembered
+
+
+class Selector:
+    """Stateful account chooser; all methods are O(accounts) and do no I/O."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[str, float]] = {}  # provider -> (account, started_at)
+        self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._rotation: dict[str, int] = {}
+
+    def choose(self, pool: AccountPool, provider: str, strategy: str, now: float, *,
+               session_hours: float, client_session: str | None = None,
+               model: str | None = None, exclude: Collection[str] = ()) -> Account | None:
+        """The account for one request at ``now`` (epoch s), or None when none is usable."""
+        candidates = [a for a in pool.available(provider, now)
+                      if a.name not in exclude and not _model_cooling(a, model, now)]
+        if not candidates:
+            return None
+        ranked = sorted(candidates, key=lambda a: (_rank(a, now), a.order))
+        best = _rank(ranked[0], now)
+        tier = [a for a in ranked if _rank(a, now) == best]
+        if strategy == "round-robin":
+            i = self._rotation.get(provider, -1) + 1
+            self._rotation[provider] = i
+            return tier[i % len(tier)]
+        if strategy == "least-requests":
+            return min(tier, key=lambda a: (a.state.in_flight, a.state.requests, a.order))
+        if strategy == "weighted":
+            return random.choices(tier, weights=[a.config.weight for a in tier])[0]
+        return self._session(ranked, best, provider, now, session_hours * 3600.0, client_session)
+
+    def _session(self, ranked: list[Account], best: tuple[bool, int], provider: str, now: float,
+                 ttl: float, client_session: str | None) -> Account:
+        by_name = {a.name: a for a in ranked}
+        chosen = None
+        if client_session:
+            sticky = self._affinity.get(client_session)
+            if sticky and now - sticky[1] < ttl:
+                chosen = by_name.get(sticky[0])
+        if chosen is None:
+            current = self._sessions.get(provider)
+            if current and now - current[1] < ttl:
+                account = by_name.get(current[0])
+                if account is not None and _rank(account, now) <= best:
+                    chosen = account
+        if chosen is None:
+            chosen = ranked[0]
+            self._sessions[provider] = (chosen.name, now)
+        if client_session:
+            self._affinity[client_session] = (chosen.name, now)
+            self._affinity.move_to_end(client_session)
+            while len(self._affinity) > AFFINITY_MAX:
+                self._affinity.popitem(last=False)
+        return chosen
+
+    def current_sessions(self) -> dict[str, tuple[str, float]]:
+        """provider -> (account name, session start epoch s)."""
+        return dict(self._sessions)
+
+
+def _rank(account: Account, now: float) -> tuple[bool, int]:
+    return (account.state.constrained_until > now, account.config.priority)
+
+
+def _model_cooling(account: Account, model: str | None, now: float) -> bool:
+    return bool(model) and account.state.model_cooldowns.get(model, 0.0) > now

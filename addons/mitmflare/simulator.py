@@ -1,0 +1,357 @@
+"""A simulated upstream that speaks the Anthropic and OpenAI wire formats, for tests and
+``./scripts/run --demo``. Never used against real traffic.
+
+Endpoints: ``POST /v1/messages`` (JSON and SSE), ``POST /v1/messages/count_tokens``,
+``POST /v1/chat/completions`` (JSON and SSE, final usage chunk with
+``stream_options.include_usage``), ``POST /v1/responses`` (JSON and SSE), ``GET /v1/models``.
+Formats follow ``shared/reference/upstream-apis.md`` section 4.
+
+Each request's credential (``x-api-key`` or ``Authorization: Bearer``) selects a queue of
+scripted answers (:meth:`SimulatedUpstream.script`); with none queued it answers successfully.
+A scripted answer is a dict: ``status``, ``headers``, ``body`` (JSON error body),
+``usage`` (Anthropic-style token counts for a success), ``error_event`` (an SSE error sent
+after the first text delta), ``delay_s`` (before answering).
+
+Run alone: ``python -m mitmflare.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]``.
+Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
+``GET /_sim/requests``, ``POST /_sim/reset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+REPLY_WORDS = "This is a simulated answer from the mitmflare test upstream .".split()
+DEFAULT_USAGE = {"input_tokens": 25, "output_tokens": len(REPLY_WORDS),
+                 "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+
+
+@dataclass
+class SeenRequest:
+    """One request as the simulated upstream received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    credential: str | None
+    at: float = field(default_factory=time.time)
+
+
+class SimulatedUpstream:
+    """ASGI app plus a helper to serve it on 127.0.0.1 in a background thread.
+
+    ``chunk_delay_s``: pause between SSE events, s. ``chaos``: share (0..1) of unscripted
+    requests answered with a rate limit or an overload, for demos.
+    """
+
+    def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0) -> None:
+        self.chunk_delay_s = chunk_delay_s
+        self.chaos = chaos
+        self.requests: list[SeenRequest] = []
+        self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        self._ids = itertools.count(1)
+        self._server: uvicorn.Server | None = None
+        self.url = ""
+
+    # -- scripting --------------------------------------------------------------------------
+    def script(self, credential: str, *answers: dict[str, Any]) -> None:
+        """Queue ``answers`` for requests sent with ``credential`` (used in order, once each)."""
+        self._scripts[credential].extend(answers)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self._scripts.clear()
+
+    def credentials_seen(self, path_prefix: str = "/v1/") -> list[str | None]:
+        return [r.credential for r in self.requests if r.path.startswith(path_prefix)]
+
+    # -- serving ----------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                  daemon=True, name="simulated-upstream")
+        thread.start()
+        deadline = time.time() + 10
+        while not self._server.started and time.time() < deadline:
+            time.sleep(0.01)
+        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = scope["path"]
+        if path.startswith("/_sim/"):
+            await self._control(path, body, send)
+            return
+        credential = headers.get("x-api-key")
+        if credential is None and headers.get("authorization", "").startswith("Bearer "):
+            credential = headers["authorization"][7:]
+        self.requests.append(SeenRequest(scope["method"], path, headers, body, credential))
+        answer = self._next_answer(credential)
+        if answer.get("delay_s"):
+            await asyncio.sleep(answer["delay_s"])
+        if answer.get("status", 200) >= 400:
+            await _send_json(send, answer["status"], answer.get("body") or
+                             _error_body(path, answer["status"]), answer.get("headers"))
+            return
+        await self._success(path, body if isinstance(body, dict) else {}, answer, send)
+
+    def _next_answer(self, credential: str | None) -> dict[str, Any]:
+        queue = self._scripts.get(credential or "")
+        if queue:
+            return queue.popleft()
+        if self.chaos and random.random() < self.chaos:
+            if random.random() < 0.5:
+                return {"status": 529}
+            reset = int(time.time()) + random.randint(5, 30)
+            return {"status": 429, "headers": {
+                "anthropic-ratelimit-unified-status": "rejected",
+                "anthropic-ratelimit-unified-5h-status": "rejected",
+                "anthropic-ratelimit-unified-5h-reset": str(reset),
+                "anthropic-ratelimit-unified-5h-utilization": "1.01",
+                "anthropic-ratelimit-unified-reset": str(reset),
+                "retry-after": str(reset - int(time.time()))}}
+        return {}
+
+    async def _control(self, path: str, body: Any, send) -> None:
+        if path == "/_sim/script" and isinstance(body, dict):
+            self.script(body.get("credential", ""), *body.get("answers", []))
+            await _send_json(send, 200, {"ok": True})
+        elif path == "/_sim/requests":
+            await _send_json(send, 200, [r.__dict__ for r in self.requests])
+        elif path == "/_sim/reset":
+            self.reset()
+            await _send_json(send, 200, {"ok": True})
+        else:
+            await _send_json(send, 404, {"error": "unknown control path"})
+
+    # -- successful answers -----------------------------------------------------------------
+    async def _success(self, path: str, body: dict, answer: dict, send) -> None:
+        usage = {**DEFAULT_USAGE, **answer.get("usage", {})}
+        model = body.get("model", "claude-sonnet-4-5")
+        headers = {"request-id": f"req_sim{next(self._ids)}", **answer.get("headers", {})}
+        stream = body.get("stream") is True
+        if path.startswith("/v1/messages/count_tokens"):
+            await _send_json(send, 200, {"input_tokens": usage["input_tokens"]}, headers)
+        elif path.startswith("/v1/messages"):
+            if stream:
+                await self._stream(send, headers, _anthropic_events(model, usage, answer))
+            else:
+                await _send_json(send, 200, _anthropic_message(model, usage), headers)
+        elif path.startswith("/v1/chat/completions"):
+            include = (body.get("stream_options") or {}).get("include_usage") is True
+            if stream:
+                await self._stream(send, headers, _chat_events(model, usage, include, answer))
+            else:
+                await _send_json(send, 200, _chat_completion(model, usage), headers)
+        elif path.startswith("/v1/responses"):
+            if stream:
+                await self._stream(send, headers, _responses_events(model, usage))
+            else:
+                await _send_json(send, 200, _response_object(model, usage), headers)
+        elif path.startswith("/v1/models"):
+            await _send_json(send, 200, {"data": [{"id": "claude-sonnet-4-5", "type": "model"}],
+                                         "object": "list"}, headers)
+        else:
+            await _send_json(send, 404, _error_body(path, 404), headers)
+
+    async def _stream(self, send, headers: dict[str, str], events: list[bytes]) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": _headers({"content-type": "text/event-stream",
+                                         "cache-control": "no-cache", **headers})})
+        for i, event in enumerate(events):
+            if i and self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _sse(event: str | None, data: Any) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
+
+
+def _anthropic_usage(usage: dict) -> dict:
+    out = {k: usage.get(k, 0) for k in ("input_tokens", "cache_creation_input_tokens",
+                                        "cache_read_input_tokens", "output_tokens")}
+    if "cache_creation" in usage:
+        out["cache_creation"] = usage["cache_creation"]
+    return out
+
+
+def _anthropic_message(model: str, usage: dict) -> dict:
+    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "text", "text": " ".join(REPLY_WORDS)}],
+            "stop_reason": "end_turn", "stop_sequence": None, "usage": _anthropic_usage(usage)}
+
+
+def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
+    start_usage = {**_anthropic_usage(usage), "output_tokens": 1}
+    message = {**_anthropic_message(model, usage), "content": [], "stop_reason": None,
+               "usage": start_usage}
+    events = [_sse("message_start", {"type": "message_start", "message": message}),
+              _sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+              _sse("ping", {"type": "ping"})]
+    for i, word in enumerate(REPLY_WORDS):
+        events.append(_sse("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}}))
+        if i == 0 and answer.get("error_event"):
+            events.append(_sse("error", {"type": "error", "error": answer["error_event"]}))
+            return events
+    events += [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               _sse("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "usage": {"output_tokens": usage["output_tokens"]}}),
+               _sse("message_stop", {"type": "message_stop"})]
+    return events
+
+
+def _openai_usage(usage: dict) -> dict:
+    cached = usage.get("cache_read_input_tokens", 0)
+    prompt = usage["input_tokens"] + cached
+    return {"prompt_tokens": prompt, "completion_tokens": usage["output_tokens"],
+            "total_tokens": prompt + usage["output_tokens"],
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0}}
+
+
+def _chat_completion(model: str, usage: dict) -> dict:
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": " ".join(REPLY_WORDS)}}],
+            "usage": _openai_usage(usage)}
+
+
+def _chat_events(model: str, usage: dict, include_usage: bool, answer: dict) -> list[bytes]:
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+    extra = {"usage": None} if include_usage else {}
+    events = []
+    for i, word in enumerate(REPLY_WORDS):
+        delta = {"content": word if i == 0 else " " + word}
+        if i == 0:
+            delta["role"] = "assistant"
+        events.append(_sse(None, {**base, **extra, "choices": [
+            {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}))
+        if i == 0 and answer.get("error_event"):
+            events.append(_sse(None, {"error": answer["error_event"]}))
+            return events
+    events.append(_sse(None, {**base, **extra, "choices": [
+        {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]}))
+    if include_usage:
+        events.append(_sse(None, {**base, "choices": [], "usage": _openai_usage(usage)}))
+    events.append(_sse(None, "[DONE]"))
+    return events
+
+
+def _response_object(model: str, usage: dict, status: str = "completed") -> dict:
+    cached = usage.get("cache_read_input_tokens", 0)
+    return {"id": f"resp_{uuid.uuid4().hex[:20]}", "object": "response", "status": status,
+            "created_at": int(time.time()), "model": model,
+            "output": [{"type": "message", "id": "msg_1", "role": "assistant",
+                        "status": "completed",
+                        "content": [{"type": "output_text", "text": " ".join(REPLY_WORDS),
+                                     "annotations": []}]}],
+            "usage": {"input_tokens": usage["input_tokens"] + cached,
+                      "input_tokens_details": {"cached_tokens": cached},
+                      "output_tokens": usage["output_tokens"],
+                      "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": usage["input_tokens"] + cached + usage["output_tokens"]}}
+
+
+def _responses_events(model: str, usage: dict) -> list[bytes]:
+    seq = itertools.count()
+    created = {**_response_object(model, usage, "in_progress"), "output": [], "usage": None}
+    events = [_sse("response.created", {"type": "response.created", "response": created,
+                                        "sequence_number": next(seq)})]
+    for i, word in enumerate(REPLY_WORDS):
+        events.append(_sse("response.output_text.delta", {
+            "type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "delta": word if i == 0 else " " + word,
+            "sequence_number": next(seq)}))
+    events.append(_sse("response.completed", {"type": "response.completed",
+                                              "response": _response_object(model, usage),
+                                              "sequence_number": next(seq)}))
+    return events
+
+
+def _error_body(path: str, status: int) -> dict:
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 429: "rate_limit_error", 500: "api_error",
+             529: "overloaded_error"}
+    kind = kinds.get(status, "api_error")
+    if path.startswith("/v1/messages"):
+        return {"type": "error", "error": {"type": kind, "message": f"simulated {kind}"}}
+    return {"error": {"message": f"simulated {kind}", "type": kind, "param": None, "code": None}}
+
+
+def _headers(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+
+
+async def _send_json(send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": _headers({"content-type": "application/json", **(headers or {})})})
+    await send({"type": "http.response.body", "body": data})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9099)
+    parser.add_argument("--chunk-delay-ms", type=float, default=40.0)
+    parser.add_argument("--chaos", type=float, default=0.0,
+                        help="share of requests answered with a 429 or 529 (0..1)")
+    args = parser.parse_args()
+    sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos)
+    print(f"simulated upstream on {sim.start(args.host, args.port)}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+# Shared set-up for scripts/run, scripts/test and scripts/dashboard: finds a Python >= 3.12
+# (preferring 3.13), creates .venv when missing and (re)installs the project when
+# pyproject.toml changed. Sourced, not run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+find_python() {
+  local candidates=(python3.13 python3.12)
+  local dir
+  for dir in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13* "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*; do
+    [ -x "$dir/bin/python3" ] && candidates+=("$dir/bin/python3")
+  done
+  candidates+=(python3 python)
+  local py
+  for py in "${candidates[@]}"; do
+    if command -v "$py" >/dev/null 2>&1 \
+      && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+      command -v "$py"
+      return 0
+    fi
+  done
+  return 1
+}
+
+ensure_venv() {
+  local stamp="$VENV/.mitmflare-installed"
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py="$(find_python)" || { echo "mitmflare needs Python >= 3.12 (python3.13, python3.12 or a pyenv version)" >&2; exit 1; }
+    echo "Creating $VENV with $py ($("$py" --version))" >&2
+    "$py" -m venv "$VENV"
+  fi
+  local want
+  want="$(cksum < "$ROOT/pyproject.toml")"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "Installing mitmflare and its test tools into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+    echo "$want" > "$stamp"
+  fi
+}
