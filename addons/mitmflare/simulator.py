@@ -163,7 +163,7 @@ class SimulatedUpstream:
     # -- successful answers -----------------------------------------------------------------
     async def _success(self, path: str, body: dict, answer: dict, send) -> None:
         usage = {**DEFAULT_USAGE, **answer.get("usage", {})}
-        model = body.get("model", "claude-sonnet-4-5")
+        model = body.get("model", "claude-sonnet-4-6")
         headers = {"request-id": f"req_sim{next(self._ids)}", **answer.get("headers", {})}
         stream = body.get("stream") is True
         if path.startswith("/v1/messages/count_tokens"):
@@ -185,7 +185,7 @@ class SimulatedUpstream:
             else:
                 await _send_json(send, 200, _response_object(model, usage), headers)
         elif path.startswith("/v1/models"):
-            await _send_json(send, 200, {"data": [{"id": "claude-sonnet-4-5", "type": "model"}],
+            await _send_json(send, 200, {"data": [{"id": "claude-sonnet-4-6", "type": "model"}],
                                          "object": "list"}, headers)
         else:
             await _send_json(send, 404, _error_body(path, 404), headers)
@@ -301,17 +301,26 @@ def _response_object(model: str, usage: dict, status: str = "completed") -> dict
 
 def _responses_events(model: str, usage: dict) -> list[bytes]:
     seq = itertools.count()
-    created = {**_response_object(model, usage, "in_progress"), "output": [], "usage": None}
-    events = [_sse("response.created", {"type": "response.created", "response": created,
-                                        "sequence_number": next(seq)})]
+    done = _response_object(model, usage)
+    item = {**done["output"][0], "status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    created = {**done, "status": "in_progress", "output": [], "usage": None}
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _sse(kind, {"type": kind, **fields, "sequence_number": next(seq)})
+
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    events = [event("response.created", response=created),
+              event("response.output_item.added", output_index=0, item=item),
+              event("response.content_part.added", **where, part=part)]
     for i, word in enumerate(REPLY_WORDS):
-        events.append(_sse("response.output_text.delta", {
-            "type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
-            "content_index": 0, "delta": word if i == 0 else " " + word,
-            "sequence_number": next(seq)}))
-    events.append(_sse("response.completed", {"type": "response.completed",
-                                              "response": _response_object(model, usage),
-                                              "sequence_number": next(seq)}))
+        events.append(event("response.output_text.delta", **where,
+                            delta=word if i == 0 else " " + word, logprobs=[]))
+    text = done["output"][0]["content"][0]
+    events += [event("response.output_text.done", **where, text=text["text"], logprobs=[]),
+               event("response.content_part.done", **where, part=text),
+               event("response.output_item.done", output_index=0, item=done["output"][0]),
+               event("response.completed", response=done)]
     return events
 
 

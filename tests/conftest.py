@@ -1,0 +1,170 @@
+"""Shared fixtures: the simulated upstream (in-process thread) and real mitmdump processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mitmflare.simulator import SimulatedUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "addons" / "bundle.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[SimulatedUpstream]:
+    sim = SimulatedUpstream(chunk_delay_s=0.0)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def sim(sim_server: SimulatedUpstream) -> SimulatedUpstream:
+    """The simulated upstream, with no scripts and no recorded requests."""
+    sim_server.reset()
+    sim_server.chunk_delay_s = 0.0
+    return sim_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proxy:
+    """A running ``mitmdump -s addons/bundle.py`` with its own files in ``tmp``."""
+
+    def __init__(self, tmp: Path, accounts_yaml: str, options: dict[str, str],
+                 modes: list[str] | None, tool: str = "mitmdump") -> None:
+        self.tmp = tmp
+        self.accounts = tmp / "accounts.yaml"
+        self.db = tmp / "mitmflare.db"
+        self.state = tmp / "mitmflare-state.db"
+        self.log = tmp / "proxy.log"
+        self.port = free_port()
+        self.accounts.write_text(textwrap.dedent(accounts_yaml))
+        modes = modes or ["reverse:https://api.anthropic.com@127.0.0.1:{port}"]
+        self.modes = [m.format(port=self.port) for m in modes]
+        self.options = {"flare_accounts": str(self.accounts), "flare_db": str(self.db),
+                        "flare_state": str(self.state), "flare_retry_delay_ms": "50",
+                        "flow_detail": "0",
+                        **options}
+        self.tool = tool
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Proxy:
+        args = [str(MITMDUMP.with_name(self.tool)), "-s", str(BUNDLE)]
+        for mode in self.modes:
+            args += ["--mode", mode]
+        for key, value in self.options.items():
+            args += ["--set", f"{key}={value}"]
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     cwd=self.tmp)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"proxy did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> Proxy:
+        self.stop()
+        return self.start()
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def query(self, sql: str, params: tuple = ()) -> list[dict]:
+        if not self.db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, params)]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def wait_rows(self, count: int, sql: str = "select * from requests order by started_at",
+                  timeout: float = 10.0) -> list[dict]:
+        """Rows of ``sql`` once there are at least ``count`` of them (the writer is async)."""
+        deadline = time.time() + timeout
+        rows: list[dict] = []
+        while time.time() < deadline:
+            rows = self.query(sql)
+            if len(rows) >= count:
+                return rows
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} rows of {sql!r}, got {len(rows)}: {rows}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Factory: ``proxy(accounts_yaml, **options)`` starts a mitmdump with the bundle."""
+    started: list[Proxy] = []
+
+    def start(accounts_yaml: str, modes: list[str] | None = None, tool: str = "mitmdump",
+              **options: str) -> Proxy:
+        folder = tmp_path / f"proxy{len(started)}"
+        folder.mkdir()
+        p = Proxy(folder, accounts_yaml, {k: str(v) for k, v in options.items()}, modes, tool)
+        started.append(p)
+        return p.start()
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def accounts_yaml(base_url: str, *accounts: dict) -> str:
+    """YAML text for ``accounts`` (dicts of fields), each pointed at ``base_url``."""
+    lines = ["accounts:"]
+    for account in accounts:
+        fields = {"provider": "anthropic", "base_url": base_url, **account}
+        lines.append(f"  - name: {fields.pop('name')}")
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                lines.append(f"    {key}:")
+                lines += [f"      {k}: {v}" for k, v in value.items()]
+            else:
+                lines.append(f"    {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
