@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import time
@@ -11,7 +12,6 @@ import httpx
 import openai
 import pytest
 from conftest import accounts_yaml, free_port
-
 from mitmflare.pricing import cost_usd
 
 CLIENT_KEY = "sk-ant-api03-CLIENT-OWN-KEY"
@@ -62,7 +62,7 @@ def test_streamed_chunks_arrive_as_sent_and_usage_is_recorded(sim, proxy):
         for _ in s.text_stream:
             arrivals.append(time.monotonic() - start)
         final = s.get_final_message()
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 11
     # each text delta is its own event, 100 ms apart upstream: they must not be bunched
     assert min(gaps) > 0.06, gaps

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import httpx
 from mitmproxy import ctx, http
 
-from .classify import FAILOVER, OK, TRANSIENT, Verdict, classify
+from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
 from .pool import Account
 from .providers import error_response
@@ -113,9 +113,24 @@ class Failover:
             await self._send(flow, fc)
             verdict = self._judge(flow, fc)
         if verdict.action == OK:
-            self.core.succeeded(fc.account)
+            self._after_stream(fc)
         self._comment(flow, fc)
         return verdict
+
+    def _after_stream(self, fc: FlowContext) -> None:
+        """A 200 whose stream carried an error event: nothing can be retried once bytes went
+        out, but the account's state still learns from it."""
+        kind = fc.tap.error_type if fc.tap else None
+        now = time.time()
+        if kind == "rate_limit_error":
+            self.core.apply(fc.account, Verdict(FAILOVER, "stream_rate_limit_error", backoff=True),
+                            fc.model, fc.limits, now)
+        elif kind == "overloaded_error":
+            self.core.apply(fc.account, Verdict(TRANSIENT, "stream_overloaded_error",
+                                                cooldown_until=now + TRANSIENT_COOLDOWN_S),
+                            fc.model, fc.limits, now)
+        else:
+            self.core.succeeded(fc.account)
 
     def _judge(self, flow: http.HTTPFlow, fc: FlowContext) -> Verdict:
         """Classify the current answer and record it as an attempt."""

@@ -78,14 +78,18 @@ class Limits:
         return {n: w for n, w in self.windows.items() if w.status == "rejected"}
 
     def constrained(self, threshold: float, now: float) -> bool:
-        """True when the account is near a limit: unified status ``allowed_warning`` (or any
-        unknown non-allowed value), a window at or above ``threshold`` utilization, or a
-        bucket with at most ``1 - threshold`` of its limit remaining, before its reset."""
-        if self.unified_status not in (None, "allowed"):
+        """True when the account as a whole is near a limit: unified status
+        ``allowed_warning``, a shared window (5h, 7d) not allowed or at or above
+        ``threshold`` utilization, or a bucket with at most ``1 - threshold`` of its limit
+        remaining, before its reset. A rejection of the model-scoped ``7d_oi`` window alone
+        does not count (other models still work)."""
+        shared = {n: w for n, w in self.windows.items() if n in ("5h", "7d")}
+        if self.unified_status == "allowed_warning":
             return True
-        for name, w in self.windows.items():
-            if name == "overage":
-                continue
+        if not shared and self.unified_status not in (None, "allowed") and \
+                "7d_oi" not in self.rejected_windows():
+            return True
+        for w in shared.values():
             if w.reset is not None and w.reset <= now:
                 continue
             if w.status not in (None, "allowed"):

@@ -34,7 +34,7 @@ from typing import Any
 
 import uvicorn
 
-REPLY_WORDS = "This is a simulated answer from the mitmflare test upstream .".split()
+REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
 DEFAULT_USAGE = {"input_tokens": 25, "output_tokens": len(REPLY_WORDS),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
 
