@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from mitmflare.simulator import SimulatedUpstream
 
 ROOT = Path(__file__).resolve().parent.parent

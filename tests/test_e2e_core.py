@@ -11,6 +11,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+
 from conftest import accounts_yaml, free_port
 from mitmflare.pricing import cost_usd
 

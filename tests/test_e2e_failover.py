@@ -8,6 +8,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+
 from conftest import accounts_yaml
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
