@@ -148,6 +148,15 @@ class SimulatedUpstream:
                 "retry-after": str(reset - int(time.time()))}}
         return {}
 
+    def _varied_usage(self, body: dict) -> dict:
+        """In chaos (demo) mode, plausible varying token counts instead of fixed ones."""
+        if not self.chaos:
+            return {}
+        size = len(json.dumps(body.get("messages", body.get("input", ""))))
+        return {"input_tokens": 20 + size // 4, "output_tokens": random.randint(11, 600),
+                "cache_read_input_tokens": random.choice([0, 0, 1800, 12000, 40000]),
+                "cache_creation_input_tokens": random.choice([0, 0, 0, 2500])}
+
     async def _control(self, path: str, body: Any, send) -> None:
         if path == "/_sim/script" and isinstance(body, dict):
             self.script(body.get("credential", ""), *body.get("answers", []))
@@ -162,7 +171,7 @@ class SimulatedUpstream:
 
     # -- successful answers -----------------------------------------------------------------
     async def _success(self, path: str, body: dict, answer: dict, send) -> None:
-        usage = {**DEFAULT_USAGE, **answer.get("usage", {})}
+        usage = {**DEFAULT_USAGE, **self._varied_usage(body), **answer.get("usage", {})}
         model = body.get("model", "claude-sonnet-4-6")
         headers = {"request-id": f"req_sim{next(self._ids)}", **answer.get("headers", {})}
         stream = body.get("stream") is True
