@@ -266,3 +266,16 @@ def test_streamed_failover_for_client_without_retries_is_resent_by_proxy(sim, pr
 def _seconds_between(a: str, b: str) -> float:
     from datetime import datetime
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def test_account_near_its_limit_is_used_only_when_nothing_better_is_free(sim, proxy):
+    p = proxy(two_keys(sim))
+    reset = str(int(time.time() + 3600))
+    sim.script(A, {"headers": {"anthropic-ratelimit-unified-status": "allowed",
+                               "anthropic-ratelimit-unified-5h-utilization": "0.97",
+                               "anthropic-ratelimit-unified-5h-reset": reset}})
+    ask(p)
+    ask(p)  # key-a is at 97 % of its 5-hour window: key-b takes over before any 429
+    assert sim.credentials_seen() == [A, B]
+    limits = p.wait_rows(1, "select limits from accounts where name='key-a' and limits is not null")
+    assert '"utilization": 0.97' in limits[0]["limits"]
