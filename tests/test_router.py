@@ -28,8 +28,8 @@ def bundle(tmp_path):
     with taddons.context(*addons) as tctx:
         tctx.configure(addons[0], flare_accounts=str(tmp_path / "accounts.yaml"),
                        flare_db=str(tmp_path / "a.db"), flare_state=str(tmp_path / "s.db"))
-        yield addons, tctx
-        addons[2].done()
+        yield (addons[0], addons[2], addons[3]), tctx
+        addons[3].done()
 
 
 def messages_flow(**headers: str):
@@ -42,7 +42,7 @@ async def test_oauth_account_gets_bearer_and_beta_and_client_credentials_go(bund
     (_, router, _), _ = bundle
     flow = messages_flow(x_api_key="client-key", authorization="Bearer client-token",
                          anthropic_beta="claude-code-20250219,oauth-2025-04-20")
-    router.request(flow)
+    await router.request(flow)
     headers = flow.request.headers
     assert headers["authorization"] == "Bearer sk-ant-oat01-SUB"
     assert "x-api-key" not in headers
@@ -54,7 +54,7 @@ async def test_api_key_account_with_custom_base_url(bundle):
     (_, router, _), _ = bundle
     router.core.pool.get("sub").state.cooldown_until = 4_000_000_000
     flow = messages_flow(authorization="Bearer client", anthropic_beta="oauth-2025-04-20,x-1")
-    router.request(flow)
+    await router.request(flow)
     headers = flow.request.headers
     assert headers["x-api-key"] == "sk-ant-api03-KEY" and "authorization" not in headers
     assert headers["anthropic-beta"] == "x-1"
@@ -65,7 +65,7 @@ async def test_api_key_account_with_custom_base_url(bundle):
 async def test_secret_is_redacted_once_sent(bundle):
     (_, router, _), _ = bundle
     flow = messages_flow()
-    router.request(flow)
+    await router.request(flow)
     flow.response = tutils.tresp()
     router.responseheaders(flow)
     assert flow.request.headers["authorization"] == "Bearer <sub>"
@@ -85,6 +85,6 @@ async def test_resume_clears_cooldown_and_needs_reauth(bundle):
 async def test_unknown_path_on_unknown_target_gets_error_shape(bundle):
     (_, router, _), _ = bundle
     flow = tflow.tflow(req=tutils.treq(path=b"/v2/other"))
-    router.request(flow)
+    await router.request(flow)
     assert flow.response.status_code == 404
     assert flow.response.json()["error"]["type"] == "not_found_error"

@@ -16,6 +16,7 @@ from mitmproxy import ctx
 
 from .config import AccountConfig, ConfigError, load_accounts
 from .core import Core
+from .oauth import TokenSet, resolve_tokens
 from .writer import load_state
 
 log = logging.getLogger("mitmflare")
@@ -31,6 +32,7 @@ class AccountsFile:
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task | None = None
         self._persisted: dict[str, dict] = {}
+        self._stored_tokens: dict[str, TokenSet] = {}
 
     def load(self, loader) -> None:
         loader.add_option("flare_accounts", str, "config/accounts.yaml",
@@ -41,7 +43,9 @@ class AccountsFile:
 
     def configure(self, updated: set[str]) -> None:
         if "flare_state" in updated:
-            self._persisted, self.core.tokens = load_state(ctx.options.flare_state)
+            self._persisted, rows = load_state(ctx.options.flare_state)
+            self._stored_tokens = {name: TokenSet.from_row(row) for name, row in rows.items()}
+            self.core.tokens.clear()
         if "flare_accounts" in updated or "flare_state" in updated:
             self._stamp = None
             self._reload_now()
@@ -97,11 +101,29 @@ class AccountsFile:
             saved = self._persisted.pop(name, None)
             if account and saved and saved.get("provider") == account.provider:
                 account.state.restore(saved)
-            self.core.on_account_added(account)
+        self._install_tokens(configs)
         log.info("accounts %s: %d (%s)%s", "loaded" if first else "reloaded", len(configs),
                  ", ".join(f"{c.name}:{c.provider}" for c in configs) or "none",
                  f"; removed {', '.join(removed)}" if removed else "")
         self.core.snapshot_accounts(force=True)
+
+
+    def _install_tokens(self, configs: list[AccountConfig]) -> None:
+        """Decide each OAuth account's token pair (see :mod:`.oauth` for the rule)."""
+        tokens = self.core.tokens
+        for cfg in configs:
+            current = tokens.get(cfg.name) or self._stored_tokens.pop(cfg.name, None)
+            resolved = resolve_tokens(cfg, current)
+            if resolved is None:
+                tokens.pop(cfg.name, None)
+                if cfg.oauth is not None:
+                    log.error("account %s: oauth from_state, but flare_state has no tokens for it; "
+                              "run scripts/oauth_login.py %s", cfg.name, cfg.name)
+            else:
+                tokens[cfg.name] = resolved
+        names = {c.name for c in configs}
+        for name in [n for n in tokens if n not in names]:
+            del tokens[name]
 
 
 def _stat(path: str) -> tuple[int, int, int] | None:

@@ -14,6 +14,7 @@ from typing import Any
 from mitmproxy import http
 
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
+from .oauth import OAuthManager, TokenSet
 from .pool import AVAILABLE, Account, AccountPool
 from .ratelimits import Limits
 from .selection import Selector
@@ -46,6 +47,7 @@ class FlowContext:
     account: Account | None = None
     limits: Limits | None = None
     same_account_retried: bool = False
+    oauth_retried: bool = False
     attempt_started: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
@@ -68,7 +70,8 @@ class Core:
         self.headroom = 0.95
         self.max_cooldown_s = 6 * 3600.0
         self.config_error: str | None = None
-        self.tokens: dict[str, dict[str, Any]] = {}  # OAuth token rows from flare_state
+        self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
+        self.oauth: OAuthManager | None = None
         self._accounts_dirty = True
         self._accounts_written = 0.0
 
@@ -79,13 +82,11 @@ class Core:
         cfg = account.config
         if cfg.api_key is not None:
             return cfg.api_key
-        stored = self.tokens.get(cfg.name)
-        if stored and stored.get("access_token"):
-            return stored["access_token"]
-        return cfg.oauth.access_token if cfg.oauth else None
+        tokens = self.tokens.get(cfg.name)
+        return tokens.access_token if tokens else None
 
-    def on_account_added(self, account: Account) -> None:
-        """Called for each account that appears in the configuration."""
+    def mark_accounts_changed(self) -> None:
+        """The `accounts` table is stale (written at the next snapshot)."""
         self._accounts_dirty = True
 
     # -- persistence ------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class Core:
     def account_row(self, account: Account, now: float) -> dict[str, Any]:
         """The public (secret-free) row describing ``account`` for the `accounts` table."""
         cfg, st = account.config, account.state
+        tokens = self.tokens.get(cfg.name) if cfg.oauth else None
         return {
             "name": cfg.name, "provider": cfg.provider, "credential": cfg.credential_kind,
             "base_url": cfg.upstream, "priority": cfg.priority, "weight": cfg.weight,
@@ -129,7 +131,8 @@ class Core:
             "needs_reauth": int(st.needs_reauth), "requests": st.requests,
             "failures": st.failures, "last_used_at": iso_utc(st.last_used),
             "limits": json.dumps(st.limits) if st.limits else None,
-            "token_expires_at": None, "last_refresh_at": None,
+            "token_expires_at": iso_utc(tokens.expires_at) if tokens else None,
+            "last_refresh_at": iso_utc(tokens.last_refresh_at) if tokens else None,
             "updated_at": iso_utc(now),
         }
 

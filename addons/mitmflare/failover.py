@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 from mitmproxy import ctx, http
@@ -41,7 +41,7 @@ DROP_RESPONSE_HEADERS = ("content-length", "transfer-encoding", "connection", "c
                          "keep-alive")
 LONG_RETRY_AFTER_S = 60.0
 
-Route = Callable[..., bool]
+Route = Callable[..., Awaitable[bool]]
 
 
 class Failover:
@@ -87,6 +87,13 @@ class Failover:
         while verdict.action in (FAILOVER, TRANSIENT):
             account = fc.account
             now = time.time()
+            if verdict.needs_reauth and await self._refreshed_for_retry(fc, retries):
+                # an OAuth 401/403: one refresh-and-retry on the same account first
+                await route(flow, fc, account)
+                retries += 1
+                await self._send(flow, fc)
+                verdict = self._judge(flow, fc)
+                continue
             same = verdict.action == TRANSIENT and not fc.same_account_retried
             if not same:
                 self.core.apply(account, verdict, fc.model, fc.limits, now)
@@ -102,8 +109,8 @@ class Failover:
                 break
             if same:
                 fc.same_account_retried = True
-                route(flow, fc, account)
-            elif not route(flow, fc):
+                await route(flow, fc, account)
+            elif not await route(flow, fc):
                 flow.response = self.no_account_response(fc)
                 break
             if verdict.action == TRANSIENT:
@@ -131,6 +138,14 @@ class Failover:
                             fc.model, fc.limits, now)
         else:
             self.core.succeeded(fc.account)
+
+    async def _refreshed_for_retry(self, fc: FlowContext, retries: int) -> bool:
+        oauth = self.core.oauth
+        if fc.oauth_retried or fc.account.config.oauth is None or oauth is None \
+                or retries >= self.attempts:
+            return False
+        fc.oauth_retried = True
+        return await oauth.refresh(fc.account)
 
     def _judge(self, flow: http.HTTPFlow, fc: FlowContext) -> Verdict:
         """Classify the current answer and record it as an attempt."""

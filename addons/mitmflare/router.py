@@ -81,7 +81,7 @@ class Router:
         self.failover.done()
 
     # -- hooks ------------------------------------------------------------------------------
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.is_replay:
             return
         if flow.request.path.split("?", 1)[0] == "/health":
@@ -104,25 +104,38 @@ class Router:
                          stream=info.stream, flow_id=flow.id)
         fc.excluded = self._excluded_for_retry(flow)
         self.core.flows[flow.id] = fc
-        if not self.route(flow, fc):
+        if not await self.route(flow, fc):
             flow.response = self.failover.no_account_response(fc)
 
-    def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None) -> bool:
+    async def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None,
+                    ) -> bool:
         """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
-        credentials. Returns False when no account is usable."""
+        credentials, refreshing an OAuth token that is about to expire first. Returns False
+        when no account is usable. Waits only for a token refresh."""
         core = self.core
-        now = time.time()
-        if account is None:
-            account = core.selector.choose(core.pool, fc.provider, core.strategy, now,
-                                           session_hours=core.session_hours,
-                                           client_session=fc.client_session, model=fc.model,
-                                           exclude=fc.excluded)
+        while True:
             if account is None:
-                return False
-        secret = core.secret(account)
-        if secret is None:
-            fc.excluded.add(account.name)
-            return self.route(flow, fc)
+                account = core.selector.choose(core.pool, fc.provider, core.strategy,
+                                               time.time(), session_hours=core.session_hours,
+                                               client_session=fc.client_session, model=fc.model,
+                                               exclude=fc.excluded)
+                if account is None:
+                    return False
+            if core.oauth and core.oauth.needs_refresh(account, time.time()) \
+                    and not await core.oauth.refresh(account):
+                fc.excluded.add(account.name)
+                account = None
+                continue
+            secret = core.secret(account)
+            if secret is None:
+                fc.excluded.add(account.name)
+                account = None
+                continue
+            self._apply(flow, fc, account, secret)
+            return True
+
+    def _apply(self, flow: http.HTTPFlow, fc: FlowContext, account: Account, secret: str) -> None:
+        now = time.time()
         if fc.account is not None:
             fc.account.state.in_flight -= 1
         flow.request.headers = fc.base_headers.copy()
@@ -134,7 +147,6 @@ class Router:
         account.state.requests += 1
         account.state.last_used = now
         flow.metadata["mitmflare.account"] = account.name
-        return True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)

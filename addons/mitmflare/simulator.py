@@ -12,6 +12,10 @@ A scripted answer is a dict: ``status``, ``headers``, ``body`` (JSON error body)
 ``usage`` (Anthropic-style token counts for a success), ``error_event`` (an SSE error sent
 after the first text delta), ``delay_s`` (before answering).
 
+OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
+``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
+With ``oauth_enforce`` on, OAuth requests need a live issued access token and the OAuth beta.
+
 Run alone: ``python -m mitmflare.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
 ``GET /_sim/requests``, ``POST /_sim/reset``.
@@ -21,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import random
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -66,6 +73,13 @@ class SimulatedUpstream:
         self._ids = itertools.count(1)
         self._server: uvicorn.Server | None = None
         self.url = ""
+        # OAuth: refresh token -> live; access token -> expiry (epoch s); code -> PKCE challenge
+        self.oauth_expires_in = 28800
+        self.oauth_enforce = False
+        self.token_requests: list[dict[str, Any]] = []
+        self._refresh_tokens: set[str] = set()
+        self._access_tokens: dict[str, float] = {}
+        self._codes: dict[str, str] = {}
 
     # -- scripting --------------------------------------------------------------------------
     def script(self, credential: str, *answers: dict[str, Any]) -> None:
@@ -75,6 +89,27 @@ class SimulatedUpstream:
     def reset(self) -> None:
         self.requests.clear()
         self._scripts.clear()
+        self.token_requests.clear()
+        self._refresh_tokens.clear()
+        self._access_tokens.clear()
+        self._codes.clear()
+        self.oauth_enforce = False
+        self.oauth_expires_in = 28800
+
+    def issue_tokens(self, expires_in: float | None = None) -> dict[str, Any]:
+        """A new valid OAuth pair, as the token endpoint would answer it."""
+        n = next(self._ids)
+        access, refresh = f"sk-ant-oat01-sim{n}-{uuid.uuid4().hex}", f"sk-ant-ort01-sim{n}-{uuid.uuid4().hex}"
+        lifetime = self.oauth_expires_in if expires_in is None else expires_in
+        self._refresh_tokens.add(refresh)
+        self._access_tokens[access] = time.time() + lifetime
+        return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                "expires_in": lifetime, "scope": "user:inference user:profile",
+                "organization": {"uuid": str(uuid.uuid4()), "name": "Sim Org"},
+                "account": {"uuid": str(uuid.uuid4()), "email_address": "sim@example.com"}}
+
+    def revoke_access(self, access_token: str) -> None:
+        self._access_tokens.pop(access_token, None)
 
     def credentials_seen(self, path_prefix: str = "/v1/") -> list[str | None]:
         return [r.credential for r in self.requests if r.path.startswith(path_prefix)]
@@ -118,11 +153,18 @@ class SimulatedUpstream:
         if path.startswith("/_sim/"):
             await self._control(path, body, send)
             return
+        if path == "/oauth/authorize":
+            await self._authorize(scope, send)
+            return
+        if path == "/v1/oauth/token":
+            await self._token(body if isinstance(body, dict) else {}, send)
+            return
         credential = headers.get("x-api-key")
         if credential is None and headers.get("authorization", "").startswith("Bearer "):
             credential = headers["authorization"][7:]
         self.requests.append(SeenRequest(scope["method"], path, headers, body, credential))
-        answer = self._next_answer(credential)
+        rejected = self._oauth_rejection(credential, headers)
+        answer = {"status": 401, "body": rejected} if rejected else self._next_answer(credential)
         if answer.get("delay_s"):
             await asyncio.sleep(answer["delay_s"])
         if answer.get("status", 200) >= 400:
@@ -147,6 +189,45 @@ class SimulatedUpstream:
                 "anthropic-ratelimit-unified-reset": str(reset),
                 "retry-after": str(reset - int(time.time()))}}
         return {}
+
+    # -- OAuth --------------------------------------------------------------------------------
+    def _oauth_rejection(self, credential: str | None, headers: dict[str, str]) -> dict | None:
+        """The 401 body for a bad OAuth request when enforcement is on, else None."""
+        if not self.oauth_enforce or not (credential or "").startswith("sk-ant-oat"):
+            return None
+        if "oauth-2025-04-20" not in headers.get("anthropic-beta", ""):
+            message = "OAuth authentication is currently not supported."
+        elif self._access_tokens.get(credential, 0) <= time.time():
+            message = "OAuth token has expired."
+        else:
+            return None
+        return {"type": "error", "error": {"type": "authentication_error", "message": message}}
+
+    async def _authorize(self, scope: dict, send) -> None:
+        """Stands in for the user approving access in a browser: answers the code as JSON."""
+        query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode()))
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            await _send_json(send, 400, {"error": "invalid_request"})
+            return
+        code = f"code-{uuid.uuid4().hex}"
+        self._codes[code] = query["code_challenge"]
+        await _send_json(send, 200, {"code": code, "state": query.get("state", "")})
+
+    async def _token(self, body: dict, send) -> None:
+        self.token_requests.append(body)
+        grant = body.get("grant_type")
+        if grant == "refresh_token" and body.get("refresh_token") in self._refresh_tokens:
+            self._refresh_tokens.discard(body["refresh_token"])  # rotation: single use
+            await _send_json(send, 200, self.issue_tokens())
+            return
+        if grant == "authorization_code" and body.get("code") in self._codes:
+            challenge = self._codes.pop(body["code"])
+            digest = hashlib.sha256(str(body.get("code_verifier", "")).encode()).digest()
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == challenge:
+                await _send_json(send, 200, self.issue_tokens())
+                return
+        await _send_json(send, 400, {"error": "invalid_grant",
+                                     "error_description": "Invalid or expired grant"})
 
     def _varied_usage(self, body: dict) -> dict:
         """In chaos (demo) mode, plausible varying token counts instead of fixed ones."""

@@ -1,0 +1,244 @@
+"""Claude subscription (OAuth) accounts: which token pair is current, refreshing it before it
+expires, and persisting every rotated pair.
+
+Facts (``shared/reference/upstream-apis.md`` section 3, from Claude Code's source): the token
+endpoint takes JSON (not a form); a refresh sends ``grant_type=refresh_token``,
+``refresh_token``, ``client_id`` and ``scope``; the answer has ``access_token``,
+``refresh_token`` (rotated: the old one dies on use) and ``expires_in`` (s, about 8 h);
+``400 {"error": "invalid_grant"}`` means the account must log in again.
+
+Which pair wins: a pair in ``flare_state`` that was derived (by rotation) from the pair now in
+the YAML file wins over the YAML pair; a *different* pair pasted into the YAML file wins over
+the state. The YAML pair is identified by a fingerprint (a hash, never the token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from .config import AccountConfig, OAuthConfig
+from .times import iso_utc
+
+log = logging.getLogger("mitmflare")
+
+DEFAULT_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
+DEFAULT_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+AUTHORIZE_URL = "https://claude.ai/oauth/authorize"
+REDIRECT_URI = "https://platform.claude.com/oauth/code/callback"
+REFRESH_SCOPES = "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
+LOGIN_SCOPES = "org:create_api_key " + REFRESH_SCOPES
+REFRESH_TIMEOUT_S = 15.0
+
+
+class RefreshError(Exception):
+    """A token request failed. ``invalid_grant`` is True when the refresh token is dead."""
+
+    def __init__(self, message: str, invalid_grant: bool = False) -> None:
+        super().__init__(message)
+        self.invalid_grant = invalid_grant
+
+
+@dataclass
+class TokenSet:
+    """An OAuth token pair. ``expires_at`` / ``last_refresh_at``: epoch s or None.
+    ``source_fingerprint``: fingerprint of the YAML pair it descends from ("" if none)."""
+
+    access_token: str | None
+    refresh_token: str | None
+    expires_at: float | None = None
+    last_refresh_at: float | None = None
+    source_fingerprint: str = ""
+
+    def row(self, name: str) -> dict[str, Any]:
+        """The ``oauth_tokens`` row in ``flare_state``."""
+        data = asdict(self)
+        data["last_refresh_at"] = iso_utc(self.last_refresh_at)
+        return {"name": name, **data, "updated_at": iso_utc(time.time())}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TokenSet:
+        last = row.get("last_refresh_at")
+        return cls(row.get("access_token"), row.get("refresh_token"), row.get("expires_at"),
+                   _parse_iso(last) if isinstance(last, str) else last,
+                   row.get("source_fingerprint") or "")
+
+
+def fingerprint(oauth: OAuthConfig) -> str:
+    """Identifies the token pair written in the YAML file without storing it."""
+    digest = hashlib.sha256(f"{oauth.access_token}|{oauth.refresh_token}".encode())
+    return digest.hexdigest()[:24]
+
+
+def resolve_tokens(config: AccountConfig, current: TokenSet | None) -> TokenSet | None:
+    """The pair to use for an OAuth account, given the one in force (or stored) now."""
+    oauth = config.oauth
+    if oauth is None:
+        return None
+    if oauth.from_state:
+        return current
+    fp = fingerprint(oauth)
+    if current is not None and current.source_fingerprint == fp:
+        return current
+    expires = oauth.expires_at.timestamp() if oauth.expires_at else None
+    return TokenSet(oauth.access_token, oauth.refresh_token, expires, None, fp)
+
+
+def save_tokens(state_path: str, name: str, tokens: TokenSet) -> None:
+    """Write one account's pair to ``flare_state`` in a single transaction (blocking: call
+    from a worker thread). Raises sqlite3.Error."""
+    row = tokens.row(name)
+    conn = sqlite3.connect(state_path, timeout=10)
+    try:
+        with conn:
+            columns = ", ".join(row)
+            marks = ", ".join("?" * len(row))
+            conn.execute(f"insert or replace into oauth_tokens ({columns}) values ({marks})",
+                         list(row.values()))
+    finally:
+        conn.close()
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge) for the authorization-code flow."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+def authorize_url(base: str, client_id: str, redirect_uri: str, challenge: str, state: str) -> str:
+    """The URL the user opens to approve access (Claude Code's ``buildAuthUrl`` parameters)."""
+    query = urllib.parse.urlencode({
+        "code": "true", "client_id": client_id, "response_type": "code",
+        "redirect_uri": redirect_uri, "scope": LOGIN_SCOPES, "code_challenge": challenge,
+        "code_challenge_method": "S256", "state": state})
+    return f"{base}?{query}"
+
+
+def token_set_from_answer(answer: dict[str, Any], previous_refresh: str | None,
+                          source_fingerprint: str, now: float) -> TokenSet:
+    """A TokenSet from a token endpoint answer; keeps the old refresh token if none came."""
+    access = answer.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise RefreshError("token endpoint answered without an access_token")
+    expires_in = answer.get("expires_in")
+    return TokenSet(access, answer.get("refresh_token") or previous_refresh,
+                    now + float(expires_in) if isinstance(expires_in, int | float) else None,
+                    now, source_fingerprint)
+
+
+def token_error(response: httpx.Response) -> RefreshError:
+    """Turn a failed token endpoint answer into a RefreshError (no token in the message)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = body.get("error") if isinstance(body, dict) else None
+    if isinstance(code, dict):  # Anthropic-style error envelope
+        code = code.get("type")
+    text = f"token endpoint answered {response.status_code} {code or ''}".strip()
+    return RefreshError(text, invalid_grant=code == "invalid_grant")
+
+
+class OAuthManager:
+    """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
+    persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``."""
+
+    FAILURE_BACKOFF_S = 60.0
+
+    def __init__(self, core) -> None:
+        self.core = core
+        self.token_url = DEFAULT_TOKEN_URL
+        self.client_id = DEFAULT_CLIENT_ID
+        self.buffer_s = 30 * 60.0
+        self.state_path = "mitmflare-state.db"
+        self.client: httpx.AsyncClient | None = None
+        self._inflight: dict[str, asyncio.Task[bool]] = {}
+
+    def needs_refresh(self, account, now: float) -> bool:
+        """True for an OAuth account whose access token expires within the buffer."""
+        if account.config.oauth is None:
+            return False
+        tokens = self.core.tokens.get(account.name)
+        if tokens is None or not tokens.refresh_token:
+            return False
+        if not tokens.access_token:
+            return True
+        return tokens.expires_at is not None and tokens.expires_at - now < self.buffer_s
+
+    async def refresh(self, account) -> bool:
+        """Refresh ``account``'s pair now (joining a refresh already in flight). True when a
+        fresh access token is in force afterwards."""
+        task = self._inflight.get(account.name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refresh(account))
+            self._inflight[account.name] = task
+            task.add_done_callback(lambda _t, n=account.name: self._inflight.pop(n, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, account) -> bool:
+        from .classify import FAILOVER, Verdict
+
+        name = account.name
+        current = self.core.tokens.get(name)
+        if current is None or not current.refresh_token:
+            return False
+        now = time.time()
+        try:
+            if self.client is None:
+                raise RefreshError("proxy is not running")
+            response = await self.client.post(self.token_url, json={
+                "grant_type": "refresh_token", "refresh_token": current.refresh_token,
+                "client_id": self.client_id, "scope": REFRESH_SCOPES},
+                timeout=REFRESH_TIMEOUT_S)
+            if response.status_code != 200:
+                raise token_error(response)
+            fresh = token_set_from_answer(response.json(), current.refresh_token,
+                                          current.source_fingerprint, time.time())
+            # the rotated refresh token is on disk before the new access token is used
+            await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
+        except (RefreshError, httpx.HTTPError, ValueError, sqlite3.Error) as exc:
+            invalid = isinstance(exc, RefreshError) and exc.invalid_grant
+            reason = f"refresh_failed: {exc}" if not isinstance(exc, httpx.HTTPError) else \
+                f"refresh_failed: {type(exc).__name__}"
+            self.core.event(account, "refresh_failed", reason)
+            if invalid:
+                self.core.apply(account, Verdict(FAILOVER, "invalid_grant", needs_reauth=True),
+                                None, None, now)
+            else:
+                self.core.apply(account, Verdict(FAILOVER, "refresh_failed",
+                                                 cooldown_until=now + self.FAILURE_BACKOFF_S),
+                                None, None, now)
+            return False
+        self.core.tokens[name] = fresh
+        self.core.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
+        self.core.mark_accounts_changed()
+        return True
+
+    async def refresh_idle(self) -> None:
+        """Refresh every idle OAuth account whose token is about to expire."""
+        now = time.time()
+        for account in list(self.core.pool.accounts.values()):
+            if account.state.needs_reauth or account.config.paused or account.state.in_flight:
+                continue
+            if self.needs_refresh(account, now) and account.name not in self._inflight:
+                await self.refresh(account)
+
+
+def _parse_iso(value: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
