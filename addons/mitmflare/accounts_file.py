@@ -33,6 +33,7 @@ class AccountsFile:
         self._task: asyncio.Task | None = None
         self._persisted: dict[str, dict] = {}
         self._stored_tokens: dict[str, TokenSet] = {}
+        self._running = False
 
     def load(self, loader) -> None:
         loader.add_option("flare_accounts", str, "config/accounts.yaml",
@@ -51,6 +52,7 @@ class AccountsFile:
             self._reload_now()
 
     def running(self) -> None:
+        self._running = True
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
@@ -88,8 +90,11 @@ class AccountsFile:
         self._stamp = stamp
         self.core.config_error = message
         kept = len(self.core.pool.accounts)
-        log.error("accounts file rejected, keeping the last good configuration (%d accounts): %s",
-                  kept, message)
+        # Before the proxy runs this is a warning: mitmdump exits on errors logged during
+        # startup, and a first run should wait for the file to be fixed, not stop.
+        level = logging.ERROR if self._running else logging.WARNING
+        log.log(level, "accounts file rejected, keeping the last good configuration "
+                "(%d accounts): %s", kept, message)
 
     def _install(self, configs: list[AccountConfig], stamp: tuple[int, int, int] | None) -> None:
         first = self._stamp is None and not self.core.pool.accounts
