@@ -63,6 +63,8 @@ class Proxy:
                         "flare_state": str(self.state), "flare_retry_delay_ms": "50",
                         "flow_detail": "0",
                         **options}
+        self.db = Path(self.options["flare_db"])
+        self.state = Path(self.options["flare_state"])
         self.tool = tool
         self.proc: subprocess.Popen | None = None
 

@@ -236,8 +236,21 @@ def test_streamed_failover_with_sdk_retry_keeps_streaming(sim, proxy):
     assert sim.requests[1].headers["x-stainless-retry-count"] == "1"
     assert len(arrivals) == 11 and arrivals[-1] - arrivals[0] > 0.8  # incremental, not bunched
     rows = p.wait_rows(2)
-    assert [(r["account"], r["status"]) for r in rows] == [("key-a", 429), ("key-b", 200)]
+    assert [(r["account"], r["status"]) for r in rows] == [("key-a", 529), ("key-b", 200)]
+    assert "key-a answered 429 (rate_limited_5h)" in rows[0]["error"]
     assert rows[1]["streamed"] == 1 and rows[1]["output_tokens"] == 11
+
+
+def test_streamed_failover_answer_is_a_retryable_overloaded_error(sim, proxy):
+    p = proxy(two_keys(sim))
+    sim.script(A, rejected_5h(reset_in=600))
+    response = httpx.post(p.url + "/v1/messages",
+                          headers={"x-api-key": "k", "x-stainless-retry-count": "0"},
+                          json={"model": MODEL, "max_tokens": 5, "stream": True, "messages": MSG})
+    assert response.status_code == 529
+    assert response.json()["error"]["type"] == "overloaded_error"
+    assert response.headers["x-should-retry"] == "true"
+    assert response.headers["retry-after-ms"] == "1" and "retry-after" not in response.headers
 
 
 def test_openai_sdk_streamed_windowless_429_retry_goes_elsewhere(sim, proxy):

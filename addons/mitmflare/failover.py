@@ -6,7 +6,7 @@ Runs in the async ``response`` hook, so waiting here blocks only this flow.
   proxy re-sends the same request bytes to the next account itself (with ``httpx``) and the
   client gets the good answer. A re-sent stream reaches the client in one piece.
 * Streamed requests from clients that retry by themselves (the official SDKs and Claude Code
-  send ``x-stainless-retry-count``): the failed answer is handed back marked
+  send ``x-stainless-retry-count``): they get an ``overloaded_error`` marked
   ``x-should-retry: true`` with a tiny ``retry-after-ms``, and the retry is routed to another
   account, so the answer still streams chunk by chunk.
 * Nothing left to try: an error in the upstream's own shape; for rate limits a ``retry-after``
@@ -207,11 +207,17 @@ class Failover:
 
     @staticmethod
     def _ask_client_to_retry(flow: http.HTTPFlow, fc: FlowContext, verdict: Verdict) -> None:
-        headers = flow.response.headers
-        headers.pop("retry-after", None)
-        headers["retry-after-ms"] = "1"
-        headers["x-should-retry"] = "true"
-        headers["x-mitmflare-retry"] = verdict.reason or "failover"
+        """Answer so that the client retries at once; the retry goes to another account.
+
+        The answer is an ``overloaded_error`` (529; 503 for OpenAI), not the upstream's 429:
+        the SDKs retry both, but Claude Code logged in as a subscriber does not retry 429s,
+        while it does retry overloaded errors (``upstream-apis.md`` section 7)."""
+        status = 529 if fc.provider == "anthropic" else 503
+        flow.response = error_response(
+            fc.provider, status, "overloaded",
+            f"mitmflare: account {fc.account.name} answered {flow.response.status_code} "
+            f"({verdict.reason}); retry and another account will serve the request",
+            {"x-should-retry": "true", "retry-after-ms": "1", "x-mitmflare-error": "failover"})
         fc.failover = True
 
     def _give_up(self, flow: http.HTTPFlow, fc: FlowContext) -> None:

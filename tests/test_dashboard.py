@@ -1,0 +1,177 @@
+"""The Datasette dashboard over a database filled by real flows through mitmdump."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+import yaml
+from datasette.app import Datasette
+from datasette_dashboards import replace_opts_in_query
+
+from conftest import ROOT, Proxy, accounts_yaml
+
+METADATA = yaml.safe_load((ROOT / "datasette-metadata.yml").read_text())
+MSG = [{"role": "user", "content": "hello"}]
+SESSION = "0b7f8f57-2c9a-4a59-9a51-5f3f8c2f8e11"
+
+
+@pytest.fixture(scope="module")
+def filled_db(sim_server, tmp_path_factory) -> Path:
+    """Known traffic: 3 + 1 requests on key-a, a failover to key-b, a client error, OpenAI."""
+    sim = sim_server
+    sim.reset()
+    folder = tmp_path_factory.mktemp("dash")
+    yaml_text = accounts_yaml(sim.url, {"name": "key-a", "api_key": "sk-ant-api03-A"},
+                              {"name": "key-b", "api_key": "sk-ant-api03-B", "priority": 1},
+                              {"name": "oa", "provider": "openai", "api_key": "sk-oa"})
+    p = Proxy(folder, yaml_text, {}, None).start()
+    try:
+        claude = anthropic.Anthropic(base_url=p.url, api_key="c", max_retries=2,
+                                     default_headers={"x-claude-code-session-id": SESSION})
+        sim.script("sk-ant-api03-A",
+                   {"usage": {"input_tokens": 1000, "output_tokens": 100,
+                              "cache_read_input_tokens": 3000}},
+                   {}, {},
+                   {"status": 429, "headers": {"retry-after": "1"}},
+                   {"status": 400})
+        for _ in range(3):
+            claude.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG)
+        with claude.messages.stream(model="claude-haiku-4-5", max_tokens=5, messages=MSG) as s:
+            s.get_final_message()  # 429 on key-a, served by key-b
+        time.sleep(1.2)
+        with pytest.raises(anthropic.BadRequestError):  # a new conversation starts on key-a
+            claude.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG,
+                                   extra_headers={"x-claude-code-session-id": "other"})
+        p.stop()
+        (folder / "oa").mkdir()
+        oa_proxy = Proxy(folder / "oa", yaml_text,
+                         {"flare_db": str(p.db), "flare_state": str(p.state)},
+                         ["reverse:https://api.openai.com@127.0.0.1:{port}"]).start()
+        openai.OpenAI(base_url=oa_proxy.url + "/v1", api_key="c", max_retries=0) \
+            .chat.completions.create(model="gpt-4o", messages=MSG)
+        oa_proxy.wait_rows(6)
+        oa_proxy.stop()
+    finally:
+        p.stop()
+    return p.db
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def ds(filled_db) -> Datasette:
+    return Datasette([str(filled_db)], metadata=METADATA,
+                     settings={"sql_time_limit_ms": 5000})
+
+
+async def get_json(ds: Datasette, path: str, **params) -> list[dict]:
+    response = await ds.client.get(path, params={"_shape": "array", **params})
+    assert response.status_code == 200, (path, response.text[:500])
+    return response.json()
+
+
+async def test_every_canned_query_answers(ds):
+    queries = METADATA["databases"]["mitmflare"]["queries"]
+    assert len(queries) >= 15
+    for name, query in queries.items():
+        params = {p: "" for p in query.get("params", [])}
+        await get_json(ds, f"/mitmflare/{name}.json", **params)
+
+
+async def test_cost_per_account_equals_sum_of_rows(ds, filled_db):
+    result = await get_json(ds, "/mitmflare/usage_by_account.json", since="2000-01-01", until="")
+    by_account = {r["account"]: r for r in result}
+    expected = dict(rows(filled_db, "select account, round(sum(cost_usd), 4) from requests "
+                                    "group by account"))
+    assert {a: r["cost_usd"] for a, r in by_account.items()} == expected
+    # three successes, the streamed attempt the client retried elsewhere, the client error
+    assert by_account["key-a"]["requests"] == 5
+    assert by_account["key-a"]["input_tokens"] == 1000 + 25 + 25
+    assert by_account["key-a"]["cache_read_tokens"] == 3000
+    assert by_account["oa"]["requests"] == 1
+    # 1000 in, 100 out, 3000 cache read on Sonnet 4.6 plus two default answers (25 in, 11 out)
+    sonnet = (1000 * 3 + 100 * 15 + 3000 * 0.3 + 2 * (25 * 3 + 11 * 15)) / 1e6
+    assert by_account["key-a"]["cost_usd"] == pytest.approx(sonnet, abs=1e-4)
+
+
+async def test_error_failover_cache_and_session_queries(ds):
+    errors = {r["account"]: r for r in await get_json(ds, "/mitmflare/error_rates.json", since="")}
+    # the 400, and the overloaded answer that sent the streamed request elsewhere
+    assert errors["key-a"]["errors"] == 2 and errors["key-a"]["failovers"] == 1
+    reasons = await get_json(ds, "/mitmflare/failures_by_reason.json", since="")
+    assert {(r["reason"], r["account"]) for r in reasons} == {("rate_limited", "key-a"),
+                                                              ("http_400", "key-a")}
+    cache = {r["account"]: r for r in await get_json(ds, "/mitmflare/cache_hit_ratio.json", since="")}
+    assert cache["key-a"]["hit_pct"] == pytest.approx(100 * 3000 / (3000 + 1050), abs=0.01)
+    sessions = {r["client_session"]: r for r in await get_json(ds, "/mitmflare/sessions.json",
+                                                               since="")}
+    session = sessions[SESSION]
+    assert session["requests"] == 5 and sessions["other"]["requests"] == 1
+    assert session["accounts"] == 2
+    latency = {r["model"]: r for r in await get_json(ds, "/mitmflare/latency_by_model.json", since="")}
+    assert latency["claude-sonnet-4-6"]["requests"] == 3
+    assert latency["claude-sonnet-4-6"]["p50_duration_ms"] > 0
+    timeline = await get_json(ds, "/mitmflare/rate_limit_timeline.json", since="")
+    assert [e["event"] for e in timeline][-1] == "cooldown"
+
+
+async def test_dashboard_pages_and_every_chart_query(ds, filled_db):
+    dashboard = METADATA["plugins"]["datasette-dashboards"]["overview"]
+    page = await ds.client.get("/-/dashboards/overview")
+    assert page.status_code == 200 and "mitmflare overview" in page.text
+    laid_out = {c for row in dashboard["layout"] for c in row}
+    assert laid_out == set(dashboard["charts"])
+    filters = {"date_start": "2000-01-01", "date_end": "2999-12-31", "account": ""}
+    results = {}
+    for chart_id, chart in dashboard["charts"].items():
+        chart_page = await ds.client.get(f"/-/dashboards/overview/{chart_id}")
+        assert chart_page.status_code == 200, chart_id
+        sql = replace_opts_in_query(chart["query"], filters)
+        results[chart_id] = await get_json(ds, "/mitmflare.json", sql=sql,
+                                           **{k: v for k, v in filters.items() if f":{k}" in sql})
+    total = rows(filled_db, "select count(*), printf('%.2f', sum(cost_usd)) from requests")[0]
+    assert results["requests"] == [{"value": total[0]}]
+    assert results["cost"] == [{"value": total[1]}]
+    assert sum(r["requests"] for r in results["requests-over-time"]) == total[0]
+    statuses = {r["name"]: r["status"] for r in results["account-status"]}
+    assert statuses == {"key-a": "available", "key-b": "available", "oa": "available"}
+
+
+async def test_account_filter_narrows_the_charts(ds):
+    chart = METADATA["plugins"]["datasette-dashboards"]["overview"]["charts"]["requests"]
+    sql = replace_opts_in_query(chart["query"], {"account": "key-b"})
+    assert await get_json(ds, "/mitmflare.json", sql=sql, account="key-b") == [{"value": 1}]
+
+
+async def test_no_secret_is_served(ds, filled_db):
+    dump = filled_db.read_bytes()
+    for secret in (b"sk-ant-api03-A", b"sk-ant-api03-B", b"sk-oa"):
+        assert secret not in dump
+    tables = await get_json(ds, "/mitmflare.json", sql="select name from sqlite_master where type='table'")
+    assert {"requests", "attempts", "account_events", "accounts"} <= {t["name"] for t in tables}
+    assert not any("token" in t["name"] for t in tables)
+
+
+async def test_new_rows_appear_without_restart(ds, filled_db):
+    before = await get_json(ds, "/mitmflare.json", sql="select count(*) as n from requests")
+    conn = sqlite3.connect(filled_db)
+    with conn:
+        conn.execute("insert into requests (id, started_at, status) values ('live', '2026-01-01', 200)")
+    conn.close()
+    after = await get_json(ds, "/mitmflare.json", sql="select count(*) as n from requests")
+    assert after[0]["n"] == before[0]["n"] + 1
+    conn = sqlite3.connect(filled_db)
+    with conn:
+        conn.execute("delete from requests where id = 'live'")
+    conn.close()
