@@ -75,11 +75,31 @@ ACCOUNTS = {
     "updated_at": str,
 }
 
+# Hourly totals per (hour, provider, account, model), kept by the writer in the same
+# transaction as the rows, so charts over long ranges never scan `requests`.
+ROLLUP_KEY = ("hour", "provider", "account", "model")
+ROLLUP_SUMS = {
+    # column: SQL expression over one `requests` row
+    "requests": "1",
+    "errors": "(status >= 400 or error is not null)",
+    "failovers": "coalesce(failover, 0)",
+    "streamed": "coalesce(streamed, 0)",
+    "input_tokens": "coalesce(input_tokens, 0)",
+    "output_tokens": "coalesce(output_tokens, 0)",
+    "cache_read_input_tokens": "coalesce(cache_read_input_tokens, 0)",
+    "cache_creation_input_tokens": "coalesce(cache_creation_input_tokens, 0)",
+    "cost_usd": "coalesce(cost_usd, 0)",
+    "duration_ms": "coalesce(duration_ms, 0)",
+}
+USAGE_HOURLY = {"hour": str, "provider": str, "account": str, "model": str,
+                **{c: (float if c in ("cost_usd", "duration_ms") else int) for c in ROLLUP_SUMS}}
+
 ANALYTICS_TABLES = {
     "requests": (REQUESTS, "id"),
     "attempts": (ATTEMPTS, "id"),
     "account_events": (ACCOUNT_EVENTS, "id"),
     "accounts": (ACCOUNTS, "name"),
+    "usage_hourly": (USAGE_HOURLY, ROLLUP_KEY),
 }
 
 ANALYTICS_INDEXES = {
@@ -87,6 +107,7 @@ ANALYTICS_INDEXES = {
                  ["client_session"], ["status", "started_at"]],
     "attempts": [["request_id"], ["account", "started_at"]],
     "account_events": [["at"], ["account", "at"]],
+    "usage_hourly": [["account", "hour"], ["model", "hour"]],
 }
 
 STATE_TABLES = {
@@ -98,11 +119,15 @@ STATE_TABLES = {
 
 
 def migrate(db: sqlite_utils.Database, tables: dict, indexes: dict | None = None) -> None:
-    """Create missing tables, add missing columns and create missing indexes."""
+    """Create missing tables, add missing columns and create missing indexes. A new
+    ``usage_hourly`` table is filled from the rows already recorded."""
     for name, (columns, pk) in tables.items():
         table = db.table(name)
         if not table.exists():
             table.create(columns, pk=pk)
+            if name == "usage_hourly" and db.table("requests").exists():
+                with db.atomic():
+                    rebuild_rollup(db.conn)
         else:
             existing = set(table.columns_dict)
             for column, kind in columns.items():
@@ -111,3 +136,31 @@ def migrate(db: sqlite_utils.Database, tables: dict, indexes: dict | None = None
     for name, index_list in (indexes or {}).items():
         for cols in index_list:
             db.table(name).create_index(cols, if_not_exists=True)
+
+
+def _key_sql() -> list[str]:
+    return ["substr(started_at, 1, 13)", "coalesce(provider, '')", "coalesce(account, '')",
+            "coalesce(model, '')"]
+
+
+ROLLUP_UPSERT = (
+    f"insert into usage_hourly ({', '.join((*ROLLUP_KEY, *ROLLUP_SUMS))}) "
+    f"select {', '.join(_key_sql())}, {', '.join(f'sum({e})' for e in ROLLUP_SUMS.values())} "
+    "from requests where {where} group by 1, 2, 3, 4 "
+    f"on conflict ({', '.join(ROLLUP_KEY)}) do update set "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS)
+)
+
+
+def add_to_rollup(conn, ids: list[str]) -> None:
+    """Add the `requests` rows with these ids to ``usage_hourly`` (same transaction)."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        where = f"id in ({', '.join('?' * len(chunk))})"
+        conn.execute(ROLLUP_UPSERT.format(where=where), chunk)
+
+
+def rebuild_rollup(conn) -> None:
+    """Recompute ``usage_hourly`` from every `requests` row."""
+    conn.execute("delete from usage_hourly")
+    conn.execute(ROLLUP_UPSERT.format(where="1"))

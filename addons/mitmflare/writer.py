@@ -117,6 +117,7 @@ class DatabaseWriter(threading.Thread):
         with analytics.atomic():
             if requests:
                 analytics["requests"].insert_all(requests, pk="id", replace=True)
+                schema.add_to_rollup(analytics.conn, [r["id"] for r in requests])
             if grouped.get("attempt"):
                 analytics["attempts"].insert_all(grouped["attempt"], pk="id")
             if grouped.get("event"):
