@@ -29,8 +29,12 @@ def filled_db(sim_server, tmp_path_factory) -> Path:
     yaml_text = accounts_yaml(sim.url, {"name": "key-a", "api_key": "sk-ant-api03-A"},
                               {"name": "key-b", "api_key": "sk-ant-api03-B", "priority": 1},
                               {"name": "oa", "provider": "openai", "api_key": "sk-oa"})
-    p = Proxy(folder, yaml_text, {}, None).start()
+    (folder / "oa").mkdir()
+    p = Proxy(folder, yaml_text, {}, None)
+    oa_proxy = Proxy(folder / "oa", yaml_text, {"flare_db": str(p.db), "flare_state": str(p.state)},
+                     ["reverse:https://api.openai.com@127.0.0.1:{port}"])
     try:
+        p.start()
         claude = anthropic.Anthropic(base_url=p.url, api_key="c", max_retries=2,
                                      default_headers={"x-claude-code-session-id": SESSION})
         sim.script("sk-ant-api03-A",
@@ -47,16 +51,13 @@ def filled_db(sim_server, tmp_path_factory) -> Path:
         with pytest.raises(anthropic.BadRequestError):  # a new conversation starts on key-a
             claude.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG,
                                    extra_headers={"x-claude-code-session-id": "other"})
-        p.stop()
-        (folder / "oa").mkdir()
-        oa_proxy = Proxy(folder / "oa", yaml_text,
-                         {"flare_db": str(p.db), "flare_state": str(p.state)},
-                         ["reverse:https://api.openai.com@127.0.0.1:{port}"]).start()
+        p.stop()  # one writer at a time on the shared files
+        oa_proxy.start()
         openai.OpenAI(base_url=oa_proxy.url + "/v1", api_key="c", max_retries=0) \
             .chat.completions.create(model="gpt-4o", messages=MSG)
-        oa_proxy.wait_rows(6)
-        oa_proxy.stop()
+        oa_proxy.wait_rows(7)
     finally:
+        oa_proxy.stop()
         p.stop()
     return p.db
 
