@@ -119,6 +119,8 @@ class SimulatedUpstream:
         """Serve in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no Nagle: small SSE events go out at once (accepted sockets inherit this on Linux)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
