@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -114,7 +115,7 @@ async def one(client: httpx.AsyncClient, url: str, sse: bool) -> Sample:
         if response.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {response.status_code}")
     end = time.perf_counter()
-    gaps = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
     return Sample((end - start) * 1000, ((first or end) - start) * 1000, gaps)
 
 

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import http
-
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
 from .oauth import OAuthManager, TokenSet
 from .pool import AVAILABLE, Account, AccountPool
@@ -31,18 +29,18 @@ ACCOUNTS_SNAPSHOT_S = 5.0  # the `accounts` table is refreshed at most this ofte
 class FlowContext:
     """What mitmflare knows about one client request while it is in flight.
 
-    ``base_headers``: the request headers with every client credential removed, from which
-    each attempt's headers are made. ``attempts``: rows for the ``attempts`` table.
+    ``path``: the client's path (each attempt prefixes it with its account's base path).
+    ``attempts``: rows for the ``attempts`` table.
     ``excluded``: accounts not to try again for this request. Times are epoch s.
     """
 
     flow_id: str
     provider: str
     started: float
+    path: str
     client_session: str | None
     model: str | None
     user_agent: str | None
-    base_headers: http.Headers
     stream: bool = False
     account: Account | None = None
     limits: Limits | None = None
@@ -103,8 +101,8 @@ class Core:
     def event(self, account: Account, event: str, reason: str = "", until: float = 0.0,
               limits: Limits | None = None) -> None:
         """Record an ``account_events`` row and log it."""
-        self.put("event", {"at": iso_utc(time.time()), "account": account.name, "event": event,
-                           "until": iso_utc(until), "reason": reason,
+        self.put("event", {"at": time.time(), "account": account.name, "event": event,
+                           "until": float(until) or None, "reason": reason,
                            "headers": json.dumps(limits.to_dict()) if limits else None})
         log.info("account %s: %s%s%s", account.name, event, f" until {iso_utc(until)}"
                  if until else "", f" ({reason})" if reason else "")

@@ -160,7 +160,7 @@ class Failover:
             fc.notes.append(f"{fc.account.name}: {response.status_code} {verdict.reason}")
         self.core.put("attempt", {
             "request_id": flow.id, "attempt": len(fc.attempts) + 1, "account": fc.account.name,
-            "started_at": iso_utc(fc.attempt_started), "status": response.status_code,
+            "started_at": fc.attempt_started, "status": response.status_code,
             "reason": verdict.reason or None,
             "duration_ms": round((now - fc.attempt_started) * 1000, 3)})
         fc.attempts.append({"account": fc.account.name, "status": response.status_code})

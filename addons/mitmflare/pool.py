@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import AccountConfig
 
@@ -62,11 +63,18 @@ class AccountState:
 
 @dataclass
 class Account:
-    """A configured account with its state. ``order`` is its position in the YAML file."""
+    """A configured account with its state. ``order`` is its position in the YAML file;
+    ``target`` its upstream as (scheme, host, port, path prefix), parsed once."""
 
     config: AccountConfig
     order: int
     state: AccountState = field(default_factory=AccountState)
+    target: tuple[str, str, int, str] = ("https", "", 443, "")
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.config.upstream)
+        default = 443 if url.scheme == "https" else 80
+        self.target = (url.scheme, url.hostname or "", url.port or default, url.path.rstrip("/"))
 
     @property
     def name(self) -> str:

@@ -41,8 +41,7 @@ def set_credentials(headers: http.Headers, provider: str, kind: str, secret: str
     is dropped); Anthropic OAuth: ``Authorization: Bearer`` plus ``oauth-2025-04-20`` in
     ``anthropic-beta``, keeping the client's other betas; OpenAI: ``Authorization: Bearer``.
     """
-    for name in CLIENT_CREDENTIAL_HEADERS:
-        headers.pop(name, None)
+    strip_client_credentials(headers)
     if provider == "anthropic":
         betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
         betas = [b for b in betas if b != OAUTH_BETA]
@@ -57,6 +56,13 @@ def set_credentials(headers: http.Headers, provider: str, kind: str, secret: str
             headers.pop("anthropic-beta", None)
     else:
         headers["authorization"] = f"Bearer {secret}"
+
+
+def strip_client_credentials(headers: http.Headers) -> None:
+    """Remove every credential header (``x-api-key``, ``authorization``)."""
+    for name in CLIENT_CREDENTIAL_HEADERS:
+        if name in headers:
+            del headers[name]
 
 
 def redact_credentials(headers: http.Headers, account: str) -> None:

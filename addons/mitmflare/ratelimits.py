@@ -15,6 +15,7 @@ Header facts (``shared/reference/upstream-apis.md`` sections 1 and 5):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -104,50 +105,59 @@ class Limits:
         return False
 
 
+_PREFIXES = (b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")
+
+
 def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
-    """Parse every limit header of a response received at ``now`` (epoch s)."""
+    """Parse every limit header of a response received at ``now`` (epoch s). One pass over
+    the raw headers; nothing more is done for a response that carries none."""
+    found = {k.lower().decode(): v.decode("latin-1") for k, v in headers.fields
+             if k.lower().startswith(_PREFIXES)}
     limits = Limits(observed_at=now)
-    limits.retry_after_s = parse_retry_after(headers, now)
+    if not found:
+        return limits
+    limits.retry_after_s = parse_retry_after(found, now)
     if provider == "anthropic":
-        _parse_unified(headers, limits)
+        _parse_unified(found, limits)
         for name in ANTHROPIC_LIMITS:
             prefix = f"anthropic-ratelimit-{name}-"
-            bucket = Bucket(_num(headers.get(prefix + "limit")),
-                            _num(headers.get(prefix + "remaining")),
-                            _rfc3339(headers.get(prefix + "reset")))
+            bucket = Bucket(_num(found.get(prefix + "limit")),
+                            _num(found.get(prefix + "remaining")),
+                            _rfc3339(found.get(prefix + "reset")))
             if bucket != Bucket():
                 limits.buckets[name] = bucket
     else:
         for name in OPENAI_LIMITS:
-            reset = parse_duration(headers.get(f"x-ratelimit-reset-{name}"))
-            bucket = Bucket(_num(headers.get(f"x-ratelimit-limit-{name}")),
-                            _num(headers.get(f"x-ratelimit-remaining-{name}")),
+            reset = parse_duration(found.get(f"x-ratelimit-reset-{name}"))
+            bucket = Bucket(_num(found.get(f"x-ratelimit-limit-{name}")),
+                            _num(found.get(f"x-ratelimit-remaining-{name}")),
                             now + reset if reset is not None else None)
             if bucket != Bucket():
                 limits.buckets[name] = bucket
     return limits
 
 
-def _parse_unified(headers: Headers, limits: Limits) -> None:
-    limits.unified_status = headers.get(UNIFIED + "status")
-    limits.unified_reset = _num(headers.get(UNIFIED + "reset"))
-    limits.representative_claim = headers.get(UNIFIED + "representative-claim")
-    limits.overage_disabled_reason = headers.get(UNIFIED + "overage-disabled-reason")
+def _parse_unified(found: Mapping[str, str], limits: Limits) -> None:
+    limits.unified_status = found.get(UNIFIED + "status")
+    limits.unified_reset = _num(found.get(UNIFIED + "reset"))
+    limits.representative_claim = found.get(UNIFIED + "representative-claim")
+    limits.overage_disabled_reason = found.get(UNIFIED + "overage-disabled-reason")
     for name in WINDOWS:
         prefix = f"{UNIFIED}{name}-"
-        window = Window(headers.get(prefix + "status"), _num(headers.get(prefix + "utilization")),
-                        _num(headers.get(prefix + "reset")),
-                        _num(headers.get(prefix + "surpassed-threshold")))
+        window = Window(found.get(prefix + "status"), _num(found.get(prefix + "utilization")),
+                        _num(found.get(prefix + "reset")),
+                        _num(found.get(prefix + "surpassed-threshold")))
         if window != Window():
             limits.windows[name] = window
 
 
-def parse_retry_after(headers: Headers, now: float) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (ms) or ``retry-after`` (s or HTTP date)."""
-    ms = _num(headers.get("retry-after-ms"))
+def parse_retry_after(found: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (ms) or ``retry-after`` (s or HTTP date);
+    ``found`` maps lower-case header names to values."""
+    ms = _num(found.get("retry-after-ms"))
     if ms is not None:
         return max(ms / 1000.0, 0.0)
-    value = headers.get("retry-after")
+    value = found.get("retry-after")
     if value is None:
         return None
     seconds = _num(value)

@@ -16,7 +16,6 @@ from mitmproxy import ctx, http
 from .core import Core, FlowContext
 from .rows import BODY, BODY_IS_SSE
 from .sse import UsageTap
-from .times import iso_utc
 from .writer import DatabaseWriter
 
 log = logging.getLogger("mitmflare")
@@ -89,7 +88,7 @@ class Recorder:
         started = flow.request.timestamp_start or fc.started
         response = flow.response
         row = {
-            "id": flow.id, "started_at": iso_utc(started), "provider": fc.provider,
+            "id": flow.id, "started_at": float(started), "provider": fc.provider,
             "account": fc.account.name if fc.account else None,
             "method": flow.request.method, "path": flow.request.path.split("?", 1)[0],
             "model": fc.model, "status": response.status_code if response else None,

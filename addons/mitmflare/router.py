@@ -19,7 +19,13 @@ from .classify import TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
 from .pool import AVAILABLE, COOLING_DOWN, Account
-from .providers import detect_provider, error_response, redact_credentials, set_credentials
+from .providers import (
+    detect_provider,
+    error_response,
+    redact_credentials,
+    set_credentials,
+    strip_client_credentials,
+)
 from .ratelimits import parse_limits
 from .request_info import inspect_request
 from .selection import STRATEGIES
@@ -94,14 +100,13 @@ class Router:
                                            f"mitmflare: no provider serves {flow.request.path}")
             return
         info = inspect_request(provider, flow.request)
-        headers = flow.request.headers.copy()
-        for name in ("x-api-key", "authorization"):
-            headers.pop(name, None)
+        headers = flow.request.headers
+        strip_client_credentials(headers)  # at once: even a flow answered here keeps none
         headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
-        fc = FlowContext(provider=provider, started=time.time(),
+        fc = FlowContext(provider=provider, started=time.time(), path=flow.request.path,
                          client_session=info.client_session, model=info.model,
-                         user_agent=flow.request.headers.get("user-agent"), base_headers=headers,
-                         stream=info.stream, flow_id=flow.id)
+                         user_agent=headers.get("user-agent"), stream=info.stream,
+                         flow_id=flow.id)
         fc.excluded = self._excluded_for_retry(flow)
         self.core.flows[flow.id] = fc
         if not await self.route(flow, fc):
@@ -138,9 +143,11 @@ class Router:
         now = time.time()
         if fc.account is not None:
             fc.account.state.in_flight -= 1
-        flow.request.headers = fc.base_headers.copy()
-        flow.request.url = account.config.upstream + flow.request.path
-        set_credentials(flow.request.headers, fc.provider, account.config.credential_kind, secret)
+        request = flow.request
+        scheme, host, port, prefix = account.target
+        request.scheme, request.host, request.port = scheme, host, port
+        request.path = prefix + fc.path
+        set_credentials(request.headers, fc.provider, account.config.credential_kind, secret)
         fc.account = account
         fc.attempt_started = now
         account.state.in_flight += 1

@@ -1,8 +1,9 @@
 """The database writer thread: the only code that touches SQLite while the proxy runs.
 
 Hooks on the event loop call the ``put_*`` methods, which only append to a queue. The thread
-drains the queue in batches (up to ``BATCH_MAX`` items, at least every ``FLUSH_S``), computes
-costs, and writes each batch in one transaction per database.
+gathers items for up to ``FLUSH_S`` after the first one arrives (at most ``BATCH_MAX``), computes
+costs, and writes each batch in one transaction per database with prepared statements. Time
+columns may be given as epoch seconds (float); they are formatted here, off the event loop.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from .times import iso_utc
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 2000
-FLUSH_S = 0.25
+BATCH_MAX = 5000
+FLUSH_S = 0.5
 
 
 def open_state_db(path: str) -> sqlite_utils.Database:
@@ -82,19 +83,12 @@ class DatabaseWriter(threading.Thread):
     def run(self) -> None:
         analytics = open_analytics_db(self.analytics_path)
         state = open_state_db(self.state_path)
+        for db in (analytics, state):
+            db.execute("pragma synchronous=normal")  # WAL: durable across crashes, not power cuts
         self.ready.set()
         running = True
         while running:
-            try:
-                first = self._queue.get(timeout=FLUSH_S)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < BATCH_MAX:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._collect()
             if None in batch:
                 running = False
                 batch = [b for b in batch if b is not None]
@@ -108,20 +102,37 @@ class DatabaseWriter(threading.Thread):
         analytics.conn.close()
         state.conn.close()
 
+    def _collect(self) -> list[tuple[str, Any] | None]:
+        """Wait for an item, then gather more for up to ``FLUSH_S`` (or ``BATCH_MAX`` items,
+        or a flush/stop request): one transaction then covers many rows."""
+        batch: list[tuple[str, Any] | None] = [self._queue.get()]
+        deadline = time.monotonic() + FLUSH_S
+        while len(batch) < BATCH_MAX and batch[-1] is not None and batch[-1][0] != "flush":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
     def _write(self, analytics: sqlite_utils.Database, state: sqlite_utils.Database,
                batch: list[tuple[str, Any]]) -> None:
         grouped: dict[str, list[Any]] = defaultdict(list)
         for kind, payload in batch:
             grouped[kind].append(payload)
         requests = [rows.complete(r) for r in grouped.get("request", [])]
+        conn = analytics.conn
         with analytics.atomic():
             if requests:
-                analytics["requests"].insert_all(requests, pk="id", replace=True)
-                schema.add_to_rollup(analytics.conn, [r["id"] for r in requests])
-            if grouped.get("attempt"):
-                analytics["attempts"].insert_all(grouped["attempt"], pk="id")
-            if grouped.get("event"):
-                analytics["account_events"].insert_all(grouped["event"], pk="id")
+                conn.executemany(_INSERT["requests"], [_values(r, _COLUMNS["requests"])
+                                                       for r in requests])
+                schema.add_to_rollup(conn, [r["id"] for r in requests])
+            for kind, table in (("attempt", "attempts"), ("event", "account_events")):
+                if grouped.get(kind):
+                    conn.executemany(_INSERT[table], [_values(r, _COLUMNS[table])
+                                                      for r in grouped[kind]])
             if grouped.get("accounts"):
                 account_rows = grouped["accounts"][-1]
                 names = [r["name"] for r in account_rows]
@@ -142,6 +153,23 @@ class DatabaseWriter(threading.Thread):
                 for token_row in grouped.get("tokens", []):
                     state["oauth_tokens"].upsert(token_row, pk="name")
         self.rows_written += len(requests)
+
+
+_COLUMNS = {
+    "requests": list(schema.REQUESTS),
+    "attempts": [c for c in schema.ATTEMPTS if c != "id"],
+    "account_events": [c for c in schema.ACCOUNT_EVENTS if c != "id"],
+}
+_INSERT = {table: f"insert or replace into {table} ({', '.join(cols)}) "
+                  f"values ({', '.join('?' * len(cols))})"
+           for table, cols in _COLUMNS.items()}
+_TIME_COLUMNS = ("started_at", "at", "until")
+
+
+def _values(row: dict[str, Any], columns: list[str]) -> tuple:
+    """The row's values in column order; epoch-second times become ISO 8601 text."""
+    return tuple(iso_utc(row.get(c)) if c in _TIME_COLUMNS and isinstance(row.get(c), float)
+                 else row.get(c) for c in columns)
 
 
 def load_state(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
