@@ -176,3 +176,15 @@ async def test_new_rows_appear_without_restart(ds, filled_db):
     with conn:
         conn.execute("delete from requests where id = 'live'")
     conn.close()
+
+
+async def test_requests_table_has_sort_facets_and_date_facet(ds, filled_db):
+    response = await ds.client.get("/mitmflare/requests.json")
+    assert response.status_code == 200
+    data = response.json()
+    facets = data["facet_results"]
+    assert {"account", "model", "status", "provider", "started_at"} <= set(facets)
+    (day,) = facets["started_at"]["results"]
+    assert day["count"] == rows(filled_db, "select count(*) from requests")[0][0]
+    started = [r[1] for r in data["rows"]]
+    assert started == sorted(started, reverse=True)
