@@ -173,7 +173,8 @@ class Router:
         verdict = await self.failover.handle(flow, fc, self.route)
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
-        redact_credentials(flow.request.headers, fc.account.name if fc.account else "none")
+        if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
+            redact_credentials(flow.request.headers, fc.account.name)
         self._release(fc)
 
     def error(self, flow: http.HTTPFlow) -> None:
