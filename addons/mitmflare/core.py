@@ -134,6 +134,13 @@ class Core:
             "updated_at": iso_utc(now),
         }
 
+    def choose(self, fc: FlowContext) -> Account | None:
+        """The account for the request in ``fc`` now, by ``strategy``; None if none is usable."""
+        return self.selector.choose(self.pool, fc.provider, self.strategy, time.time(),
+                                    session_hours=self.session_hours,
+                                    client_session=fc.client_session, model=fc.model,
+                                    exclude=fc.excluded)
+
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:
         """Keep the latest limit snapshot and whether the account is near a limit."""

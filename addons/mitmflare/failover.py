@@ -28,7 +28,7 @@ from mitmproxy import ctx, http
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
-from .pool import Account
+from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import error_response
 from .ratelimits import parse_limits
 from .times import iso_utc
@@ -102,7 +102,7 @@ class Failover:
                 self._give_up(flow, fc)
                 break
             if fc.stream and self._client_retries(flow) and not same:
-                if self._peek(fc) is None:
+                if self.core.choose(fc) is None:
                     flow.response = self.no_account_response(fc)
                 else:
                     self._ask_client_to_retry(flow, fc, verdict)
@@ -198,13 +198,6 @@ class Failover:
         count = flow.request.headers.get("x-stainless-retry-count")
         return count is not None and count.isdigit() and int(count) < SELF_RETRY_MAX_COUNT
 
-    def _peek(self, fc: FlowContext) -> Account | None:
-        core = self.core
-        return core.selector.choose(core.pool, fc.provider, core.strategy, time.time(),
-                                    session_hours=core.session_hours,
-                                    client_session=fc.client_session, model=fc.model,
-                                    exclude=fc.excluded)
-
     @staticmethod
     def _ask_client_to_retry(flow: http.HTTPFlow, fc: FlowContext, verdict: Verdict) -> None:
         """Answer so that the client retries at once; the retry goes to another account.
@@ -236,8 +229,8 @@ class Failover:
         if not accounts:
             return error_response(fc.provider, 503, "unavailable",
                                   f"mitmflare: no {fc.provider} account is configured")
-        frees = [(_free_at(a, fc.model, now), a) for a in accounts if a.status(now) in
-                 ("available", "cooling_down")]
+        frees = [(_free_at(a, fc.model, now), a) for a in accounts
+                 if a.status(now) in (AVAILABLE, COOLING_DOWN)]
         frees = [(t, a) for t, a in frees if t > now]
         if frees:
             at, account = min(frees, key=lambda x: x[0])

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from .config import AccountConfig, OAuthConfig
-from .times import iso_utc
+from .times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
 
@@ -70,7 +70,7 @@ class TokenSet:
     def from_row(cls, row: dict[str, Any]) -> TokenSet:
         last = row.get("last_refresh_at")
         return cls(row.get("access_token"), row.get("refresh_token"), row.get("expires_at"),
-                   _parse_iso(last) if isinstance(last, str) else last,
+                   parse_iso(last) if isinstance(last, str) else last,
                    row.get("source_fingerprint") or "")
 
 
@@ -233,12 +233,3 @@ class OAuthManager:
                 continue
             if self.needs_refresh(account, now) and account.name not in self._inflight:
                 await self.refresh(account)
-
-
-def _parse_iso(value: str) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -127,8 +127,3 @@ class AccountPool:
 
     def available(self, provider: str, now: float) -> list[Account]:
         return [a for a in self.accounts.values() if a.provider == provider and a.is_available(now)]
-
-    def soonest_free(self, provider: str, now: float) -> Account | None:
-        """The cooling-down account of ``provider`` whose cooldown ends first, if any."""
-        cooling = [a for a in self.for_provider(provider) if a.status(now) == COOLING_DOWN]
-        return min(cooling, key=lambda a: a.state.cooldown_until, default=None)

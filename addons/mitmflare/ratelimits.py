@@ -17,11 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mitmproxy.http import Headers
+
+from .times import parse_iso
 
 UNIFIED = "anthropic-ratelimit-unified-"
 WINDOWS = ("5h", "7d", "7d_oi", "overage")
@@ -123,7 +124,7 @@ def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
             prefix = f"anthropic-ratelimit-{name}-"
             bucket = Bucket(_num(found.get(prefix + "limit")),
                             _num(found.get(prefix + "remaining")),
-                            _rfc3339(found.get(prefix + "reset")))
+                            parse_iso(found.get(prefix + "reset")))
             if bucket != Bucket():
                 limits.buckets[name] = bucket
     else:
@@ -185,14 +186,5 @@ def _num(value: str | None) -> float | None:
         return None
     try:
         return float(value)
-    except ValueError:
-        return None
-
-
-def _rfc3339(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None

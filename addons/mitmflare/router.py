@@ -120,10 +120,7 @@ class Router:
         core = self.core
         while True:
             if account is None:
-                account = core.selector.choose(core.pool, fc.provider, core.strategy,
-                                               time.time(), session_hours=core.session_hours,
-                                               client_session=fc.client_session, model=fc.model,
-                                               exclude=fc.excluded)
+                account = core.choose(fc)
                 if account is None:
                     return False
             if core.oauth and core.oauth.needs_refresh(account, time.time()) \

@@ -77,10 +77,6 @@ class Selector:
                 self._affinity.popitem(last=False)
         return chosen
 
-    def current_sessions(self) -> dict[str, tuple[str, float]]:
-        """provider -> (account name, session start epoch s)."""
-        return dict(self._sessions)
-
 
 def _rank(account: Account, now: float) -> tuple[bool, int]:
     return (account.state.constrained_until > now, account.config.priority)

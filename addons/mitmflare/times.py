@@ -1,8 +1,19 @@
-"""Time formatting shared by the tables: ISO 8601 UTC with milliseconds."""
+"""Time formats shared by the tables and headers: ISO 8601 UTC with milliseconds."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
+
+
+def parse_iso(value: str | None) -> float | None:
+    """Epoch s of an ISO 8601 / RFC 3339 time (``Z`` or an offset); None if absent or invalid."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def iso_utc(ts: float | None) -> str | None:

@@ -53,7 +53,7 @@ class DatabaseWriter(threading.Thread):
 
     Queue items are ``(kind, payload)``; kinds: ``request``, ``attempt``, ``event`` (rows for
     the analytics tables), ``accounts`` (the full list of account rows), ``state``
-    (account name -> persisted state dict), ``tokens`` (OAuth token rows), ``flush``
+    (account name -> persisted state dict), ``flush``
     (a :class:`threading.Event` set once everything before it is written).
     """
 
@@ -62,7 +62,6 @@ class DatabaseWriter(threading.Thread):
         self.analytics_path = analytics_path
         self.state_path = state_path
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        self.rows_written = 0
         self.ready = threading.Event()
 
     # -- producer side (event loop) ---------------------------------------------------------
@@ -141,7 +140,7 @@ class DatabaseWriter(threading.Thread):
                     names)
                 if account_rows:
                     analytics["accounts"].upsert_all(account_rows, pk="name")
-        if grouped.get("state") or grouped.get("tokens"):
+        if grouped.get("state"):
             with state.atomic():
                 merged: dict[str, dict] = {}
                 for snapshot in grouped.get("state", []):
@@ -150,9 +149,6 @@ class DatabaseWriter(threading.Thread):
                 state["account_state"].upsert_all(
                     [{"name": n, "provider": d.pop("provider", None), "data": json.dumps(d),
                       "updated_at": now} for n, d in merged.items()], pk="name")
-                for token_row in grouped.get("tokens", []):
-                    state["oauth_tokens"].upsert(token_row, pk="name")
-        self.rows_written += len(requests)
 
 
 _COLUMNS = {
