@@ -49,7 +49,8 @@ class Proxy:
     """A running ``mitmdump -s addons/bundle.py`` with its own files in ``tmp``."""
 
     def __init__(self, tmp: Path, accounts_yaml: str, options: dict[str, str],
-                 modes: list[str] | None, tool: str = "mitmdump") -> None:
+                 modes: list[str] | None, tool: str = "mitmdump",
+                 scripts: list[Path] | None = None) -> None:
         self.tmp = tmp
         self.accounts = tmp / "accounts.yaml"
         self.db = tmp / "mitmflare.db"
@@ -66,6 +67,7 @@ class Proxy:
         self.db = Path(self.options["flare_db"])
         self.state = Path(self.options["flare_state"])
         self.tool = tool
+        self.scripts = scripts or []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -74,6 +76,8 @@ class Proxy:
 
     def start(self) -> Proxy:
         args = [str(MITMDUMP.with_name(self.tool)), "-s", str(BUNDLE)]
+        for script in self.scripts:
+            args += ["-s", str(script)]
         for mode in self.modes:
             args += ["--mode", mode]
         for key, value in self.options.items():

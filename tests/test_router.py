@@ -6,7 +6,10 @@ import pytest
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
+from mitmflare.accounts_file import AccountsFile
 from mitmflare.bundle import make_addons
+from mitmflare.recorder import Recorder
+from mitmflare.router import Router
 
 YAML = """\
 accounts:
@@ -25,11 +28,13 @@ accounts:
 def bundle(tmp_path):
     (tmp_path / "accounts.yaml").write_text(YAML)
     addons = make_addons()
+    by_type = {type(a): a for a in addons}
+    files, router, recorder = by_type[AccountsFile], by_type[Router], by_type[Recorder]
     with taddons.context(*addons) as tctx:
-        tctx.configure(addons[0], flare_accounts=str(tmp_path / "accounts.yaml"),
+        tctx.configure(files, flare_accounts=str(tmp_path / "accounts.yaml"),
                        flare_db=str(tmp_path / "a.db"), flare_state=str(tmp_path / "s.db"))
-        yield (addons[0], addons[2], addons[3]), tctx
-        addons[3].done()
+        yield (files, router, recorder), tctx
+        recorder.done()
 
 
 def messages_flow(**headers: str):

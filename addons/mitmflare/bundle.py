@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .accounts_file import AccountsFile
 from .core import Core
+from .guard import Guard
 from .recorder import Recorder
 from .refresher import TokenRefresher
 from .router import Router
 
 
 def make_addons() -> list[object]:
-    """Addons in hook order: accounts, token refresh, routing/failover, then recording."""
+    """Addons in hook order: the fail-closed guard, accounts, token refresh, routing/failover,
+    then recording."""
     core = Core()
-    return [AccountsFile(core), TokenRefresher(core), Router(core), Recorder(core)]
+    return [Guard(core), AccountsFile(core), TokenRefresher(core), Router(core), Recorder(core)]

@@ -24,11 +24,11 @@ other 4xx (400, 404, 413, …)                          return     none
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from .ratelimits import Limits
+from .wire import json_object
 
 OK = "ok"
 RETURN = "return"        # hand the answer to the client untouched
@@ -128,11 +128,10 @@ def _error_fields(body: bytes | None) -> tuple[str, str, str]:
     """(error type, error code, message) from an Anthropic or OpenAI error body."""
     if not body:
         return "", "", ""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    data = json_object(body)
+    if data is None:
         return "", "", body[:200].decode("utf-8", "replace")
-    error = data.get("error") if isinstance(data, dict) else None
+    error = data.get("error")
     if not isinstance(error, dict):
         return "", "", ""
     details = error.get("details") if isinstance(error.get("details"), dict) else {}

@@ -32,6 +32,8 @@ class FlowContext:
     ``path``: the client's path (each attempt prefixes it with its account's base path).
     ``attempts``: rows for the ``attempts`` table.
     ``excluded``: accounts not to try again for this request. Times are epoch s.
+    ``provider``: "" when no provider serves the request. ``error``: why mitmflare answered
+    the request itself, recorded in the row. ``replay``: replayed from mitmweb/mitmdump.
     """
 
     flow_id: str
@@ -52,6 +54,8 @@ class FlowContext:
     tap: UsageTap | None = None
     ttfb: float | None = None
     failover: bool = False
+    replay: bool = False
+    error: str | None = None
     notes: list[str] = field(default_factory=list)
 
 

@@ -15,7 +15,11 @@ KNOWN_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings",
                 "/v1/models")
 OAUTH_BETA = "oauth-2025-04-20"  # required in anthropic-beta with an OAuth bearer token
-CLIENT_CREDENTIAL_HEADERS = ("x-api-key", "authorization")
+# Headers that carry a client's credential for some API (Anthropic, OpenAI, Azure OpenAI, Google,
+# HTTP proxies): all are removed before a request can go upstream.
+CLIENT_CREDENTIAL_HEADERS = ("x-api-key", "authorization", "proxy-authorization", "api-key",
+                             "x-goog-api-key")
+REDACTED_HEADERS = ("x-api-key", "authorization")  # the ones an account's credential uses
 
 
 def detect_provider(flow: http.HTTPFlow) -> str | None:
@@ -59,7 +63,7 @@ def set_credentials(headers: http.Headers, provider: str, kind: str, secret: str
 
 
 def strip_client_credentials(headers: http.Headers) -> None:
-    """Remove every credential header (``x-api-key``, ``authorization``)."""
+    """Remove every credential header (:data:`CLIENT_CREDENTIAL_HEADERS`)."""
     for name in CLIENT_CREDENTIAL_HEADERS:
         if name in headers:
             del headers[name]
@@ -67,7 +71,7 @@ def strip_client_credentials(headers: http.Headers) -> None:
 
 def redact_credentials(headers: http.Headers, account: str) -> None:
     """Replace credential header values with ``<account>`` so flows keep no secret."""
-    for name in CLIENT_CREDENTIAL_HEADERS:
+    for name in REDACTED_HEADERS:
         if name in headers:
             headers[name] = f"Bearer <{account}>" if name == "authorization" else f"<{account}>"
 
@@ -79,6 +83,8 @@ _ERROR_TYPES = {
     "overloaded": ("overloaded_error", "server_error", "server_is_overloaded"),
     "invalid_request": ("invalid_request_error", "invalid_request_error", None),
     "not_found": ("not_found_error", "invalid_request_error", "not_found"),
+    "internal": ("api_error", "server_error", "internal_error"),
+    "authentication": ("authentication_error", "invalid_request_error", "invalid_api_key"),
 }
 
 

@@ -88,14 +88,15 @@ class Recorder:
         started = flow.request.timestamp_start or fc.started
         response = flow.response
         row = {
-            "id": flow.id, "started_at": float(started), "provider": fc.provider,
+            "id": flow.id, "started_at": float(started), "provider": fc.provider or None,
             "account": fc.account.name if fc.account else None,
             "method": flow.request.method, "path": flow.request.path.split("?", 1)[0],
             "model": fc.model, "status": response.status_code if response else None,
             "streamed": int(fc.stream), "duration_ms": round((now - started) * 1000, 3),
             "ttfb_ms": round((fc.ttfb - started) * 1000, 3) if fc.ttfb else None,
             "client_session": fc.client_session, "user_agent": fc.user_agent,
-            "error": error, "attempts": len(fc.attempts), "failover": int(fc.failover),
+            "error": error or fc.error, "attempts": len(fc.attempts),
+            "failover": int(fc.failover), "replay": int(fc.replay),
         }
         if response is None:
             pass

@@ -15,6 +15,8 @@ from typing import Any
 
 from mitmproxy import http
 
+from .wire import MAX_TEXT, json_object, text
+
 SESSION_HEADER = "x-claude-code-session-id"
 _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 
@@ -32,12 +34,11 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     """Read the request. For an OpenAI streamed chat completion without
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
-    info = RequestInfo(client_session=request.headers.get(SESSION_HEADER) or None)
+    info = RequestInfo(client_session=text(request.headers.get(SESSION_HEADER)))
     body = _json_body(request)
     if body is None:
         return info
-    model = body.get("model")
-    info.model = model if isinstance(model, str) else None
+    info.model = text(body.get("model"))
     info.stream = body.get("stream") is True
     if info.client_session is None:
         info.client_session = _session_from_metadata(body.get("metadata"))
@@ -53,11 +54,7 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
 def _json_body(request: http.Request) -> dict[str, Any] | None:
     if request.method != "POST" or not request.raw_content:
         return None
-    try:
-        body = json.loads(request.get_content(strict=False) or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
+    return json_object(request.get_content(strict=False))
 
 
 def _session_from_metadata(metadata: Any) -> str | None:
@@ -67,10 +64,6 @@ def _session_from_metadata(metadata: Any) -> str | None:
     if not isinstance(user_id, str) or not user_id:
         return None
     if user_id.startswith("{"):
-        try:
-            session = json.loads(user_id).get("session_id")
-        except (ValueError, AttributeError):
-            return None
-        return session if isinstance(session, str) and session else None
+        return text((json_object(user_id) or {}).get("session_id"))
     match = _LEGACY_SESSION.search(user_id)
-    return match.group(1) if match else None
+    return match.group(1)[:MAX_TEXT] if match else None

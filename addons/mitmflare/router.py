@@ -18,6 +18,7 @@ from . import __version__
 from .classify import TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
+from .guard import ROUTED, take_placeholder
 from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import (
     detect_provider,
@@ -36,6 +37,8 @@ log = logging.getLogger("mitmflare")
 TICK_S = 1.0
 RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
 RETRY_COUNT_HEADER = "x-stainless-retry-count"
+CLIENT_PATH = "mitmflare.path"            # flow.metadata: the client's own path (for replays)
+REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay must use
 
 
 class Router:
@@ -88,29 +91,74 @@ class Router:
 
     # -- hooks ------------------------------------------------------------------------------
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.is_replay:
+        """Fail closed: the client's credentials go first, and any unexpected exception is
+        answered here (500 in the provider's error shape) instead of letting the raw request
+        through. Takes the guard's placeholder answer away and marks the flow routed (see
+        :mod:`.guard`) only once it is done with it."""
+        strip_client_credentials(flow.request.headers)  # at once: nothing below can leak them
+        if not take_placeholder(flow):
             return
-        if flow.request.path.split("?", 1)[0] == "/health":
+        try:
+            await self._request(flow)
+        except Exception as exc:
+            self._internal_error(flow, exc)
+        flow.metadata[ROUTED] = True
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        replay = bool(flow.is_replay)
+        if replay:  # a replayed flow goes through the router again, from the client's path
+            request.path = flow.metadata.get(CLIENT_PATH, request.path)
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
             flow.response = http.Response.make(200, json.dumps(self.health()),
                                                {"content-type": "application/json"})
             return
-        provider = detect_provider(flow)
-        if provider is None:
-            flow.response = error_response(None, 404, "not_found",
-                                           f"mitmflare: no provider serves {flow.request.path}")
+        if path == "/" and request.method in ("GET", "HEAD"):
+            # connectivity probe (Claude Code sends HEAD / at start): answered here, unrecorded
+            flow.response = http.Response.make(200, b"" if request.method == "HEAD" else
+                                               b'{"status":"ok","service":"mitmflare"}',
+                                               {"content-type": "application/json"})
             return
-        info = inspect_request(provider, flow.request)
-        headers = flow.request.headers
-        strip_client_credentials(headers)  # at once: even a flow answered here keeps none
-        headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
-        fc = FlowContext(provider=provider, started=time.time(), path=flow.request.path,
-                         client_session=info.client_session, model=info.model,
-                         user_agent=headers.get("user-agent"), stream=info.stream,
-                         flow_id=flow.id)
-        fc.excluded = self._excluded_for_retry(flow)
+        provider = detect_provider(flow)
+        fc = FlowContext(provider=provider or "", started=time.time(), path=request.path,
+                         client_session=None, model=None, user_agent=None, flow_id=flow.id,
+                         replay=replay)
         self.core.flows[flow.id] = fc
-        if not await self.route(flow, fc):
+        flow.metadata[CLIENT_PATH] = request.path
+        if provider is None:
+            fc.error = "no provider serves this path"
+            flow.response = error_response(None, 404, "not_found",
+                                           f"mitmflare: no provider serves {path}")
+            return
+        info = inspect_request(provider, request)
+        headers = request.headers
+        headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
+        fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
+        fc.user_agent = headers.get("user-agent")
+        fc.excluded = self._excluded_for_retry(flow)
+        pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
+        if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
             flow.response = self.failover.no_account_response(fc)
+
+    def _internal_error(self, flow: http.HTTPFlow, exc: Exception) -> None:
+        """Answer a flow whose routing raised: 500 ``api_error`` in the provider's shape, the
+        traceback logged once, and the row recorded with the error. Nothing is sent upstream."""
+        log.error("mitmflare could not route flow %s", flow.id, exc_info=exc)
+        fc = self.core.flows.get(flow.id)
+        if fc is None:
+            fc = FlowContext(provider="", started=time.time(), path=flow.request.path,
+                             client_session=None, model=None, user_agent=None, flow_id=flow.id)
+            self.core.flows[flow.id] = fc
+        self._release(fc)
+        fc.account = None
+        fc.error = f"internal_error: {type(exc).__name__}"
+        flow.metadata.pop("mitmflare.account", None)
+        strip_client_credentials(flow.request.headers)
+        flow.response = error_response(
+            fc.provider or None, 500, "internal",
+            f"mitmflare could not route this request ({type(exc).__name__}); it was not sent "
+            f"upstream. Flow id {flow.id} (see the proxy's log).")
 
     async def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None,
                     ) -> bool:
@@ -187,7 +235,8 @@ class Router:
             self.core.apply(fc.account, verdict, fc.model, None, now)
         self._release(fc)
 
-    def _release(self, fc: FlowContext) -> None:
+    @staticmethod
+    def _release(fc: FlowContext) -> None:
         if fc.account is not None:
             fc.account.state.in_flight -= 1
 
@@ -254,6 +303,7 @@ class Router:
         }
         if self.core.config_error:
             body["config_error"] = self.core.config_error
+        body["write_errors"] = self.core.writer.write_errors if self.core.writer else 0
         return body
 
     @command.command("flare.accounts")

@@ -3,19 +3,23 @@ model from a kept response body, the error text of an error body, and the cost i
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
+from . import schema
 from .pricing import cost_usd
 from .sse import UsageTap
+from .times import iso_utc
 from .usage import usage_from_json
+from .wire import json_object
 
 BODY = "_body"          # raw response body kept for parsing here (bytes)
 BODY_IS_SSE = "_sse"    # the kept body is an event stream
 
 
 def complete(row: dict[str, Any]) -> dict[str, Any]:
-    """Fill usage, model, error and ``cost_usd`` of a row; drop the private keys."""
+    """Fill usage, model, error and ``cost_usd`` of a row; drop the private keys; make every
+    value fit its column's type (:func:`conform`)."""
     body: bytes | None = row.pop(BODY, None)
     is_sse = row.pop(BODY_IS_SSE, False)
     provider = row.get("provider") or ""
@@ -34,6 +38,9 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
             row["model"] = model or row.get("model")
         elif not row.get("error"):
             row["error"] = error_text(status, body)
+    if isinstance(row.get("started_at"), float):
+        row["started_at"] = iso_utc(row["started_at"])
+    conform(row)
     row["cost_usd"] = cost_usd(provider, row.get("model"), row.get("input_tokens"),
                                row.get("output_tokens"), row.get("cache_read_input_tokens"),
                                row.get("cache_creation_input_tokens"),
@@ -41,12 +48,29 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+TEXT_MAX = 2000  # characters kept of a text column
+
+
+def conform(row: dict[str, Any], columns: dict[str, type] = schema.REQUESTS) -> dict[str, Any]:
+    """Make each value fit its column in place: ``int`` columns take ints (``bool`` and whole
+    finite floats converted), ``float`` columns finite numbers, ``str`` columns text (cut to
+    ``TEXT_MAX``); anything else becomes NULL. Returns ``row``."""
+    for column, kind in columns.items():
+        value = row.get(column)
+        if value is None or (type(value) is kind and kind is not str):
+            continue
+        if kind is str:
+            row[column] = value[:TEXT_MAX] if isinstance(value, str) else None
+        elif isinstance(value, bool | int | float) and math.isfinite(value):
+            row[column] = kind(value)
+        else:
+            row[column] = None
+    return row
+
+
 def error_text(status: int, body: bytes) -> str:
     """``"429 rate_limit_error: message"`` from an Anthropic or OpenAI error body."""
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        error = None
+    error = (json_object(body) or {}).get("error")
     if isinstance(error, dict):
         kind = error.get("type") or error.get("code") or "error"
         return f"{status} {kind}: {error.get('message', '')}"[:500]

@@ -31,6 +31,7 @@ REQUESTS = {
     "error": str,
     "attempts": int,
     "failover": int,
+    "replay": int,             # 1: replayed from mitmweb / mitmdump, routed again
 }
 
 ATTEMPTS = {

@@ -149,7 +149,7 @@ class SimulatedUpstream:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         try:
             body = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         path = scope["path"]
         if path.startswith("/_sim/"):

@@ -11,11 +11,11 @@ Completions (data-only chunks, final ``usage`` chunk, ``[DONE]``) and OpenAI Res
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from .usage import Usage
+from .wire import json_object, text
 
 _ANTHROPIC_EVENTS = (b"message_start", b"message_delta", b"error")
 _RESPONSES_EVENTS = (b"response.created", b"response.completed", b"response.incomplete",
@@ -82,20 +82,21 @@ class UsageTap:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
-            self.model = message.get("model") or self.model
-            self.usage.merge_anthropic(message.get("usage") or {})
+            message = message if isinstance(message, dict) else {}
+            self.model = text(message.get("model")) or self.model
+            self.usage.merge_anthropic(_object(message.get("usage")))
         elif kind == "message_delta":
-            self.usage.merge_anthropic(event.get("usage") or {})
+            self.usage.merge_anthropic(_object(event.get("usage")))
         elif kind == "error":
-            self._set_error(event.get("error") or {})
+            self._set_error(_object(event.get("error")))
 
     def _responses(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "error":
             self._set_error(event)
             return
-        response = event.get("response") or {}
-        self.model = response.get("model") or self.model
+        response = _object(event.get("response"))
+        self.model = text(response.get("model")) or self.model
         if isinstance(response.get("usage"), dict):
             self.usage.merge_openai(response["usage"])
         if kind == "response.failed" and isinstance(response.get("error"), dict):
@@ -105,18 +106,18 @@ class UsageTap:
         if isinstance(chunk.get("error"), dict):
             self._set_error(chunk["error"])
             return
-        self.model = chunk.get("model") or self.model
+        self.model = text(chunk.get("model")) or self.model
         if isinstance(chunk.get("usage"), dict):
             self.usage.merge_openai(chunk["usage"])
 
     def _set_error(self, error: dict[str, Any]) -> None:
-        self.error_type = str(error.get("type") or error.get("code") or "error")
-        self.error = f"{self.error_type}: {error.get('message', '')}"
+        self.error_type = text(error.get("type")) or text(error.get("code")) or "error"
+        self.error = f"{self.error_type}: {error.get('message', '')}"[:500]
 
 
 def _loads(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return {}
+    return json_object(data) or {}
+
+
+def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}

@@ -7,9 +7,10 @@ OpenAI, whose ``prompt_tokens`` include cached tokens, the cached part is moved 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from .wire import count, json_object, text
 
 
 @dataclass
@@ -31,45 +32,43 @@ class Usage:
         (``message_start.message.usage``, then the cumulative ``message_delta.usage``)."""
         for key in ("input_tokens", "output_tokens", "cache_read_input_tokens",
                     "cache_creation_input_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int):
+            value = count(usage.get(key))
+            if value is not None:
                 setattr(self, key, value)
         split = usage.get("cache_creation")
         if isinstance(split, dict):
-            five = split.get("ephemeral_5m_input_tokens")
-            hour = split.get("ephemeral_1h_input_tokens")
-            if isinstance(five, int):
+            five = count(split.get("ephemeral_5m_input_tokens"))
+            hour = count(split.get("ephemeral_1h_input_tokens"))
+            if five is not None:
                 self.cache_creation_5m_input_tokens = five
-            if isinstance(hour, int):
+            if hour is not None:
                 self.cache_creation_1h_input_tokens = hour
 
     def merge_openai(self, usage: dict[str, Any]) -> None:
         """Read an OpenAI Chat Completions ``usage`` (prompt/completion tokens) or a Responses
         ``usage`` (input/output tokens); cached tokens are taken out of the input count."""
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        output = usage.get("completion_tokens", usage.get("output_tokens"))
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = details.get("cached_tokens") or 0
-        written = details.get("cache_write_tokens")
-        if isinstance(prompt, int):
-            self.input_tokens = prompt - cached - (written or 0)
+        prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        output = count(usage.get("completion_tokens", usage.get("output_tokens")))
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        cached = count(details.get("cached_tokens")) or 0
+        written = count(details.get("cache_write_tokens"))
+        if prompt is not None:
+            self.input_tokens = max(prompt - cached - (written or 0), 0)
             self.cache_read_input_tokens = cached
-        if isinstance(written, int):
+        if written is not None:
             self.cache_creation_input_tokens = written
-        if isinstance(output, int):
+        if output is not None:
             self.output_tokens = output
 
 
 def usage_from_json(provider: str, body: bytes) -> tuple[Usage | None, str | None]:
     """Usage and model from a non-streamed JSON response body (Anthropic Message, OpenAI chat
     completion, Responses object, embeddings). Returns (None, None) when the body has neither."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    data = json_object(body)
+    if data is None:
         return None, None
-    if not isinstance(data, dict):
-        return None, None
-    model = data.get("model") if isinstance(data.get("model"), str) else None
+    model = text(data.get("model"))
     raw = data.get("usage")
     if not isinstance(raw, dict):
         return None, model

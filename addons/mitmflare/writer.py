@@ -63,6 +63,7 @@ class DatabaseWriter(threading.Thread):
         self.state_path = state_path
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self.ready = threading.Event()
+        self.write_errors = 0  # rows (or snapshots) that could not be written
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
@@ -93,8 +94,9 @@ class DatabaseWriter(threading.Thread):
                 batch = [b for b in batch if b is not None]
             try:
                 self._write(analytics, state, batch)
-            except Exception:  # never let one bad batch kill the writer
-                log.exception("database writer: a batch of %d items was not written", len(batch))
+            except Exception:  # never let a surprise kill the writer
+                self.write_errors += 1
+                log.exception("database writer: a batch of %d items failed", len(batch))
             for kind, payload in batch:
                 if kind == "flush":
                     payload.set()
@@ -121,34 +123,73 @@ class DatabaseWriter(threading.Thread):
         grouped: dict[str, list[Any]] = defaultdict(list)
         for kind, payload in batch:
             grouped[kind].append(payload)
-        requests = [rows.complete(r) for r in grouped.get("request", [])]
-        conn = analytics.conn
-        with analytics.atomic():
-            if requests:
-                conn.executemany(_INSERT["requests"], [_values(r, _COLUMNS["requests"])
-                                                       for r in requests])
-                schema.add_to_rollup(conn, [r["id"] for r in requests])
-            for kind, table in (("attempt", "attempts"), ("event", "account_events")):
-                if grouped.get(kind):
-                    conn.executemany(_INSERT[table], [_values(r, _COLUMNS[table])
-                                                      for r in grouped[kind]])
-            if grouped.get("accounts"):
-                account_rows = grouped["accounts"][-1]
-                names = [r["name"] for r in account_rows]
-                analytics.execute(
-                    f"delete from accounts where name not in ({','.join('?' * len(names))})",
-                    names)
-                if account_rows:
-                    analytics["accounts"].upsert_all(account_rows, pk="name")
+        requests = []
+        for row in grouped.get("request", []):
+            try:
+                requests.append(rows.complete(row))
+            except Exception:
+                self._lost("request", row.get("id"))
+        items = [("requests", r) for r in requests]
+        items += [(table, r) for kind, table in (("attempt", "attempts"), ("event", "account_events"))
+                  for r in grouped.get(kind, [])]
+        try:
+            with analytics.atomic():
+                _insert(analytics.conn, items)
+        except Exception:
+            # One bad row costs only itself: write them one by one, drop the ones that fail.
+            log.warning("database writer: a batch of %d rows failed; writing them one by one",
+                        len(items))
+            for item in items:
+                try:
+                    with analytics.atomic():
+                        _insert(analytics.conn, [item])
+                except Exception:
+                    self._lost(item[0], item[1].get("id") or item[1].get("request_id"))
+        if grouped.get("accounts"):
+            self._guarded("accounts", _write_accounts, analytics, grouped["accounts"][-1])
         if grouped.get("state"):
-            with state.atomic():
-                merged: dict[str, dict] = {}
-                for snapshot in grouped.get("state", []):
-                    merged.update(snapshot)
-                now = iso_utc(time.time())
-                state["account_state"].upsert_all(
-                    [{"name": n, "provider": d.pop("provider", None), "data": json.dumps(d),
-                      "updated_at": now} for n, d in merged.items()], pk="name")
+            self._guarded("account state", _write_state, state, grouped["state"])
+
+    def _lost(self, table: str, flow_id: str | None) -> None:
+        self.write_errors += 1
+        log.exception("database writer: a %s row of flow %s was not written", table, flow_id)
+
+    def _guarded(self, what: str, write, db: sqlite_utils.Database, payload: Any) -> None:
+        try:
+            with db.atomic():
+                write(db, payload)
+        except Exception:
+            self.write_errors += 1
+            log.exception("database writer: %s not written", what)
+
+
+def _insert(conn: sqlite3.Connection, items: list[tuple[str, dict[str, Any]]]) -> None:
+    """Insert (table, row) items; `requests` rows are added to the hourly rollup too."""
+    by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for table, row in items:
+        by_table[table].append(row)
+    for table, table_rows in by_table.items():
+        conn.executemany(_INSERT[table], [_values(r, _COLUMNS[table]) for r in table_rows])
+    if by_table.get("requests"):
+        schema.add_to_rollup(conn, [r["id"] for r in by_table["requests"]])
+
+
+def _write_accounts(analytics: sqlite_utils.Database, account_rows: list[dict[str, Any]]) -> None:
+    names = [r["name"] for r in account_rows]
+    analytics.execute(f"delete from accounts where name not in ({','.join('?' * len(names))})",
+                      names)
+    if account_rows:
+        analytics["accounts"].upsert_all(account_rows, pk="name")
+
+
+def _write_state(state: sqlite_utils.Database, snapshots: list[dict[str, dict]]) -> None:
+    merged: dict[str, dict] = {}
+    for snapshot in snapshots:
+        merged.update(snapshot)
+    now = iso_utc(time.time())
+    state["account_state"].upsert_all(
+        [{"name": n, "provider": d.pop("provider", None), "data": json.dumps(d),
+          "updated_at": now} for n, d in merged.items()], pk="name")
 
 
 _COLUMNS = {

@@ -1,0 +1,66 @@
+"""Addon, first in the bundle: no request leaves the proxy unless the router finished with it.
+
+Fail closed by default: in ``requestheaders`` (before any ``request`` hook runs) every flow gets
+a placeholder answer, a 500 ``api_error`` in the Anthropic error shape, and is marked unrouted
+(``flow.metadata[ROUTED] = False``). Only the router takes the placeholder away, when it has
+routed the flow or answered it itself. If the router's hook raises, never runs, or is skipped
+(mitmproxy stops calling a script's addons after one of them raises), the placeholder is what
+the client gets, and the flow is recorded with the error; mitmproxy never forwards it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import ctx, http
+
+from .core import Core, FlowContext
+from .providers import error_response, strip_client_credentials
+
+log = logging.getLogger("mitmflare")
+
+ROUTED = "mitmflare.routed"  # flow.metadata: False until the router is done with the flow
+NOT_ROUTED_ERROR = "internal_error: not routed"
+
+
+class Guard:
+    """Sets the fail-closed placeholder answer and records flows that kept it."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
+            # A streamed request body is forwarded before the `request` hook runs, i.e.
+            # before the router swapped the credentials: never allowed.
+            log.warning("mitmflare needs whole request bodies; stream_large_bodies ignored")
+            ctx.options.stream_large_bodies = None
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        flow.metadata[ROUTED] = False
+        flow.response = error_response(None, 500, "internal",
+                                       f"mitmflare did not route this request; it was not sent "
+                                       f"upstream. Flow id {flow.id} (see the proxy's log).")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(ROUTED) is not False:
+            return
+        strip_client_credentials(flow.request.headers)
+        log.error("flow %s was not routed; answered with an error, not forwarded", flow.id)
+        fc = self.core.flows.setdefault(flow.id, FlowContext(
+            provider="", started=time.time(), path=flow.request.path, client_session=None,
+            model=None, user_agent=None, flow_id=flow.id))
+        fc.account = None
+        fc.error = NOT_ROUTED_ERROR
+
+
+def take_placeholder(flow: http.HTTPFlow) -> bool:
+    """Called by the router as it takes a flow: removes the guard's placeholder answer.
+    Returns False when the flow was answered by something else (nothing to route)."""
+    if flow.metadata.get(ROUTED) is False:
+        flow.response = None
+        return True
+    return flow.response is None

@@ -1,0 +1,37 @@
+"""Reading untrusted values from the wire: JSON bodies and the scalars inside them.
+
+Client and upstream bodies can be anything. ``json.loads`` raises ``RecursionError`` (not
+``ValueError``) on deeply nested input such as ``[`` x 200,000, and decoded values may have any
+type (``"model": {"a": 1}``, ``"input_tokens": "5"``, ``true`` where a count belongs). Every
+parse of a body and every scalar that ends up in a row or a computation goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_TEXT = 200  # characters kept of a text field (model names, session ids)
+
+
+def json_object(data: bytes | str | None) -> dict[str, Any] | None:
+    """The JSON object in ``data``, or None when it is empty, not JSON, too deeply nested,
+    not UTF-8, or not an object."""
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def count(value: Any) -> int | None:
+    """A token count: a non-negative ``int`` (``bool`` excluded), else None."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def text(value: Any) -> str | None:
+    """A short text field (e.g. a model name): a non-empty ``str`` cut to ``MAX_TEXT``
+    characters, else None."""
+    return value[:MAX_TEXT] if isinstance(value, str) and value else None
