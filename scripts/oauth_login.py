@@ -26,23 +26,34 @@ import httpx
 from ruamel.yaml import YAML
 
 from mitmflare import oauth
+from mitmflare.config import ConfigError, load_accounts
 from mitmflare.times import iso_utc
 from mitmflare.writer import open_state_db
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", help="account name (letters, digits, - and _)")
-    parser.add_argument("--accounts", default="config/accounts.yaml")
-    parser.add_argument("--state", default="mitmflare-state.db")
-    parser.add_argument("--priority", type=int, default=None)
-    parser.add_argument("--access-token", help="use an existing pair instead of logging in")
-    parser.add_argument("--refresh-token")
-    parser.add_argument("--expires-at", help="ISO 8601 expiry of --access-token")
-    parser.add_argument("--token-url", default=oauth.DEFAULT_TOKEN_URL)
-    parser.add_argument("--authorize-url", default=oauth.AUTHORIZE_URL)
-    parser.add_argument("--client-id", default=oauth.DEFAULT_CLIENT_ID)
-    parser.add_argument("--redirect-uri", default=oauth.REDIRECT_URI)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("name", help="account name (letters, digits, - and _); an existing "
+                        "entry of that name is switched to these tokens")
+    parser.add_argument("--accounts", default="config/accounts.yaml",
+                        help="accounts file to add the account to (the proxy's flare_accounts)")
+    parser.add_argument("--state", default="mitmflare-state.db",
+                        help="state database that receives the tokens (the proxy's flare_state)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="priority of the account (lower is preferred); kept if omitted")
+    parser.add_argument("--access-token", help="use an existing pair instead of logging in "
+                        "(e.g. from `claude setup-token` or ~/.claude/.credentials.json)")
+    parser.add_argument("--refresh-token", help="the refresh token of that pair")
+    parser.add_argument("--expires-at", help="ISO 8601 expiry of --access-token, if known")
+    parser.add_argument("--token-url", default=oauth.DEFAULT_TOKEN_URL,
+                        help="OAuth token endpoint (the proxy's flare_oauth_token_url)")
+    parser.add_argument("--authorize-url", default=oauth.AUTHORIZE_URL,
+                        help="OAuth authorization page opened in the browser")
+    parser.add_argument("--client-id", default=oauth.DEFAULT_CLIENT_ID,
+                        help="OAuth client id (the proxy's flare_oauth_client_id)")
+    parser.add_argument("--redirect-uri", default=oauth.REDIRECT_URI,
+                        help="OAuth redirect URI registered for that client id")
     args = parser.parse_args(argv)
 
     try:
@@ -60,7 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     add_account(Path(args.accounts), args.name, args.priority)
     expiry = iso_utc(tokens.expires_at) or "unknown"
     print(f"account {args.name}: tokens stored in {args.state} (access token expires {expiry}); "
-          f"{args.accounts} updated. A running proxy picks it up within 2 s.")
+          f"{args.accounts} updated.")
+    return report(args.accounts, args.name)
+
+
+def report(accounts: str, name: str) -> int:
+    """Validate the accounts file as the proxy will, and say what the proxy will do."""
+    try:
+        loaded = load_accounts(accounts)
+    except ConfigError as exc:
+        print(f"but the proxy cannot read {accounts}: {exc}", file=sys.stderr)
+        return 1
+    mine = [e for e in loaded.errors if f"account {name}:" in e]
+    for error in loaded.errors:
+        print(f"{'error' if error in mine else 'note: another entry is left out'}: {error}",
+              file=sys.stderr)
+    if mine:
+        return 1
+    print(f"A running proxy (flare_accounts={accounts}) serves {name} within 2 s, with these "
+          f"tokens; a 'needs_reauth' mark on it is cleared. A proxy started later loads it too.")
     return 0
 
 
@@ -103,8 +132,10 @@ def add_account(path: Path, name: str, priority: int | None) -> None:
     if priority is not None:
         entry["priority"] = priority
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", encoding="utf-8") as fh:
         yaml.dump(data, fh)
+    partial.replace(path)  # atomic: a running proxy never reads half a file
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mitmflare.config import ConfigError, parse_accounts
+from mitmflare.config import ConfigError, load_accounts, parse_accounts
 
 GOOD = """\
 accounts:
@@ -22,40 +22,77 @@ accounts:
 
 def test_valid_file_with_env_reference(monkeypatch):
     monkeypatch.setenv("FLARE_TEST_KEY", "sk-from-env")
-    first, second = parse_accounts(GOOD)
+    loaded = parse_accounts(GOOD)
+    assert loaded.errors == []
+    first, second = loaded.accounts
     assert first.credential_kind == "oauth" and first.oauth.expires_at.tzinfo is not None
     assert first.upstream == "https://api.anthropic.com"
     assert second.api_key == "sk-from-env" and second.weight == 2.5
     assert second.upstream == "http://127.0.0.1:9000/prefix"
 
 
+ENTRY = "accounts:\n  - name: ok\n    provider: anthropic\n    api_key: k0\n"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
-    ("accounts:\n  - name: a\n    provider: anthropic\n", "line 2: account a: (account): needs exactly one"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: k\n    colour: red\n",
-     "line 5: account a: colour: Extra inputs are not permitted"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: k\n"
-     "  - name: a\n    provider: anthropic\n    api_key: k\n",
-     "line 5: account a: duplicate name (first defined on line 2)"),
-    ("accounts:\n  - name: a b\n    provider: anthropic\n    api_key: k\n", "line 2: account a b: name"),
-    ("accounts:\n  - name: a\n    provider: gemini\n    api_key: k\n", "line 3: account a: provider"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: ${FLARE_UNSET_VAR}\n",
-     "line 4: account a: api_key: environment variable FLARE_UNSET_VAR is not set"),
-    ("accounts:\n  - name: a\n    provider: openai\n    oauth: {access_token: t}\n",
+    ("  - name: a\n    provider: anthropic\n", "line 5: account a: (account): needs exactly one"),
+    ("  - name: a\n    provider: anthropic\n    api_key: k\n    colour: red\n",
+     "line 8: account a: colour: Extra inputs are not permitted"),
+    ("  - name: ok\n    provider: anthropic\n    api_key: k\n",
+     "line 5: account ok: duplicate name (first defined on line 2)"),
+    ("  - name: a b\n    provider: anthropic\n    api_key: k\n", "line 5: account a b: name"),
+    ("  - name: a\n    provider: gemini\n    api_key: k\n", "line 6: account a: provider"),
+    ("  - name: a\n    provider: anthropic\n    api_key: ${FLARE_UNSET_VAR}\n",
+     "line 7: account a: api_key: environment variable FLARE_UNSET_VAR is not set"),
+    ("  - name: a\n    provider: openai\n    oauth: {access_token: t}\n",
      "oauth is only supported for provider anthropic"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: [oops\n", "YAML syntax error at line 5"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: k\n    weight: 0\n",
-     "line 5: account a: weight"),
-    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: k\n    base_url: ftp://x\n",
-     "line 5: account a: base_url: must be an http"),
-    ("servers: []\n", "line 1: the file must be a mapping with one key, 'accounts'"),
+    ("  - name: a\n    provider: anthropic\n    api_key: k\n    weight: 0\n",
+     "line 8: account a: weight"),
+    ("  - name: a\n    provider: anthropic\n    api_key: k\n    base_url: ftp://x\n",
+     "line 8: account a: base_url: must be an http"),
+    ("  - just a string\n", "line 5: account #2: must be a mapping"),
 ])
-def test_errors_name_line_account_and_field(text, expected):
+def test_a_bad_entry_costs_only_itself_and_names_line_account_and_field(text, expected):
+    loaded = parse_accounts(ENTRY + text, "accounts.yaml")
+    assert [a.name for a in loaded.accounts] == ["ok"]
+    (error,) = loaded.errors
+    assert expected in error and error.startswith("accounts.yaml: ")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: [oops\n",
+     "YAML syntax error at line 5"),
+    ("servers: []\n", "line 1: the file must be a mapping with one key, 'accounts'"),
+    ("accounts: {a: 1}\n", "line 1: 'accounts' must be a list"),
+])
+def test_a_file_that_cannot_be_read_as_a_whole_is_rejected(text, expected):
     with pytest.raises(ConfigError) as info:
         parse_accounts(text, "accounts.yaml")
     assert expected in str(info.value)
-    assert str(info.value).startswith("accounts.yaml: ")
 
 
 def test_empty_file_means_no_accounts():
-    assert parse_accounts("") == []
-    assert parse_accounts("accounts: []\n") == []
+    assert parse_accounts("").accounts == []
+    assert parse_accounts("accounts: []\n").accounts == []
+
+
+def test_variables_come_from_the_env_file_beside_the_accounts_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLARE_DOTENV_KEY", raising=False)
+    path = tmp_path / "accounts.yaml"
+    path.write_text("accounts:\n  - name: a\n    provider: anthropic\n"
+                    "    api_key: ${FLARE_DOTENV_KEY}\n")
+    (error,) = load_accounts(str(path)).errors
+    assert str(tmp_path / ".env") in error and "cannot change" in error
+    (tmp_path / ".env").write_text("FLARE_DOTENV_KEY=sk-from-dotenv\n")
+    assert load_accounts(str(path)).accounts[0].api_key == "sk-from-dotenv"
+    monkeypatch.setenv("FLARE_DOTENV_KEY", "sk-from-process")  # the process environment wins
+    assert load_accounts(str(path)).accounts[0].api_key == "sk-from-process"
+
+
+def test_identity_survives_a_rename():
+    one = parse_accounts("accounts:\n  - {name: a, provider: anthropic, api_key: k1}\n"
+                         "  - {name: b, provider: anthropic, api_key: k2, id: team-b}\n").accounts
+    two = parse_accounts("accounts:\n  - {name: renamed, provider: anthropic, api_key: k1}\n"
+                         "  - {name: b2, provider: anthropic, api_key: other, id: team-b}\n").accounts
+    assert [a.identity for a in one] == [a.identity for a in two]
+    assert "k1" not in one[0].identity

@@ -5,13 +5,15 @@ from __future__ import annotations
 from .accounts_file import AccountsFile
 from .core import Core
 from .guard import Guard
+from .operations import Operations
 from .recorder import Recorder
 from .refresher import TokenRefresher
 from .router import Router
 
 
 def make_addons() -> list[object]:
-    """Addons in hook order: the fail-closed guard, accounts, token refresh, routing/failover,
-    then recording."""
+    """Addons in hook order: the fail-closed guard, accounts, token refresh, operations
+    (``/health``, probes, commands), routing/failover, then recording."""
     core = Core()
-    return [Guard(core), AccountsFile(core), TokenRefresher(core), Router(core), Recorder(core)]
+    return [Guard(core), AccountsFile(core), TokenRefresher(core), Operations(core), Router(core),
+            Recorder(core)]

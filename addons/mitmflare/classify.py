@@ -9,7 +9,9 @@ answer                                                request    account
 2xx / 3xx                                             OK         learn limits
 429, 5h or 7d window rejected; API-key 429 with        failover   cooldown until latest reset
 retry-after or reset headers                                     (>= header, <= cap)
-429, only 7d_oi rejected / ``out_of_credits``         failover   model cooldown only
+429, only 7d_oi rejected / ``out_of_credits``         failover   model cooldown only (until
+                                                                 reset; none known: 30 s
+                                                                 doubling up to the cap)
 429 "windowless" (no limit header)                    failover   none
 429 with headers but no usable time                   failover   exponential 30 s → 5 min
 429 ``credits_required`` (fast mode etc.)             return     none
@@ -52,6 +54,8 @@ class Verdict:
     ``action``: ok / return / failover / transient. ``cooldown_until``: epoch s to bench the
     whole account until (0 = no account cooldown). ``backoff``: apply the exponential cooldown.
     ``model_cooldown_until``: epoch s the request's model is unavailable on this account.
+    ``model_backoff``: no reset known: the model cools down exponentially (30 s doubling up to
+    ``flare_max_cooldown_s``).
     ``bench``: out of quota until an operator resumes it. ``needs_reauth``: credential
     rejected. ``reason``: short machine-friendly text for tables and flow comments.
     """
@@ -63,6 +67,7 @@ class Verdict:
     model_cooldown_until: float = 0.0
     bench: bool = False
     needs_reauth: bool = False
+    model_backoff: bool = False
 
 
 def classify(provider: str, status: int, limits: Limits, body: bytes | None, now: float,
@@ -106,8 +111,10 @@ def _classify_429(provider: str, limits: Limits, error_type: str, code: str, mes
     if "7d_oi" in rejected or limits.overage_disabled_reason == "out_of_credits":
         window = rejected.get("7d_oi")
         reset = window.reset if window and window.reset else limits.unified_reset
-        return Verdict(FAILOVER, "model_scoped_limit",
-                       model_cooldown_until=until(reset or now + BACKOFF_START_S))
+        reason = "out_of_credits" if window is None else "model_scoped_limit"
+        if reset:
+            return Verdict(FAILOVER, reason, model_cooldown_until=until(reset))
+        return Verdict(FAILOVER, reason, model_backoff=True)
     if not limits.present:
         hint = _TRY_AGAIN.search(message)
         if hint:

@@ -1,18 +1,22 @@
 """Loading and validating the accounts YAML file (``flare_accounts``).
 
 The file has one top-level key, ``accounts``, a list of mappings. Each mapping is validated
-by :class:`AccountConfig`; every problem is reported as a :class:`ConfigError` whose message
-names the file, the line, the account and the field.
+by :class:`AccountConfig`. A bad entry costs only itself: it is left out and reported (file,
+line, account, field); a file that cannot be read as a whole raises :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROVIDERS = ("anthropic", "openai")
@@ -57,6 +61,7 @@ class OAuthConfig(BaseModel):
 class AccountConfig(BaseModel):
     """One configured account, as written in the YAML file.
 
+    ``id``: optional stable identifier that keeps state across a rename.
     ``priority``: lower is preferred. ``weight``: share under the weighted strategy.
     ``base_url``: scheme, host, optional port and path prefix of the upstream.
     """
@@ -64,6 +69,7 @@ class AccountConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     provider: Literal["anthropic", "openai"]
     api_key: str | None = None
     oauth: OAuthConfig | None = None
@@ -100,26 +106,60 @@ class AccountConfig(BaseModel):
         return self.base_url or DEFAULT_BASE_URLS[self.provider]
 
     @property
+    def identity(self) -> str | None:
+        """What recognises this account across a rename: its ``id`` when set, else a hash of
+        its API key or of the OAuth pair written in the file; None for ``from_state``."""
+        if self.id:
+            return f"id:{self.id}"
+        if self.api_key is not None:
+            return "key:" + hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
+        if self.oauth is not None and not self.oauth.from_state:
+            pair = f"{self.oauth.access_token}|{self.oauth.refresh_token}"
+            return "oauth:" + hashlib.sha256(pair.encode()).hexdigest()[:16]
+        return None
+
+    @property
     def credential_kind(self) -> Literal["api_key", "oauth"]:
         return "oauth" if self.oauth is not None else "api_key"
 
 
-def load_accounts(path: str) -> list[AccountConfig]:
-    """Read and validate the accounts file at ``path``.
+@dataclass
+class AccountsLoad:
+    """The result of reading the accounts file: the valid accounts in file order, and one
+    message per rejected entry (file, line, account, field and why). A bad entry costs only
+    itself."""
 
-    Returns the accounts in file order. Raises :class:`ConfigError` (file missing, YAML syntax
-    error with its line, a ``${VAR}`` that is not set, a field error, a duplicate name).
-    """
+    accounts: list[AccountConfig]
+    errors: list[str]
+
+
+def env_file(accounts_path: str) -> str:
+    """The ``.env`` file read beside the accounts file."""
+    return os.path.join(os.path.dirname(os.path.abspath(accounts_path)), ".env")
+
+
+def load_accounts(path: str) -> AccountsLoad:
+    """Read and validate the accounts file at ``path``; ``${VAR}`` is looked up in the
+    process environment, then in the ``.env`` file beside it (read anew on every call).
+
+    Raises :class:`ConfigError` only when the file as a whole cannot be used (missing, YAML
+    syntax error with its line, not a mapping with an ``accounts`` list)."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return parse_accounts(text, path)
+    dotenv = env_file(path)
+    env = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} \
+        if os.path.exists(dotenv) else {}
+    return parse_accounts(text, path, {**env, **os.environ}, dotenv)
 
 
-def parse_accounts(text: str, source: str = "<accounts>") -> list[AccountConfig]:
-    """Validate accounts YAML text; ``source`` names it in error messages. See :func:`load_accounts`."""
+def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str] | None = None,
+                   dotenv: str = ".env") -> AccountsLoad:
+    """Validate accounts YAML text; ``source`` names it in error messages, ``env`` resolves
+    ``${VAR}`` (default: the process environment). See :func:`load_accounts`."""
+    env = os.environ if env is None else env
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -127,7 +167,7 @@ def parse_accounts(text: str, source: str = "<accounts>") -> list[AccountConfig]
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         raise ConfigError(f"{source}: YAML syntax error at {where}: {exc.problem}") from exc
     if root is None:
-        return []
+        return AccountsLoad([], [])
     data = yaml.SafeLoader(text).construct_document(root)
     if not isinstance(data, dict) or set(data) - {"accounts"}:
         raise ConfigError(f"{source}: line 1: the file must be a mapping with one key, 'accounts'")
@@ -135,58 +175,63 @@ def parse_accounts(text: str, source: str = "<accounts>") -> list[AccountConfig]
     if not isinstance(items, list):
         raise ConfigError(f"{source}: line {_line(root, ['accounts'])}: 'accounts' must be a list")
 
-    accounts: list[AccountConfig] = []
+    result = AccountsLoad([], [])
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         label = item.get("name", f"#{index + 1}") if isinstance(item, dict) else f"#{index + 1}"
         line = _line(root, ["accounts", index])
-        if not isinstance(item, dict):
-            raise ConfigError(f"{source}: line {line}: account {label}: must be a mapping")
         try:
-            expanded = _expand_env(item, label)
-            account = AccountConfig.model_validate(expanded)
-        except _EnvError as exc:
-            field_line = _line(root, ["accounts", index, *exc.loc])
-            raise ConfigError(f"{source}: line {field_line}: account {label}: {exc}") from None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = [part for part in err["loc"] if isinstance(part, str | int)]
-            field = ".".join(str(p) for p in loc) or "(account)"
-            field_line = _line(root, ["accounts", index, *loc])
-            message = err["msg"].removeprefix("Value error, ")
-            raise ConfigError(
-                f"{source}: line {field_line}: account {label}: {field}: {message}"
-            ) from None
+            account = _account(item, label, env, dotenv)
+        except _EntryError as exc:
+            where = _line(root, ["accounts", index, *exc.loc])
+            result.errors.append(f"{source}: line {where}: account {label}: {exc}")
+            continue
         if account.name in seen:
-            raise ConfigError(
-                f"{source}: line {line}: account {account.name}: duplicate name "
-                f"(first defined on line {seen[account.name]})"
-            )
+            result.errors.append(f"{source}: line {line}: account {account.name}: duplicate name "
+                                 f"(first defined on line {seen[account.name]}); entry ignored")
+            continue
         seen[account.name] = line
-        accounts.append(account)
-    return accounts
+        result.accounts.append(account)
+    return result
 
 
-class _EnvError(ValueError):
+class _EntryError(ValueError):
     def __init__(self, message: str, loc: list[str | int]):
         super().__init__(message)
         self.loc = loc
 
 
-def _expand_env(value: Any, label: str, loc: list[str | int] | None = None) -> Any:
-    """Replace ``${VAR}`` in every string with the environment variable's value."""
+def _account(item: Any, label: str, env: Mapping[str, str], dotenv: str) -> AccountConfig:
+    if not isinstance(item, dict):
+        raise _EntryError("must be a mapping", [])
+    try:
+        return AccountConfig.model_validate(_expand_env(item, env, dotenv))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [part for part in err["loc"] if isinstance(part, str | int)]
+        field = ".".join(str(p) for p in loc) or "(account)"
+        message = err["msg"].removeprefix("Value error, ")
+        raise _EntryError(f"{field}: {message}", loc) from None
+
+
+def _expand_env(value: Any, env: Mapping[str, str], dotenv: str,
+                loc: list[str | int] | None = None) -> Any:
+    """Replace ``${VAR}`` in every string with the variable's value from ``env``."""
     loc = loc or []
     if isinstance(value, dict):
-        return {k: _expand_env(v, label, [*loc, k]) for k, v in value.items()}
+        return {k: _expand_env(v, env, dotenv, [*loc, k]) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, label, [*loc, i]) for i, v in enumerate(value)]
+        return [_expand_env(v, env, dotenv, [*loc, i]) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def repl(match: re.Match[str]) -> str:
             var = match.group(1)
-            if var not in os.environ:
-                raise _EnvError(f"{'.'.join(map(str, loc))}: environment variable {var} is not set", loc)
-            return os.environ[var]
+            if var not in env:
+                raise _EntryError(
+                    f"{'.'.join(map(str, loc))}: environment variable {var} is not set. Put it "
+                    f"in {dotenv} (read again on every change), or export it before starting "
+                    f"the proxy: a running process's environment cannot change", loc)
+            return env[var]
 
         return _ENV_REF.sub(repl, value)
     return value

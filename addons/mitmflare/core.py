@@ -5,6 +5,7 @@ Runs on the event loop; database work is handed to :class:`~.writer.DatabaseWrit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -34,6 +35,8 @@ class FlowContext:
     ``excluded``: accounts not to try again for this request. Times are epoch s.
     ``provider``: "" when no provider serves the request. ``error``: why mitmflare answered
     the request itself, recorded in the row. ``replay``: replayed from mitmweb/mitmdump.
+    ``row_id``: the `requests` row's id: the flow id, with a suffix for a replay (a replayed
+    flow keeps its id).
     """
 
     flow_id: str
@@ -52,11 +55,16 @@ class FlowContext:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
     tap: UsageTap | None = None
+    stream_copy: bytearray | None = None
     ttfb: float | None = None
     failover: bool = False
     replay: bool = False
+    row_id: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.row_id = self.row_id or self.flow_id
 
 
 class Core:
@@ -71,7 +79,7 @@ class Core:
         self.session_hours = 5.0
         self.headroom = 0.95
         self.max_cooldown_s = 6 * 3600.0
-        self.config_error: str | None = None
+        self.config_errors: list[str] = []  # why the accounts file (or entries) were rejected
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None
         self._accounts_dirty = True
@@ -86,6 +94,26 @@ class Core:
             return cfg.api_key
         tokens = self.tokens.get(cfg.name)
         return tokens.access_token if tokens else None
+
+    def credential_fingerprint(self, account: Account) -> str:
+        """A short hash of the credential in force (API key, or the OAuth pair's refresh
+        token, else its access token); "" when there is none. Never the secret itself."""
+        secret = account.config.api_key
+        if secret is None:
+            tokens = self.tokens.get(account.name)
+            secret = (tokens.refresh_token or tokens.access_token) if tokens else None
+        return hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else ""
+
+    def clear_stale_reauth(self) -> None:
+        """End ``needs_reauth`` for accounts whose credential changed since it was rejected
+        (a new API key in the YAML file, a new OAuth pair from a login)."""
+        for account in self.pool.accounts.values():
+            st = account.state
+            if st.needs_reauth and st.reauth_fingerprint != self.credential_fingerprint(account):
+                st.needs_reauth = False
+                st.reauth_fingerprint = ""
+                self.event(account, "reauthenticated", "new credentials")
+                self.persist(account)
 
     def mark_accounts_changed(self) -> None:
         """The `accounts` table is stale (written at the next snapshot)."""
@@ -133,6 +161,9 @@ class Core:
             "needs_reauth": int(st.needs_reauth), "requests": st.requests,
             "failures": st.failures, "last_used_at": iso_utc(st.last_used),
             "limits": json.dumps(st.limits) if st.limits else None,
+            "model_cooldowns": "; ".join(
+                f"{m} until {iso_utc(t)}: {st.model_reasons.get(m, '')}"
+                for m, t in st.model_cooldowns.items() if t > now) or None,
             "token_expires_at": iso_utc(tokens.expires_at) if tokens else None,
             "last_refresh_at": iso_utc(tokens.last_refresh_at) if tokens else None,
             "updated_at": iso_utc(now),
@@ -160,10 +191,13 @@ class Core:
             st.constrained_until = 0.0
         self._accounts_dirty = True
 
-    def succeeded(self, account: Account) -> None:
-        """A good answer: the exponential cooldown starts again from its base."""
-        if account.state.backoff_s:
-            account.state.backoff_s = 0.0
+    def succeeded(self, account: Account, model: str | None = None) -> None:
+        """A good answer: the exponential cooldowns (account, and the model's) start again
+        from their base."""
+        st = account.state
+        model_backoff = st.model_backoff_s.pop(model, None) if model else None
+        if st.backoff_s or model_backoff:
+            st.backoff_s = 0.0
             self.persist(account)
 
     def apply(self, account: Account, verdict: Verdict, model: str | None, limits: Limits | None,
@@ -181,12 +215,21 @@ class Core:
             st.cooldown_reason = verdict.reason
             if was == AVAILABLE or verdict.backoff:
                 self.event(account, "cooldown", verdict.reason, st.cooldown_until, limits)
-        if verdict.model_cooldown_until > now and model:
-            st.model_cooldowns[model] = verdict.model_cooldown_until
-            self.event(account, "model_cooldown", f"{verdict.reason} ({model})",
-                       verdict.model_cooldown_until, limits)
+        model_until = verdict.model_cooldown_until
+        reason = f"{verdict.reason} ({model})"
+        if verdict.model_backoff and model:
+            wait = min(max(st.model_backoff_s.get(model, 0.0) * 2, BACKOFF_START_S),
+                       self.max_cooldown_s)
+            st.model_backoff_s[model] = wait
+            model_until = now + wait
+            reason = f"{verdict.reason} ({model}; no reset given, backoff {wait:.0f} s)"
+        if model_until > now and model:
+            st.model_cooldowns[model] = model_until
+            st.model_reasons[model] = reason
+            self.event(account, "model_cooldown", reason, model_until, limits)
         if verdict.needs_reauth and not st.needs_reauth:
             st.needs_reauth = True
+            st.reauth_fingerprint = self.credential_fingerprint(account)
             self.event(account, "needs_reauth", verdict.reason)
         if verdict.bench and not st.benched:
             st.benched = True

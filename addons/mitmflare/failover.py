@@ -28,6 +28,7 @@ from mitmproxy import ctx, http
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
+from .option_types import decimal
 from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import error_response
 from .ratelimits import parse_limits
@@ -40,6 +41,7 @@ HOP_HEADERS = ("host", "content-length", "connection", "transfer-encoding", "kee
 DROP_RESPONSE_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding",
                          "keep-alive")
 LONG_RETRY_AFTER_S = 60.0
+RETRY_SOON_S = 2  # retry-after (s) when every usable account refused a request only for now
 
 Route = Callable[..., Awaitable[bool]]
 
@@ -60,13 +62,15 @@ class Failover:
                           "the same one after a transient error).")
         loader.add_option("flare_retry_delay_ms", int, 1000,
                           "Delay before retrying after a transient error (529, 5xx), ms.")
-        loader.add_option("flare_retry_backoff", float, 2.0,
-                          "Factor applied to the retry delay after each retry.")
+        loader.add_option("flare_retry_backoff", str, "2",
+                          "Factor (a decimal number >= 1) applied to the retry delay after "
+                          "each retry.")
 
     def configure(self, updated: set[str]) -> None:
         self.attempts = max(ctx.options.flare_retry_attempts, 0)
         self.delay_ms = max(ctx.options.flare_retry_delay_ms, 0)
-        self.backoff = max(ctx.options.flare_retry_backoff, 1.0)
+        self.backoff = decimal("flare_retry_backoff", ctx.options.flare_retry_backoff, 1,
+                               low_inclusive=True)
 
     def running(self) -> None:
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0),
@@ -137,7 +141,7 @@ class Failover:
                                                 cooldown_until=now + TRANSIENT_COOLDOWN_S),
                             fc.model, fc.limits, now)
         else:
-            self.core.succeeded(fc.account)
+            self.core.succeeded(fc.account, fc.model)
 
     async def _refreshed_for_retry(self, fc: FlowContext, retries: int) -> bool:
         oauth = self.core.oauth
@@ -159,7 +163,7 @@ class Failover:
         if response.status_code >= 400:
             fc.notes.append(f"{fc.account.name}: {response.status_code} {verdict.reason}")
         self.core.put("attempt", {
-            "request_id": flow.id, "attempt": len(fc.attempts) + 1, "account": fc.account.name,
+            "request_id": fc.row_id, "attempt": len(fc.attempts) + 1, "account": fc.account.name,
             "started_at": fc.attempt_started, "status": response.status_code,
             "reason": verdict.reason or None,
             "duration_ms": round((now - fc.attempt_started) * 1000, 3)})
@@ -223,12 +227,28 @@ class Failover:
             headers.pop("retry-after-ms", None)
 
     def no_account_response(self, fc: FlowContext) -> http.Response:
-        """The answer when no account can take the request (provider's error shape)."""
+        """The answer when no account can take the request (provider's error shape).
+
+        * Some account is usable but this request already tried it and got a retryable
+          failure (e.g. a 429 without any limit header): 429 ``rate_limit_error`` with a short
+          ``retry-after`` and ``x-should-retry: true``; the retry tries every account again.
+        * Otherwise, some account is cooling down: 429 with ``retry-after`` = time until the
+          soonest is free, ``x-should-retry: false``.
+        * Otherwise (paused, needs login, benched, none configured): 503 ``api_error``."""
         now = time.time()
         accounts = self.core.pool.for_provider(fc.provider)
         if not accounts:
             return error_response(fc.provider, 503, "unavailable",
                                   f"mitmflare: no {fc.provider} account is configured")
+        tried = [a for a in accounts if a.name in fc.excluded and a.status(now) == AVAILABLE
+                 and _free_at(a, fc.model, now) <= now]
+        if tried:
+            names = ", ".join(a.name for a in tried)
+            return error_response(
+                fc.provider, 429, "rate_limit",
+                f"mitmflare: every usable {fc.provider} account ({names}) was tried for this "
+                f"request and refused it for now; retry in {RETRY_SOON_S} s",
+                {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"})
         frees = [(_free_at(a, fc.model, now), a) for a in accounts
                  if a.status(now) in (AVAILABLE, COOLING_DOWN)]
         frees = [(t, a) for t, a in frees if t > now]
@@ -246,8 +266,9 @@ class Failover:
 
     @staticmethod
     def _comment(flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """The flow's comment, shown in mitmweb's flow list: ``[account] tried …``."""
         served = fc.account.name if fc.account else "none"
-        text = f"mitmflare: account {served}"
+        text = f"[{served}]{' replay' if fc.replay else ''} mitmflare: account {served}"
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
         flow.comment = text

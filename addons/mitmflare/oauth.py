@@ -109,6 +109,23 @@ def save_tokens(state_path: str, name: str, tokens: TokenSet) -> None:
         conn.close()
 
 
+def read_stored_tokens(state_path: str) -> dict[str, TokenSet]:
+    """Every account's pair in ``flare_state`` (blocking: call from a worker thread); {} when
+    the file or table is missing or locked."""
+    try:
+        conn = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return {}
+    try:
+        conn.row_factory = sqlite3.Row
+        return {r["name"]: TokenSet.from_row(dict(r)) for r in
+                conn.execute("select * from oauth_tokens")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+
+
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge) for the authorization-code flow."""
     verifier = secrets.token_urlsafe(48)
@@ -209,6 +226,8 @@ class OAuthManager:
             await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
         except (RefreshError, httpx.HTTPError, ValueError, sqlite3.Error) as exc:
             invalid = isinstance(exc, RefreshError) and exc.invalid_grant
+            if invalid and await self._rotated_elsewhere(account, current):
+                return True
             reason = f"refresh_failed: {exc}" if not isinstance(exc, httpx.HTTPError) else \
                 f"refresh_failed: {type(exc).__name__}"
             self.core.event(account, "refresh_failed", reason)
@@ -223,6 +242,19 @@ class OAuthManager:
         self.core.tokens[name] = fresh
         self.core.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
         self.core.mark_accounts_changed()
+        return True
+
+    async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
+        """After ``invalid_grant``: adopt the pair in ``flare_state`` if another process (a
+        login, another proxy) rotated it since ``used`` was read. True when adopted."""
+        stored = (await asyncio.to_thread(read_stored_tokens, self.state_path)).get(account.name)
+        if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
+            return False
+        if resolve_tokens(account.config, stored) is not stored:
+            return False
+        self.core.tokens[account.name] = stored
+        self.core.event(account, "tokens_adopted", "pair rotated by another process")
+        self.core.clear_stale_reauth()
         return True
 
     async def refresh_idle(self) -> None:

@@ -32,6 +32,11 @@ class AccountState:
     ``limits``: the latest parsed rate-limit snapshot (see :mod:`.ratelimits`).
     ``constrained_until``: epoch s until which the account is near a limit (chosen last).
     ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
+    ``model_backoff_s``: model -> current exponential model cooldown (s) when no reset is known
+    (e.g. ``out_of_credits``); ``model_reasons``: model -> why it cools down.
+    ``reauth_fingerprint``: fingerprint of the credential that was rejected (``needs_reauth``
+    ends when the account's credential changes). ``identity``: the account's
+    :attr:`~.config.AccountConfig.identity`, to recognise it after a rename.
     """
 
     cooldown_until: float = 0.0
@@ -47,10 +52,15 @@ class AccountState:
     limits: dict[str, Any] = field(default_factory=dict)
     constrained_until: float = 0.0
     model_cooldowns: dict[str, float] = field(default_factory=dict)
+    model_backoff_s: dict[str, float] = field(default_factory=dict)
+    model_reasons: dict[str, str] = field(default_factory=dict)
+    reauth_fingerprint: str = ""
+    identity: str = ""
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
-                 "constrained_until", "model_cooldowns")
+                 "constrained_until", "model_cooldowns", "model_backoff_s", "model_reasons",
+                 "reauth_fingerprint", "identity")
 
     def to_persisted(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.PERSISTED}
@@ -106,18 +116,27 @@ class AccountPool:
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
 
-    def replace(self, configs: list[AccountConfig]) -> tuple[list[str], list[str]]:
-        """Install a new configuration. Returns (added names, removed names)."""
+    def replace(self, configs: list[AccountConfig]) -> tuple[list[str], list[str], dict[str, str]]:
+        """Install a new configuration. An account keeps its state across the reload when its
+        name is unchanged, or when it was renamed (same :attr:`AccountConfig.identity` as a
+        removed account). Returns (added names, removed names, {new name: old name})."""
         old = self.accounts
+        names = {cfg.name for cfg in configs}
+        gone = {a.config.identity: a for n, a in old.items() if n not in names and a.config.identity}
         new: dict[str, Account] = {}
+        renamed: dict[str, str] = {}
         for order, cfg in enumerate(configs):
             previous = old.get(cfg.name)
+            if previous is None and cfg.identity in gone:
+                previous = gone.pop(cfg.identity)
+                renamed[cfg.name] = previous.name
             state = previous.state if previous and previous.provider == cfg.provider else AccountState()
+            state.identity = cfg.identity or ""
             new[cfg.name] = Account(cfg, order, state)
         self.accounts = new
-        added = [n for n in new if n not in old]
-        removed = [n for n in old if n not in new]
-        return added, removed
+        added = [n for n in new if n not in old and n not in renamed]
+        removed = [n for n in old if n not in new and n not in renamed.values()]
+        return added, removed, renamed
 
     def get(self, name: str) -> Account | None:
         return self.accounts.get(name)

@@ -28,13 +28,19 @@ class Recorder:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.copy_limit = 1024 * 1024
 
     def load(self, loader) -> None:
         loader.add_option("flare_db", str, "mitmflare.db",
                           "Path of the analytics SQLite database (served by Datasette; "
                           "holds no secrets).")
+        loader.add_option("flare_stream_copy_kb", int, 1024,
+                          "Keep a copy of each streamed (SSE) answer, up to this many KB, so "
+                          "mitmweb and saved flows can show it; 0 keeps none. Chunks are "
+                          "never delayed.")
 
     def configure(self, updated: set[str]) -> None:
+        self.copy_limit = max(ctx.options.flare_stream_copy_kb, 0) * 1024
         if {"flare_db", "flare_state"} & updated:
             self._stop_writer()
             for path in (ctx.options.flare_db, ctx.options.flare_state):
@@ -66,17 +72,29 @@ class Recorder:
             return
         tap = UsageTap(fc.provider)
         fc.tap = tap
+        limit = self.copy_limit
+        if not limit:
+            def forward(chunk: bytes) -> bytes:
+                tap.feed(chunk)
+                return chunk
+        else:
+            kept = fc.stream_copy = bytearray()
 
-        def forward(chunk: bytes) -> bytes:
-            tap.feed(chunk)
-            return chunk
+            def forward(chunk: bytes) -> bytes:
+                tap.feed(chunk)
+                if len(kept) < limit:
+                    kept.extend(chunk[:limit - len(kept)])
+                return chunk
 
         response.stream = forward
 
     def response(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.pop(flow.id, None)
-        if fc is not None:
-            self.core.put("request", self._row(flow, fc, None))
+        if fc is None:
+            return
+        self.core.put("request", self._row(flow, fc, None))
+        if fc.stream_copy is not None and flow.response is not None and not flow.response.raw_content:
+            flow.response.data.content = bytes(fc.stream_copy)  # for display only: already sent
 
     def error(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.pop(flow.id, None)
@@ -88,7 +106,7 @@ class Recorder:
         started = flow.request.timestamp_start or fc.started
         response = flow.response
         row = {
-            "id": flow.id, "started_at": float(started), "provider": fc.provider or None,
+            "id": fc.row_id, "started_at": float(started), "provider": fc.provider or None,
             "account": fc.account.name if fc.account else None,
             "method": flow.request.method, "path": flow.request.path.split("?", 1)[0],
             "model": fc.model, "status": response.status_code if response else None,

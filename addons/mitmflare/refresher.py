@@ -30,7 +30,7 @@ class TokenRefresher:
                           "OAuth token endpoint used to refresh subscription accounts.")
         loader.add_option("flare_oauth_client_id", str, DEFAULT_CLIENT_ID,
                           "OAuth client id sent with token refreshes.")
-        loader.add_option("flare_oauth_refresh_buffer_min", float, 30.0,
+        loader.add_option("flare_oauth_refresh_buffer_min", int, 30,
                           "Refresh an OAuth access token this many minutes before it expires.")
 
     def configure(self, updated: set[str]) -> None:

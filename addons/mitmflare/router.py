@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http
 
-from . import __version__
 from .classify import TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
 from .guard import ROUTED, take_placeholder
-from .pool import AVAILABLE, COOLING_DOWN, Account
+from .option_types import decimal
+from .pool import Account
 from .providers import (
     detect_provider,
     error_response,
@@ -30,7 +29,6 @@ from .providers import (
 from .ratelimits import parse_limits
 from .request_info import inspect_request
 from .selection import STRATEGIES
-from .times import iso_utc
 
 log = logging.getLogger("mitmflare")
 
@@ -42,7 +40,7 @@ REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay m
 
 
 class Router:
-    """Selection, credentials, ``/health``, rate-limit learning and the ``flare.*`` commands."""
+    """Selection, credentials, rate-limit learning; failover through :class:`.failover.Failover`."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -55,25 +53,24 @@ class Router:
         loader.add_option("flare_strategy", str, "session",
                           "Account selection: session (sticky for flare_session_hours), "
                           "round-robin, least-requests or weighted.", choices=STRATEGIES)
-        loader.add_option("flare_session_hours", float, 5.0,
-                          "Hours the session strategy keeps using one account.")
-        loader.add_option("flare_headroom", float, 0.95,
-                          "Utilization (0..1) at which an account counts as near its limit and "
-                          "is chosen only when nothing better is free.")
-        loader.add_option("flare_max_cooldown_s", float, 6 * 3600.0,
+        loader.add_option("flare_session_hours", str, "5",
+                          "Hours (a decimal number > 0) the session strategy keeps using one "
+                          "account.")
+        loader.add_option("flare_headroom", str, "0.95",
+                          "Utilization (a decimal number in (0, 1]) at which an account counts "
+                          "as near its limit and is chosen only when nothing better is free.")
+        loader.add_option("flare_max_cooldown_s", int, 6 * 3600,
                           "Upper bound (s) for a cooldown taken from rate-limit headers.")
         self.failover.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
-        if "flare_session_hours" in updated and o.flare_session_hours <= 0:
-            raise exceptions.OptionsError("flare_session_hours must be > 0")
-        if "flare_headroom" in updated and not 0 < o.flare_headroom <= 1:
-            raise exceptions.OptionsError("flare_headroom must be in (0, 1]")
+        if o.flare_max_cooldown_s <= 0:
+            raise exceptions.OptionsError("flare_max_cooldown_s must be > 0")
+        self.core.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
+        self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
         self.core.strategy = o.flare_strategy
-        self.core.session_hours = o.flare_session_hours
-        self.core.headroom = o.flare_headroom
-        self.core.max_cooldown_s = o.flare_max_cooldown_s
+        self.core.max_cooldown_s = float(o.flare_max_cooldown_s)
         self.failover.configure(updated)
         if "connection_strategy" in o and o.connection_strategy != "lazy":
             # A health check or a re-routed request must not open a connection to the
@@ -110,20 +107,11 @@ class Router:
         if replay:  # a replayed flow goes through the router again, from the client's path
             request.path = flow.metadata.get(CLIENT_PATH, request.path)
         path = request.path.split("?", 1)[0]
-        if path == "/health":
-            flow.response = http.Response.make(200, json.dumps(self.health()),
-                                               {"content-type": "application/json"})
-            return
-        if path == "/" and request.method in ("GET", "HEAD"):
-            # connectivity probe (Claude Code sends HEAD / at start): answered here, unrecorded
-            flow.response = http.Response.make(200, b"" if request.method == "HEAD" else
-                                               b'{"status":"ok","service":"mitmflare"}',
-                                               {"content-type": "application/json"})
-            return
         provider = detect_provider(flow)
         fc = FlowContext(provider=provider or "", started=time.time(), path=request.path,
                          client_session=None, model=None, user_agent=None, flow_id=flow.id,
                          replay=replay)
+        fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
         self.core.flows[flow.id] = fc
         flow.metadata[CLIENT_PATH] = request.path
         if provider is None:
@@ -249,6 +237,10 @@ class Router:
             self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
                                       if v[1] > now}
         tried = {a["account"] for a in fc.attempts} | fc.excluded
+        usable = {a.name for a in self.core.pool.available(fc.provider, now)}
+        if usable <= tried:  # nothing left to steer to: the retry starts over on every account
+            self._retry_exclusions.pop(_digest(flow), None)
+            return
         self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S)
 
     def _excluded_for_retry(self, flow: http.HTTPFlow) -> set[str]:
@@ -279,61 +271,10 @@ class Router:
             expired = [m for m, t in st.model_cooldowns.items() if t <= now]
             for model in expired:
                 del st.model_cooldowns[model]
+                st.model_reasons.pop(model, None)
                 self.core.event(account, "model_recovered", model)
                 self.core.persist(account)
         self.core.snapshot_accounts()
-
-    # -- health and commands ----------------------------------------------------------------
-    def health(self) -> dict:
-        """The ``GET /health`` body: status, account counts, strategy and version."""
-        now = time.time()
-        accounts = list(self.core.pool.accounts.values())
-        statuses = [a.status(now) for a in accounts]
-        available = statuses.count(AVAILABLE)
-        body = {
-            "status": "ok" if available else "degraded",
-            "version": __version__,
-            "strategy": self.core.strategy,
-            "accounts": {"total": len(accounts), "available": available,
-                         "cooling_down": statuses.count(COOLING_DOWN)},
-            "providers": {p: {"total": sum(a.provider == p for a in accounts),
-                              "available": sum(a.provider == p and s == AVAILABLE
-                                               for a, s in zip(accounts, statuses, strict=True))}
-                          for p in sorted({a.provider for a in accounts})},
-        }
-        if self.core.config_error:
-            body["config_error"] = self.core.config_error
-        body["write_errors"] = self.core.writer.write_errors if self.core.writer else 0
-        return body
-
-    @command.command("flare.accounts")
-    def accounts_command(self) -> str:
-        """Each account's status and cooldown, one per line."""
-        now = time.time()
-        return "\n".join(
-            f"{a.name}\t{a.provider}\t{a.status(now)}\t{iso_utc(a.state.cooldown_until) or '-'}"
-            f"\t{a.state.cooldown_reason or a.state.benched_reason or ''}"
-            for a in self.core.pool.accounts.values())
-
-    @command.command("flare.resume")
-    def resume(self, name: str) -> None:
-        """Clear an account's cooldown, bench and needs_reauth mark now (``*`` for all)."""
-        targets = list(self.core.pool.accounts.values()) if name == "*" else \
-            [a for a in [self.core.pool.get(name)] if a is not None]
-        if not targets:
-            raise exceptions.CommandError(f"no account named {name!r}")
-        for account in targets:
-            st = account.state
-            st.cooldown_until = 0.0
-            st.cooldown_reason = ""
-            st.backoff_s = 0.0
-            st.benched = False
-            st.benched_reason = ""
-            st.needs_reauth = False
-            st.model_cooldowns.clear()
-            self.core.event(account, "resumed", "operator")
-            self.core.persist(account)
-        self.core.snapshot_accounts(force=True)
 
 
 def _digest(flow: http.HTTPFlow) -> bytes:

@@ -73,6 +73,7 @@ ACCOUNTS = {
     "failures": int,
     "last_used_at": str,
     "limits": str,
+    "model_cooldowns": str,    # models this account cannot serve for now, until when and why
     "updated_at": str,
 }
 

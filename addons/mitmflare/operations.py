@@ -1,0 +1,163 @@
+"""Addon: what an operator asks the running proxy: ``GET /health``, connectivity probes, and
+the ``flare.*`` commands (mitmweb's command bar and REST API, the console's ``:`` prompt).
+
+Runs before the router: a flow answered here is never routed, recorded or sent upstream.
+Command output is a list of lines (aligned with spaces), which both mitmweb and the console
+render as text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+
+from mitmproxy import command, ctx, exceptions, flow, http
+
+from . import __version__
+from .core import Core
+from .guard import ROUTED
+from .pool import AVAILABLE, COOLING_DOWN, Account
+from .providers import strip_client_credentials
+from .router import REPLAY_ACCOUNT
+from .times import iso_utc
+
+PROBE_BODY = b'{"status":"ok","service":"mitmflare"}'
+
+
+class Operations:
+    """``/health``, ``HEAD /`` / ``GET /`` probes and the operator commands."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def running(self) -> None:
+        # mitmweb: show each flow's comment (it names the serving account) in the flow list
+        if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
+            ctx.options.web_columns = [*ctx.options.web_columns, "comment"]
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            answer = http.Response.make(200, json.dumps(self.health()),
+                                        {"content-type": "application/json"})
+        elif path == "/" and request.method in ("GET", "HEAD"):
+            # connectivity probe (Claude Code sends HEAD / at start): answered here, unrecorded
+            answer = http.Response.make(200, b"" if request.method == "HEAD" else PROBE_BODY,
+                                        {"content-type": "application/json"})
+        else:
+            return
+        strip_client_credentials(request.headers)
+        flow.metadata[ROUTED] = True
+        flow.response = answer
+
+    def health(self) -> dict:
+        """The ``GET /health`` body: status (``ok`` when an account is available, else
+        ``degraded``), version, strategy, account counts in total and per provider, the
+        accounts file's rejected entries, and the database writer's lost rows."""
+        now = time.time()
+        accounts = list(self.core.pool.accounts.values())
+        statuses = [a.status(now) for a in accounts]
+        available = statuses.count(AVAILABLE)
+        body = {
+            "status": "ok" if available else "degraded",
+            "version": __version__,
+            "strategy": self.core.strategy,
+            "accounts": {"total": len(accounts), "available": available,
+                         "cooling_down": statuses.count(COOLING_DOWN)},
+            "providers": {p: {"total": sum(a.provider == p for a in accounts),
+                              "available": sum(a.provider == p and s == AVAILABLE
+                                               for a, s in zip(accounts, statuses, strict=True))}
+                          for p in sorted({a.provider for a in accounts})},
+        }
+        if self.core.config_errors:
+            body["config_error"] = "; ".join(self.core.config_errors)
+            body["config_errors"] = self.core.config_errors
+        body["write_errors"] = self.core.writer.write_errors if self.core.writer else 0
+        return body
+
+    @command.command("flare.accounts")
+    def accounts_command(self) -> Sequence[str]:
+        """Each account on one line: name, provider, status, cooling down until, and why."""
+        now = time.time()
+        rows = [("ACCOUNT", "PROVIDER", "STATUS", "UNTIL", "WHY")]
+        for a in self.core.pool.accounts.values():
+            st = a.state
+            models = "; ".join(f"{m} until {iso_utc(t)}" for m, t in st.model_cooldowns.items()
+                               if t > now)
+            why = st.cooldown_reason if st.cooldown_until > now else st.benched_reason
+            rows.append((a.name, a.provider, a.status(now), iso_utc(st.cooldown_until) or "-",
+                         "; ".join(x for x in (why, models) if x) or "-"))
+        return _aligned(rows)
+
+    @command.command("flare.why")
+    def why(self, model: str) -> Sequence[str]:
+        """For every account: would it serve the next request for ``model``, and if not, why.
+        The strategy's choice is computed on a copy: nothing changes."""
+        now = time.time()
+        lines = []
+        for provider in sorted({a.provider for a in self.core.pool.accounts.values()}):
+            chosen = copy.deepcopy(self.core.selector).choose(
+                self.core.pool, provider, self.core.strategy, now,
+                session_hours=self.core.session_hours, model=model or None)
+            for account in self.core.pool.for_provider(provider):
+                lines.append((account.name, provider, _verdict(account, chosen, model, now)))
+        return _aligned([("ACCOUNT", "PROVIDER", f"NEXT REQUEST FOR {model or 'any model'}"),
+                         *lines])
+
+    @command.command("flare.replay")
+    def replay(self, flows: Sequence[flow.Flow], account: str) -> None:
+        """Replay flows through the router on ``account`` (``*`` for the strategy's choice),
+        with that account's real credentials; each replay is recorded as such."""
+        if account != "*" and self.core.pool.get(account) is None:
+            raise exceptions.CommandError(f"no account named {account!r}")
+        for f in flows:
+            f.metadata[REPLAY_ACCOUNT] = None if account == "*" else account
+        ctx.master.commands.call("replay.client", flows)
+
+    @command.command("flare.resume")
+    def resume(self, name: str) -> None:
+        """Clear an account's cooldown, bench and needs_reauth mark now (``*`` for all)."""
+        targets = list(self.core.pool.accounts.values()) if name == "*" else \
+            [a for a in [self.core.pool.get(name)] if a is not None]
+        if not targets:
+            raise exceptions.CommandError(f"no account named {name!r}")
+        for account in targets:
+            st = account.state
+            st.cooldown_until = 0.0
+            st.cooldown_reason = ""
+            st.backoff_s = 0.0
+            st.benched = False
+            st.benched_reason = ""
+            st.needs_reauth = False
+            st.model_cooldowns.clear()
+            st.model_backoff_s.clear()
+            st.model_reasons.clear()
+            self.core.event(account, "resumed", "operator")
+            self.core.persist(account)
+        self.core.snapshot_accounts(force=True)
+
+
+def _verdict(account: Account, chosen: Account | None, model: str | None, now: float) -> str:
+    st = account.state
+    status = account.status(now)
+    if status != AVAILABLE:
+        until = st.cooldown_until if status == COOLING_DOWN else 0
+        why = st.cooldown_reason or st.benched_reason
+        return f"no: {status}" + (f" until {iso_utc(until)}" if until else "") + \
+            (f" ({why})" if why else "")
+    if model and st.model_cooldowns.get(model, 0) > now:
+        return (f"no: {model} cools down until {iso_utc(st.model_cooldowns[model])} "
+                f"({st.model_reasons.get(model, '')})")
+    if chosen is not None and chosen.name == account.name:
+        return "yes: the strategy's choice for the next request"
+    near = " and near a limit" if st.constrained_until > now else ""
+    return f"not next: available (priority {account.config.priority}{near})"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
