@@ -73,7 +73,8 @@ def rows(db: Path, sql: str) -> list[tuple]:
 @pytest.fixture
 def ds(filled_db) -> Datasette:
     return Datasette([str(filled_db)], metadata=METADATA,
-                     settings={"sql_time_limit_ms": 5000})
+                     settings={"sql_time_limit_ms": 5000},
+                     static_mounts=[("assets", str(ROOT / "datasette-assets"))])
 
 
 async def get_json(ds: Datasette, path: str, **params) -> list[dict]:
@@ -188,3 +189,66 @@ async def test_requests_table_has_sort_facets_and_date_facet(ds, filled_db):
     assert day["count"] == rows(filled_db, "select count(*) from requests")[0][0]
     started = [r[1] for r in data["rows"]]
     assert started == sorted(started, reverse=True)
+
+
+async def test_request_page_links_to_its_attempts_and_account(ds, filled_db):
+    (request_id,) = rows(filled_db, "select request_id from attempts where status = 429")[0]
+    page = await ds.client.get(f"/mitmflare/requests/{request_id}")
+    assert page.status_code == 200
+    assert f"/mitmflare/attempts?request_id={request_id}" in page.text
+    table = await ds.client.get("/mitmflare/requests")
+    assert 'href="/mitmflare/accounts/key-a"' in table.text
+    account = await ds.client.get("/mitmflare/accounts/key-a")
+    assert "/mitmflare/account_events?account=key-a" in account.text
+
+
+async def test_table_pages_collapse_descriptions_and_keep_rows_on_one_line(ds):
+    page = await ds.client.get("/mitmflare/requests")
+    assert '<script src="/assets/mitmflare.js"' in page.text
+    assert 'href="/assets/mitmflare.css"' in page.text
+    script = await ds.client.get("/assets/mitmflare.js")
+    assert script.status_code == 200 and "column-descriptions" in script.text
+    css = (await ds.client.get("/assets/mitmflare.css")).text
+    assert "white-space: nowrap" in css
+    header = page.text.index('data-column="account"')
+    assert header < page.text.index('data-column="provider"')  # useful columns first
+
+
+async def test_hourly_charts_use_hour_wide_bars_and_zero_filled_hours(ds, filled_db):
+    charts = METADATA["plugins"]["datasette-dashboards"]["overview"]["charts"]
+    for name in ("requests-over-time", "tokens-over-time", "errors-over-time"):
+        assert charts[name]["display"]["encoding"]["x"]["timeUnit"] == "utcyearmonthdatehours"
+    conn = sqlite3.connect(filled_db)
+    with conn:  # a request three hours earlier: the hours between must be there, with 0
+        conn.execute("insert into usage_hourly (hour, provider, account, model, requests, errors,"
+                     " failovers) select strftime('%Y-%m-%dT%H', min(hour) || ':00:00', '-3 hours'),"
+                     " 'anthropic', 'key-a', 'x', 1, 1, 0 from usage_hourly")
+    try:
+        sql = replace_opts_in_query(charts["errors-over-time"]["query"], {})
+        points = await get_json(ds, "/mitmflare.json", sql=sql)
+    finally:
+        with conn:
+            conn.execute("delete from usage_hourly where model = 'x'")
+        conn.close()
+    hours = sorted({p["hour"] for p in points})
+    assert len(hours) >= 4 and len(points) == 2 * len(hours)
+    assert [p["count"] for p in points if p["kind"] == "errors"][1:3] == [0, 0]
+
+
+async def test_password_overlay_protects_the_dashboard(filled_db, monkeypatch):
+    from datasette_auth_passwords.utils import hash_password
+
+    from mitmflare.dashboard import HASH_ENV, metadata
+
+    monkeypatch.setenv(HASH_ENV, hash_password("s3cret"))
+    ds = Datasette([str(filled_db)], metadata=metadata())
+    assert "datasette-dashboards" in metadata()["plugins"]  # the recipe keeps the dashboards
+    assert (await ds.client.get("/-/dashboards/overview")).status_code == 403
+    login = await ds.client.get("/-/login")
+    token = login.cookies["ds_csrftoken"]
+    answer = await ds.client.post("/-/login", data={"username": "root", "password": "s3cret",
+                                                    "csrftoken": token},
+                                  cookies={"ds_csrftoken": token})
+    assert answer.status_code == 302
+    page = await ds.client.get("/-/dashboards/overview", cookies={"ds_actor": answer.cookies["ds_actor"]})
+    assert page.status_code == 200 and "mitmflare overview" in page.text

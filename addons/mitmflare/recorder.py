@@ -34,6 +34,9 @@ class Recorder:
         loader.add_option("flare_db", str, "mitmflare.db",
                           "Path of the analytics SQLite database (served by Datasette; "
                           "holds no secrets).")
+        loader.add_option("flare_request_log", bool, False,
+                          "Log one line per request (account, model, status, tokens, cost, ms) "
+                          "instead of mitmproxy's connect/disconnect lines.")
         loader.add_option("flare_stream_copy_kb", int, 1024,
                           "Keep a copy of each streamed (SSE) answer, up to this many KB, so "
                           "mitmweb and saved flows can show it; 0 keeps none. Chunks are "
@@ -41,6 +44,9 @@ class Recorder:
 
     def configure(self, updated: set[str]) -> None:
         self.copy_limit = max(ctx.options.flare_stream_copy_kb, 0) * 1024
+        if "flare_request_log" in updated:
+            logging.getLogger("mitmproxy.proxy.server").setLevel(
+                logging.WARNING if ctx.options.flare_request_log else logging.NOTSET)
         if {"flare_db", "flare_state"} & updated:
             self._stop_writer()
             for path in (ctx.options.flare_db, ctx.options.flare_state):
@@ -51,6 +57,8 @@ class Recorder:
             writer.ready.wait(10)
             self.core.writer = writer
             self.core.snapshot_accounts(force=True)
+        if self.core.writer is not None:
+            self.core.writer.request_log = ctx.options.flare_request_log
 
     def done(self) -> None:
         self.core.snapshot_accounts(force=True)

@@ -7,30 +7,30 @@ from __future__ import annotations
 
 import sqlite_utils
 
-REQUESTS = {
-    "id": str,                 # mitmproxy flow id
+REQUESTS = {  # in the order a person reads a row (new databases; older ones keep theirs)
+    "id": str,                 # mitmproxy flow id (with a suffix for a replay)
     "started_at": str,         # ISO 8601 UTC, ms
-    "provider": str,
     "account": str,
-    "method": str,
-    "path": str,
     "model": str,
     "status": int,
-    "streamed": int,
     "duration_ms": float,
-    "ttfb_ms": float,
     "input_tokens": int,
     "output_tokens": int,
+    "cost_usd": float,
+    "failover": int,
+    "error": str,
+    "streamed": int,
+    "ttfb_ms": float,
     "cache_read_input_tokens": int,
     "cache_creation_input_tokens": int,
     "cache_creation_5m_input_tokens": int,
     "cache_creation_1h_input_tokens": int,
-    "cost_usd": float,
+    "provider": str,
+    "method": str,
+    "path": str,
     "client_session": str,
     "user_agent": str,
-    "error": str,
     "attempts": int,
-    "failover": int,
     "replay": int,             # 1: replayed from mitmweb / mitmdump, routed again
 }
 
@@ -96,12 +96,20 @@ ROLLUP_SUMS = {
 USAGE_HOURLY = {"hour": str, "provider": str, "account": str, "model": str,
                 **{c: (float if c in ("cost_usd", "duration_ms") else int) for c in ROLLUP_SUMS}}
 
-ANALYTICS_TABLES = {
+ANALYTICS_TABLES = {  # created in this order: a foreign key's table first
+    "accounts": (ACCOUNTS, "name"),
     "requests": (REQUESTS, "id"),
     "attempts": (ATTEMPTS, "id"),
     "account_events": (ACCOUNT_EVENTS, "id"),
-    "accounts": (ACCOUNTS, "name"),
     "usage_hourly": (USAGE_HOURLY, ROLLUP_KEY),
+}
+
+# Links Datasette shows (a request's page lists its attempts; an account's page its requests,
+# attempts and events). Declared when a table is created; SQLite does not enforce them.
+FOREIGN_KEYS = {
+    "requests": [("account", "accounts", "name")],
+    "attempts": [("request_id", "requests", "id"), ("account", "accounts", "name")],
+    "account_events": [("account", "accounts", "name")],
 }
 
 ANALYTICS_INDEXES = {
@@ -126,7 +134,7 @@ def migrate(db: sqlite_utils.Database, tables: dict, indexes: dict | None = None
     for name, (columns, pk) in tables.items():
         table = db.table(name)
         if not table.exists():
-            table.create(columns, pk=pk)
+            table.create(columns, pk=pk, foreign_keys=FOREIGN_KEYS.get(name))
             if name == "usage_hourly" and db.table("requests").exists():
                 with db.atomic():
                     rebuild_rollup(db.conn)

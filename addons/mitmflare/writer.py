@@ -64,6 +64,7 @@ class DatabaseWriter(threading.Thread):
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.write_errors = 0  # rows (or snapshots) that could not be written
+        self.request_log = False  # log one line per written `requests` row
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
@@ -145,6 +146,9 @@ class DatabaseWriter(threading.Thread):
                         _insert(analytics.conn, [item])
                 except Exception:
                     self._lost(item[0], item[1].get("id") or item[1].get("request_id"))
+        if self.request_log:
+            for row in requests:
+                log.info("%s", request_line(row))
         if grouped.get("accounts"):
             self._guarded("accounts", _write_accounts, analytics, grouped["accounts"][-1])
         if grouped.get("state"):
@@ -161,6 +165,16 @@ class DatabaseWriter(threading.Thread):
         except Exception:
             self.write_errors += 1
             log.exception("database writer: %s not written", what)
+
+
+def request_line(row: dict[str, Any]) -> str:
+    """One line for a `requests` row: ``account model status tokens in/out $cost ms``."""
+    tokens = f"{row.get('input_tokens') or 0}/{row.get('output_tokens') or 0} tok"
+    cost = f"${row['cost_usd']:.4f}" if row.get("cost_usd") is not None else "$?"
+    extra = " failover" if row.get("failover") else ""
+    extra += f" error: {row['error']}" if row.get("error") else ""
+    return (f"{row.get('account') or '-'} {row.get('model') or '-'} {row.get('status')} "
+            f"{tokens} {cost} {row.get('duration_ms') or 0:.0f} ms{extra}")
 
 
 def _insert(conn: sqlite3.Connection, items: list[tuple[str, dict[str, Any]]]) -> None:
