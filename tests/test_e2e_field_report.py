@@ -173,3 +173,13 @@ def test_new_login_clears_needs_reauth_on_a_running_proxy_and_after_restart(sim,
     assert "reauthenticated" in events
     p.restart()
     assert p.health()["accounts"]["available"] == 2
+
+
+def test_request_log_is_one_line_per_request_without_connection_noise(sim, proxy):
+    p = proxy(two_keys(sim), flare_request_log="true")
+    client(p).messages.create(model=MODEL, max_tokens=5, messages=MSG)
+    p.wait_rows(1)
+    time.sleep(0.3)
+    log = p.log_text()
+    assert "key-a claude-sonnet-4-6 200 25/11 tok $0.0002" in log
+    assert "client connect" not in log and "server connect" not in log
