@@ -10,12 +10,17 @@ import httpx
 from conftest import accounts_yaml, free_port
 
 
-def test_mitmweb_flows_are_redacted_and_name_the_account(sim, proxy):
+def start_mitmweb(sim, proxy):
+    """mitmweb with the bundle and two keys; returns (proxy, web UI port)."""
     web_port = free_port()
     yaml = accounts_yaml(sim.url, {"name": "key-a", "api_key": "sk-ant-api03-SECRET-A"},
                          {"name": "key-b", "api_key": "sk-ant-api03-SECRET-B", "priority": 1})
-    p = proxy(yaml, tool="mitmweb", web_port=web_port, web_host="127.0.0.1",
-              web_open_browser="false", web_password="test-password")
+    return proxy(yaml, tool="mitmweb", web_port=web_port, web_host="127.0.0.1",
+                 web_open_browser="false", web_password="test-password"), web_port
+
+
+def test_mitmweb_flows_are_redacted_and_name_the_account(sim, proxy):
+    p, web_port = start_mitmweb(sim, proxy)
     sim.script("sk-ant-api03-SECRET-A", {"status": 429, "headers": {"retry-after": "600"}})
     client = anthropic.Anthropic(base_url=p.url, api_key="client-key", max_retries=0)
     client.messages.create(model="claude-sonnet-4-6", max_tokens=5,
@@ -42,11 +47,7 @@ WEB_TYPES = {"str", "int", "bool", "optional str", "sequence of str"}  # what it
 
 
 def test_mitmweb_as_inspector_options_stream_copy_replay_and_commands(sim, proxy):
-    web_port = free_port()
-    yaml = accounts_yaml(sim.url, {"name": "key-a", "api_key": "sk-ant-api03-SECRET-A"},
-                         {"name": "key-b", "api_key": "sk-ant-api03-SECRET-B", "priority": 1})
-    p = proxy(yaml, tool="mitmweb", web_port=web_port, web_host="127.0.0.1",
-              web_open_browser="false", web_password="test-password")
+    p, web_port = start_mitmweb(sim, proxy)
     web = httpx.Client(base_url=f"http://127.0.0.1:{web_port}",
                        headers={"authorization": "Bearer test-password"})
     assert web.get("/").status_code == 200
