@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 
 from mitmflare import oauth
 from mitmflare.config import ConfigError, load_accounts
+from mitmflare.defaults import ACCOUNTS_PATH, STATE_PATH
 from mitmflare.times import iso_utc
 from mitmflare.writer import open_state_db
 
@@ -36,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("name", help="account name (letters, digits, - and _); an existing "
                         "entry of that name is switched to these tokens")
-    parser.add_argument("--accounts", default="config/accounts.yaml",
+    parser.add_argument("--accounts", default=ACCOUNTS_PATH,
                         help="accounts file to add the account to (the proxy's flare_accounts)")
-    parser.add_argument("--state", default="mitmflare-state.db",
+    parser.add_argument("--state", default=STATE_PATH,
                         help="state database that receives the tokens (the proxy's flare_state)")
     parser.add_argument("--priority", type=int, default=None,
                         help="priority of the account (lower is preferred); kept if omitted")

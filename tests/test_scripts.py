@@ -37,9 +37,16 @@ def test_taken_ports_fail_fast_with_one_line_each():
     assert lines[1].startswith("dashboard (MITMFLARE_DASHBOARD_PORT)")
 
 
-def test_dashboard_beyond_loopback_needs_a_password():
+def test_beyond_loopback_needs_access_keys_or_an_explicit_flag():
     done = run(MITMFLARE_HOST="0.0.0.0", MITMFLARE_PORT=str(free_port()),
-               MITMFLARE_DASHBOARD_PORT=str(free_port()), MITMFLARE_DASHBOARD_HASH="")
+               MITMFLARE_DASHBOARD_PORT=str(free_port()))
+    assert done.returncode == 1 and "refusing to listen on 0.0.0.0 without access keys" in done.stderr
+
+
+def test_dashboard_beyond_loopback_needs_a_password():
+    done = run("--set", "flare_require_access_keys=true", MITMFLARE_HOST="0.0.0.0",
+               MITMFLARE_PORT=str(free_port()), MITMFLARE_DASHBOARD_PORT=str(free_port()),
+               MITMFLARE_DASHBOARD_HASH="")
     assert done.returncode == 1
     assert "refusing to serve the dashboard beyond 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr

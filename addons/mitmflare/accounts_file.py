@@ -18,6 +18,7 @@ from mitmproxy import ctx
 
 from .config import AccountsLoad, ConfigError, env_file, load_accounts
 from .core import Core
+from .defaults import ACCOUNTS_PATH, STATE_PATH
 from .oauth import TokenSet, read_stored_tokens, resolve_tokens
 from .writer import load_state
 
@@ -39,10 +40,10 @@ class AccountsFile:
         self._running = False
 
     def load(self, loader) -> None:
-        loader.add_option("flare_accounts", str, "config/accounts.yaml",
+        loader.add_option("flare_accounts", str, ACCOUNTS_PATH,
                           "Path of the accounts YAML file; edits (and edits of the .env file "
                           "beside it) take effect within 2 s.")
-        loader.add_option("flare_state", str, "mitmflare-state.db",
+        loader.add_option("flare_state", str, STATE_PATH,
                           "Path of the SQLite file with account state and secrets "
                           "(cooldowns, OAuth tokens). Created with mode 0600; never serve it.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .access import AccessKeys
 from .accounts_file import AccountsFile
 from .core import Core
 from .guard import Guard
@@ -12,8 +13,8 @@ from .router import Router
 
 
 def make_addons() -> list[object]:
-    """Addons in hook order: the fail-closed guard, accounts, token refresh, operations
-    (``/health``, probes, commands), routing/failover, then recording."""
+    """Addons in hook order: the fail-closed guard, accounts, access keys, token refresh,
+    operations (``/health``, probes, commands), routing/failover, then recording."""
     core = Core()
-    return [Guard(core), AccountsFile(core), TokenRefresher(core), Operations(core), Router(core),
-            Recorder(core)]
+    return [Guard(core), AccountsFile(core), AccessKeys(core), TokenRefresher(core),
+            Operations(core), Router(core), Recorder(core)]

@@ -59,6 +59,7 @@ class FlowContext:
     ttfb: float | None = None
     failover: bool = False
     replay: bool = False
+    user: str | None = None
     row_id: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -82,6 +83,9 @@ class Core:
         self.config_errors: list[str] = []  # why the accounts file (or entries) were rejected
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None
+        self.access = None  # the AccessKeys addon (see .access)
+        self.require_keys = False
+        self.users: dict[str, Any] = {}  # access-key users by key hash (see .users)
         self._accounts_dirty = True
         self._accounts_written = 0.0
 

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from .config import AccountConfig, OAuthConfig
+from .defaults import STATE_PATH
 from .times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -178,7 +179,7 @@ class OAuthManager:
         self.token_url = DEFAULT_TOKEN_URL
         self.client_id = DEFAULT_CLIENT_ID
         self.buffer_s = 30 * 60.0
-        self.state_path = "mitmflare-state.db"
+        self.state_path = STATE_PATH
         self.client: httpx.AsyncClient | None = None
         self._inflight: dict[str, asyncio.Task[bool]] = {}
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from mitmproxy import command, ctx, exceptions, flow, http
 
 from . import __version__
+from .access import presented_key
 from .core import Core
 from .guard import ROUTED
 from .pool import AVAILABLE, COOLING_DOWN, Account
@@ -41,7 +42,11 @@ class Operations:
         request = flow.request
         path = request.path.split("?", 1)[0]
         if path == "/health":
-            answer = http.Response.make(200, json.dumps(self.health()),
+            body = self.health()
+            if self.core.require_keys and (self.core.access is None or self.core.access.user_for(
+                    presented_key(request.headers)) is None):
+                body = {"status": body["status"]}  # account data only for key holders
+            answer = http.Response.make(200, json.dumps(body),
                                         {"content-type": "application/json"})
         elif path == "/" and request.method in ("GET", "HEAD"):
             # connectivity probe (Claude Code sends HEAD / at start): answered here, unrecorded

@@ -85,6 +85,7 @@ _ERROR_TYPES = {
     "not_found": ("not_found_error", "invalid_request_error", "not_found"),
     "internal": ("api_error", "server_error", "internal_error"),
     "authentication": ("authentication_error", "invalid_request_error", "invalid_api_key"),
+    "permission": ("permission_error", "invalid_request_error", "permission_denied"),
 }
 
 

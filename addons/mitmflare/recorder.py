@@ -14,6 +14,7 @@ import time
 from mitmproxy import ctx, http
 
 from .core import Core, FlowContext
+from .defaults import DB_PATH
 from .rows import BODY, BODY_IS_SSE
 from .sse import UsageTap
 from .writer import DatabaseWriter
@@ -31,7 +32,7 @@ class Recorder:
         self.copy_limit = 1024 * 1024
 
     def load(self, loader) -> None:
-        loader.add_option("flare_db", str, "mitmflare.db",
+        loader.add_option("flare_db", str, DB_PATH,
                           "Path of the analytics SQLite database (served by Datasette; "
                           "holds no secrets).")
         loader.add_option("flare_request_log", bool, False,
@@ -122,7 +123,7 @@ class Recorder:
             "ttfb_ms": round((fc.ttfb - started) * 1000, 3) if fc.ttfb else None,
             "client_session": fc.client_session, "user_agent": fc.user_agent,
             "error": error or fc.error, "attempts": len(fc.attempts),
-            "failover": int(fc.failover), "replay": int(fc.replay),
+            "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
         }
         if response is None:
             pass

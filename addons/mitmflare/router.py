@@ -13,6 +13,7 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 
+from .access import presented_key
 from .classify import TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
@@ -92,16 +93,17 @@ class Router:
         answered here (500 in the provider's error shape) instead of letting the raw request
         through. Takes the guard's placeholder answer away and marks the flow routed (see
         :mod:`.guard`) only once it is done with it."""
+        presented = presented_key(flow.request.headers)
         strip_client_credentials(flow.request.headers)  # at once: nothing below can leak them
         if not take_placeholder(flow):
             return
         try:
-            await self._request(flow)
+            await self._request(flow, presented)
         except Exception as exc:
             self._internal_error(flow, exc)
         flow.metadata[ROUTED] = True
 
-    async def _request(self, flow: http.HTTPFlow) -> None:
+    async def _request(self, flow: http.HTTPFlow, presented: str | None) -> None:
         request = flow.request
         replay = bool(flow.is_replay)
         if replay:  # a replayed flow goes through the router again, from the client's path
@@ -114,15 +116,26 @@ class Router:
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
         self.core.flows[flow.id] = fc
         flow.metadata[CLIENT_PATH] = request.path
-        if provider is None:
+        access = self.core.access
+        user, refusal = access.authenticate(presented) if access else (None, None)
+        fc.user = user.name if user else None
+        if refusal is None and provider is None:
             fc.error = "no provider serves this path"
             flow.response = error_response(None, 404, "not_found",
                                            f"mitmflare: no provider serves {path}")
             return
-        info = inspect_request(provider, request)
+        if refusal is None:
+            info = inspect_request(provider, request)
+            fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
+            refusal = access.authorize(user, provider, fc.model, fc.started) if access else None
+        if refusal is not None:
+            fc.error = refusal.message
+            extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
+            flow.response = error_response(provider, refusal.status, refusal.kind,
+                                           refusal.message, extra)
+            return
         headers = request.headers
         headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
-        fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
         fc.user_agent = headers.get("user-agent")
         fc.excluded = self._excluded_for_retry(flow)
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None

@@ -32,6 +32,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "user_agent": str,
     "attempts": int,
     "replay": int,             # 1: replayed from mitmweb / mitmdump, routed again
+    "user": str,               # access-key user (NULL when keys are not required)
 }
 
 ATTEMPTS = {
@@ -114,7 +115,7 @@ FOREIGN_KEYS = {
 
 ANALYTICS_INDEXES = {
     "requests": [["started_at"], ["account", "started_at"], ["model", "started_at"],
-                 ["client_session"], ["status", "started_at"]],
+                 ["client_session"], ["status", "started_at"], ["user", "started_at"]],
     "attempts": [["request_id"], ["account", "started_at"]],
     "account_events": [["at"], ["account", "at"]],
     "usage_hourly": [["account", "hour"], ["model", "hour"]],
@@ -125,6 +126,9 @@ STATE_TABLES = {
     "oauth_tokens": ({"name": str, "access_token": str, "refresh_token": str,
                       "expires_at": float, "source_fingerprint": str, "last_refresh_at": str,
                       "updated_at": str}, "name"),
+    "users": ({"name": str, "key_hash": str, "key_prefix": str, "disabled": int,
+               "allowed_models": str, "allowed_providers": str, "daily_cap_usd": float,
+               "monthly_cap_usd": float, "created_at": str, "updated_at": str}, "name"),
 }
 
 

@@ -65,6 +65,9 @@ class DatabaseWriter(threading.Thread):
         self.ready = threading.Event()
         self.write_errors = 0  # rows (or snapshots) that could not be written
         self.request_log = False  # log one line per written `requests` row
+        # USD spent per (user, "YYYY-MM-DD") and (user, "YYYY-MM"), UTC, this month: read by
+        # the event loop (plain dict reads) to enforce users' spend caps
+        self.user_spend: dict[tuple[str, str], float] = {}
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
@@ -86,6 +89,7 @@ class DatabaseWriter(threading.Thread):
         state = open_state_db(self.state_path)
         for db in (analytics, state):
             db.execute("pragma synchronous=normal")  # WAL: durable across crashes, not power cuts
+        self._load_spend(analytics)
         self.ready.set()
         running = True
         while running:
@@ -146,6 +150,7 @@ class DatabaseWriter(threading.Thread):
                         _insert(analytics.conn, [item])
                 except Exception:
                     self._lost(item[0], item[1].get("id") or item[1].get("request_id"))
+        self._count_spend(requests)
         if self.request_log:
             for row in requests:
                 log.info("%s", request_line(row))
@@ -153,6 +158,25 @@ class DatabaseWriter(threading.Thread):
             self._guarded("accounts", _write_accounts, analytics, grouped["accounts"][-1])
         if grouped.get("state"):
             self._guarded("account state", _write_state, state, grouped["state"])
+
+    def _load_spend(self, analytics: sqlite_utils.Database) -> None:
+        """Users' recorded spend this month, per day and in total (startup)."""
+        month = time.strftime("%Y-%m", time.gmtime())
+        spend: dict[tuple[str, str], float] = defaultdict(float)
+        for user, day, cost in analytics.execute(
+                "select user, substr(started_at, 1, 10), sum(cost_usd) from requests "
+                "where user is not null and started_at >= ? group by 1, 2", [month]).fetchall():
+            spend[(user, day)] += cost or 0.0
+            spend[(user, day[:7])] += cost or 0.0
+        self.user_spend = dict(spend)
+
+    def _count_spend(self, requests: list[dict[str, Any]]) -> None:
+        spend = self.user_spend
+        for row in requests:
+            user, cost, started = row.get("user"), row.get("cost_usd"), row.get("started_at")
+            if user and cost and isinstance(started, str):
+                for key in ((user, started[:10]), (user, started[:7])):
+                    spend[key] = spend.get(key, 0.0) + cost
 
     def _lost(self, table: str, flow_id: str | None) -> None:
         self.write_errors += 1

@@ -1,0 +1,23 @@
+"""The ``mitmflare`` command: operator jobs on the files the proxy uses.
+
+It finds those files by the proxy's defaults (:mod:`mitmflare.defaults`), relative to the
+working directory, each overridable by a flag or a ``MITMFLARE_*`` environment variable.
+Every subcommand has ``--help`` with an example and exits non-zero with a one-line reason on
+error.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from .users import users_app
+
+app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
+                  help="Operate mitmflare: per-user access keys (more to come). "
+                       "See `mitmflare COMMAND --help`.")
+app.add_typer(users_app, name="users")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,181 @@
+"""``mitmflare users …``: per-user access keys in the state database (``flare_state``).
+
+Changes apply to a running proxy within 2 s (it reads the ``users`` table every second).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..defaults import STATE_PATH
+from ..users import User, UserError, UsersStore
+
+users_app = typer.Typer(no_args_is_help=True,
+                        help="Per-user access keys (with --set flare_require_access_keys=true). "
+                             "Keys are shown once; only their hash is stored.")
+
+State = Annotated[str, typer.Option("--state", envvar="MITMFLARE_STATE",
+                                    help="State database (the proxy's flare_state).")]
+Models = Annotated[str | None, typer.Option(
+    "--models", help="Comma-separated models the user may use (a trailing * matches a "
+                     "prefix, e.g. claude-sonnet-*); '' allows all.")]
+Providers = Annotated[str | None, typer.Option(
+    "--providers", help="Comma-separated providers the user may use (anthropic, openai); "
+                        "'' allows all.")]
+DailyCap = Annotated[float | None, typer.Option(
+    "--daily-cap", min=0, help="Spend cap in USD per UTC day (recorded costs).")]
+MonthlyCap = Annotated[float | None, typer.Option(
+    "--monthly-cap", min=0, help="Spend cap in USD per calendar month (UTC).")]
+
+
+def _store(state: str) -> UsersStore:
+    return UsersStore(state)
+
+
+def _listed(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] or None if text else None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _show_key(user: User, key: str, what: str) -> None:
+    typer.echo(f"{what} {user.name}. Its access key (shown only now; store it safely):")
+    typer.echo(key)
+    typer.echo("Clients send it as x-api-key or Authorization: Bearer "
+               "(Claude Code: ANTHROPIC_API_KEY; SDKs: api_key).", err=True)
+
+
+@users_app.command("add")
+def add(name: str, models: Models = None, providers: Providers = None,
+        daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
+        state: State = STATE_PATH) -> None:
+    """Create a user and print its access key once.
+
+    Example: mitmflare users add alice --daily-cap 5 --models 'claude-sonnet-*'
+    """
+    store = _store(state)
+    try:
+        user, key = store.add(name, allowed_models=_listed(models),
+                              allowed_providers=_listed(providers), daily_cap_usd=daily_cap,
+                              monthly_cap_usd=monthly_cap)
+    except UserError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    _show_key(user, key, "Created user")
+
+
+@users_app.command("list")
+def list_users(as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+               state: State = STATE_PATH) -> None:
+    """List users (never their keys: only the first 8 characters).
+
+    Example: mitmflare users list --json
+    """
+    store = _store(state)
+    try:
+        users = store.all()
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([{"name": u.name, "key_prefix": u.key_prefix,
+                                "disabled": u.disabled, "allowed_models": u.allowed_models,
+                                "allowed_providers": u.allowed_providers,
+                                "daily_cap_usd": u.daily_cap_usd,
+                                "monthly_cap_usd": u.monthly_cap_usd,
+                                "created_at": u.created_at} for u in users], indent=2))
+        return
+    table = Table("user", "key", "status", "models", "providers", "daily cap", "monthly cap",
+                  "created")
+    for u in users:
+        table.add_row(u.name, u.key_prefix + "…", "disabled" if u.disabled else "enabled",
+                      ", ".join(u.allowed_models or ["all"]),
+                      ", ".join(u.allowed_providers or ["all"]),
+                      f"${u.daily_cap_usd:.2f}" if u.daily_cap_usd is not None else "-",
+                      f"${u.monthly_cap_usd:.2f}" if u.monthly_cap_usd is not None else "-",
+                      u.created_at or "")
+    Console().print(table)
+
+
+def _update(name: str, state: str, done: str, **changes) -> None:
+    store = _store(state)
+    try:
+        store.update(name, **changes)
+    except UserError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    typer.echo(f"{done} {name} (a running proxy applies it within 2 s)")
+
+
+@users_app.command("disable")
+def disable(name: str, state: State = STATE_PATH) -> None:
+    """Refuse the user's key; its history stays. Example: mitmflare users disable alice"""
+    _update(name, state, "Disabled", disabled=True)
+
+
+@users_app.command("enable")
+def enable(name: str, state: State = STATE_PATH) -> None:
+    """Accept a disabled user's key again. Example: mitmflare users enable alice"""
+    _update(name, state, "Enabled", disabled=False)
+
+
+@users_app.command("set")
+def set_limits(name: str, models: Models = None, providers: Providers = None,
+               daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
+               no_caps: Annotated[bool, typer.Option("--no-caps", help="Remove both caps.")] = False,
+               state: State = STATE_PATH) -> None:
+    """Change a user's allowed models/providers and spend caps (options not given stay).
+
+    Example: mitmflare users set alice --monthly-cap 100 --providers anthropic
+    """
+    changes: dict = {}
+    if models is not None:
+        changes["allowed_models"] = _listed(models)
+    if providers is not None:
+        changes["allowed_providers"] = _listed(providers)
+    if daily_cap is not None or no_caps:
+        changes["daily_cap_usd"] = None if no_caps else daily_cap
+    if monthly_cap is not None or no_caps:
+        changes["monthly_cap_usd"] = None if no_caps else monthly_cap
+    _update(name, state, "Updated", **changes)
+
+
+@users_app.command("rotate")
+def rotate(name: str, state: State = STATE_PATH) -> None:
+    """Give the user a new key; the old one stops working within 2 s.
+
+    Example: mitmflare users rotate alice
+    """
+    store = _store(state)
+    try:
+        user, key = store.rotate(name)
+    except UserError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    _show_key(user, key, "New key for")
+
+
+@users_app.command("remove")
+def remove(name: str, state: State = STATE_PATH) -> None:
+    """Delete the user (its rows in the analytics database keep its name).
+
+    Example: mitmflare users remove alice
+    """
+    store = _store(state)
+    try:
+        store.remove(name)
+    except UserError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    typer.echo(f"Removed {name} (a running proxy refuses its key within 2 s)")

@@ -1,0 +1,9 @@
+"""Defaults shared by the proxy's options and the ``mitmflare`` command: file paths relative
+to the working directory, each overridable (proxy: ``--set flare_*``; command: a flag or a
+``MITMFLARE_*`` environment variable)."""
+
+from __future__ import annotations
+
+ACCOUNTS_PATH = "config/accounts.yaml"   # option flare_accounts, env MITMFLARE_ACCOUNTS
+DB_PATH = "mitmflare.db"                 # option flare_db, env MITMFLARE_DB
+STATE_PATH = "mitmflare-state.db"        # option flare_state, env MITMFLARE_STATE
