@@ -137,8 +137,11 @@ async def run_load(url: str, sse: bool, requests: int, concurrency: int, result:
 
 
 class Progress:
+    """A progress bar on stderr, only when stderr is a terminal (never in logs)."""
+
     def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.done, self.quiet = total, 0, quiet
+        self.total, self.done = total, 0
+        self.quiet = quiet or not sys.stderr.isatty()
 
     def __call__(self) -> None:
         self.done += 1

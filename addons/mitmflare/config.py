@@ -19,12 +19,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROVIDERS = ("anthropic", "openai")
-
-DEFAULT_BASE_URLS = {
-    "anthropic": "https://api.anthropic.com",
-    "openai": "https://api.openai.com",
-}
+from .providers.presets import PRESETS, Preset, map_model
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -62,21 +57,37 @@ class AccountConfig(BaseModel):
     """One configured account, as written in the YAML file.
 
     ``id``: optional stable identifier that keeps state across a rename.
-    ``priority``: lower is preferred. ``weight``: share under the weighted strategy.
-    ``base_url``: scheme, host, optional port and path prefix of the upstream.
+    ``provider``: a key of :data:`.providers.presets.PRESETS` (``anthropic``, ``openai``,
+    ``anthropic-compatible``, ``openai-compatible``, ``zai``, ``minimax``, ``openrouter``,
+    ``nanogpt``). ``priority``: lower is preferred. ``weight``: share under the weighted
+    strategy. ``base_url``: scheme, host, optional port and path prefix of the upstream
+    (required for the ``*-compatible`` providers). ``auth``: overrides the preset's way of
+    sending the key (``x-api-key`` or ``bearer``). ``models``: client model name or Claude
+    family (``opus``/``sonnet``/``haiku``) → upstream model; with a mapping the account serves
+    only models it can map, unless ``default_model`` is set.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    provider: Literal["anthropic", "openai"]
+    provider: str
     api_key: str | None = None
     oauth: OAuthConfig | None = None
     priority: int = 0
     weight: float = Field(default=1.0, gt=0)
     paused: bool = False
     base_url: str | None = None
+    auth: Literal["x-api-key", "bearer"] | None = None
+    models: dict[str, str] | None = None
+    default_model: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"must be one of {', '.join(PRESETS)}")
+        return value
 
     @model_validator(mode="after")
     def _one_credential(self) -> AccountConfig:
@@ -84,6 +95,8 @@ class AccountConfig(BaseModel):
             raise ValueError("needs exactly one of api_key and oauth")
         if self.oauth is not None and self.provider != "anthropic":
             raise ValueError("oauth is only supported for provider anthropic")
+        if self.base_url is None and self.preset.base_url is None:
+            raise ValueError(f"provider {self.provider} needs base_url")
         return self
 
     @field_validator("api_key")
@@ -101,9 +114,28 @@ class AccountConfig(BaseModel):
         return value.rstrip("/") if value else value
 
     @property
+    def preset(self) -> Preset:
+        return PRESETS[self.provider]
+
+    @property
+    def wire(self) -> str:
+        """The format the upstream speaks: ``anthropic`` or ``openai``."""
+        return self.preset.wire
+
+    @property
+    def auth_style(self) -> str:
+        """How the key is sent: ``x-api-key`` or ``bearer`` (OAuth accounts: always bearer)."""
+        return self.auth or self.preset.auth
+
+    @property
     def upstream(self) -> str:
         """The base URL requests for this account go to (no trailing slash)."""
-        return self.base_url or DEFAULT_BASE_URLS[self.provider]
+        return self.base_url or self.preset.base_url or ""
+
+    def upstream_model(self, model: str | None) -> str | None:
+        """The model to ask the upstream for, or None when this account cannot serve
+        ``model`` (see :func:`.providers.presets.map_model`)."""
+        return map_model(self.models, self.default_model, model)
 
     @property
     def identity(self) -> str | None:

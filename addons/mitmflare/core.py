@@ -33,6 +33,8 @@ class FlowContext:
     ``path``: the client's path (each attempt prefixes it with its account's base path).
     ``attempts``: rows for the ``attempts`` table.
     ``excluded``: accounts not to try again for this request. Times are epoch s.
+    ``provider``: the client's format, ``anthropic`` or ``openai`` (the account's provider is
+    ``account.provider``).
     ``provider``: "" when no provider serves the request. ``error``: why mitmflare answered
     the request itself, recorded in the row. ``replay``: replayed from mitmweb/mitmdump.
     ``row_id``: the `requests` row's id: the flow id, with a suffix for a replay (a replayed
@@ -60,6 +62,12 @@ class FlowContext:
     failover: bool = False
     replay: bool = False
     user: str | None = None
+    convertible: bool = False       # an Anthropic Messages request (OpenAI accounts may serve it)
+    family: str | None = None       # compatibility route: the model's provider prefix
+    body: dict[str, Any] | None = None   # the client's JSON body, parsed once
+    raw_body: bytes = b""           # the client's body as sent
+    upstream_model: str | None = None    # model asked of the current account
+    converted: bool = False         # the current attempt converts Anthropic ⇄ OpenAI
     row_id: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -178,7 +186,8 @@ class Core:
         return self.selector.choose(self.pool, fc.provider, self.strategy, time.time(),
                                     session_hours=self.session_hours,
                                     client_session=fc.client_session, model=fc.model,
-                                    exclude=fc.excluded)
+                                    exclude=fc.excluded, convertible=fc.convertible,
+                                    family=fc.family)
 
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:

@@ -156,9 +156,9 @@ class Failover:
         now = time.time()
         response = flow.response
         if fc.limits is None:
-            fc.limits = parse_limits(fc.provider, response.headers, now)
+            fc.limits = parse_limits(fc.account.wire, response.headers, now)
         body = response.content if response.status_code >= 400 else None
-        verdict = classify(fc.provider, response.status_code, fc.limits, body, now,
+        verdict = classify(fc.account.wire, response.status_code, fc.limits, body, now,
                            self.core.max_cooldown_s)
         if response.status_code >= 400:
             fc.notes.append(f"{fc.account.name}: {response.status_code} {verdict.reason}")
@@ -189,7 +189,7 @@ class Failover:
         out = [(k.encode(), v.encode()) for k, v in up.headers.multi_items()
                if k.lower() not in DROP_RESPONSE_HEADERS]
         flow.response = http.Response.make(up.status_code, up.content, out)
-        fc.limits = parse_limits(fc.provider, flow.response.headers, now)
+        fc.limits = parse_limits(fc.account.wire, flow.response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
 
     def _delay(self, retry: int) -> float:
@@ -234,12 +234,20 @@ class Failover:
           ``retry-after`` and ``x-should-retry: true``; the retry tries every account again.
         * Otherwise, some account is cooling down: 429 with ``retry-after`` = time until the
           soonest is free, ``x-should-retry: false``.
-        * Otherwise (paused, needs login, benched, none configured): 503 ``api_error``."""
+        * Otherwise (paused, needs login, benched, none configured): 503 ``api_error``; no
+          account can serve the requested model at all: 404 naming it."""
         now = time.time()
-        accounts = self.core.pool.for_provider(fc.provider)
+        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible)
+                    if fc.family is None or a.in_family(fc.family)]
         if not accounts:
+            where = f"{fc.family} " if fc.family else ""
             return error_response(fc.provider, 503, "unavailable",
-                                  f"mitmflare: no {fc.provider} account is configured")
+                                  f"mitmflare: no {where}account for {fc.provider} requests "
+                                  f"is configured")
+        accounts = [a for a in accounts if a.serves(fc.model)]
+        if not accounts:
+            return error_response(fc.provider, 404, "not_found",
+                                  f"mitmflare: no account serves model {fc.model!r}")
         tried = [a for a in accounts if a.name in fc.excluded and a.status(now) == AVAILABLE
                  and _free_at(a, fc.model, now) <= now]
         if tried:

@@ -21,6 +21,7 @@ from .core import Core
 from .guard import ROUTED
 from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import strip_client_credentials
+from .providers.presets import ANTHROPIC, OPENAI
 from .router import REPLAY_ACCOUNT
 from .times import iso_utc
 
@@ -103,14 +104,19 @@ class Operations:
         The strategy's choice is computed on a copy: nothing changes."""
         now = time.time()
         lines = []
-        for provider in sorted({a.provider for a in self.core.pool.accounts.values()}):
+        for client in (ANTHROPIC, OPENAI):
+            convertible = client == ANTHROPIC
+            accounts = self.core.pool.for_client(client, convertible)
+            if not accounts:
+                continue
             chosen = copy.deepcopy(self.core.selector).choose(
-                self.core.pool, provider, self.core.strategy, now,
+                self.core.pool, client, self.core.strategy, now, convertible=convertible,
                 session_hours=self.core.session_hours, model=model or None)
-            for account in self.core.pool.for_provider(provider):
-                lines.append((account.name, provider, _verdict(account, chosen, model, now)))
-        return _aligned([("ACCOUNT", "PROVIDER", f"NEXT REQUEST FOR {model or 'any model'}"),
-                         *lines])
+            for account in accounts:
+                lines.append((account.name, account.provider, f"{client} requests",
+                              _verdict(account, chosen, model, now)))
+        return _aligned([("ACCOUNT", "PROVIDER", "CLIENT FORMAT",
+                          f"NEXT REQUEST FOR {model or 'any model'}"), *lines])
 
     @command.command("flare.replay")
     def replay(self, flows: Sequence[flow.Flow], account: str) -> None:
@@ -153,6 +159,8 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
         why = st.cooldown_reason or st.benched_reason
         return f"no: {status}" + (f" until {iso_utc(until)}" if until else "") + \
             (f" ({why})" if why else "")
+    if model and not account.serves(model):
+        return f"no: does not serve {model} (its models: {', '.join(account.config.models or {})})"
     if model and st.model_cooldowns.get(model, 0) > now:
         return (f"no: {model} cools down until {iso_utc(st.model_cooldowns[model])} "
                 f"({st.model_reasons.get(model, '')})")

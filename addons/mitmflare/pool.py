@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import AccountConfig
+from .providers.presets import ANTHROPIC, OPENAI
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,28 @@ class Account:
     def provider(self) -> str:
         return self.config.provider
 
+    @property
+    def wire(self) -> str:
+        """The format its upstream speaks: ``anthropic`` or ``openai``."""
+        return self.config.wire
+
+    def takes(self, client: str, convertible: bool) -> bool:
+        """True when requests in the ``client`` format (``anthropic``/``openai``) can go to this
+        account: same format (passed through), or an Anthropic Messages request (``convertible``)
+        converted for an OpenAI-format account that maps models."""
+        if self.wire == client:
+            return True
+        return (convertible and client == ANTHROPIC and self.wire == OPENAI
+                and bool(self.config.models or self.config.default_model))
+
+    def serves(self, model: str | None) -> bool:
+        """True when the account can serve ``model`` (always for requests without a model)."""
+        return model is None or self.config.upstream_model(model) is not None
+
+    def in_family(self, family: str) -> bool:
+        """For the compatibility route's model prefix (``anthropic/…``, ``zai/…``)."""
+        return family in (self.provider, self.wire)
+
     def status(self, now: float) -> str:
         """One of available / cooling_down / paused / needs_reauth / benched."""
         if self.config.paused:
@@ -141,8 +164,10 @@ class AccountPool:
     def get(self, name: str) -> Account | None:
         return self.accounts.get(name)
 
-    def for_provider(self, provider: str) -> list[Account]:
-        return [a for a in self.accounts.values() if a.provider == provider]
+    def for_client(self, client: str, convertible: bool = False) -> list[Account]:
+        """Accounts that take requests in the ``client`` format (see :meth:`Account.takes`)."""
+        return [a for a in self.accounts.values() if a.takes(client, convertible)]
 
-    def available(self, provider: str, now: float) -> list[Account]:
-        return [a for a in self.accounts.values() if a.provider == provider and a.is_available(now)]
+    def available(self, client: str, now: float, convertible: bool = False) -> list[Account]:
+        return [a for a in self.accounts.values()
+                if a.takes(client, convertible) and a.is_available(now)]

@@ -15,13 +15,15 @@ from genai_prices import calc_price
 log = logging.getLogger(__name__)
 
 
-def cost_usd(provider: str, model: str | None, input_tokens: int | None,
+def cost_usd(provider: str | None, model: str | None, input_tokens: int | None,
              output_tokens: int | None, cache_read: int | None, cache_write: int | None,
              cache_write_1h: int | None) -> float | None:
     """Cost of one request in USD, or None when the model is unknown or nothing was counted.
 
-    Token arguments follow :class:`mitmflare.usage.Usage` (``input_tokens`` excludes cache
-    tokens). ``cache_write_1h`` is the part of ``cache_write`` written with the 1-hour TTL,
+    ``provider``: the genai-prices provider id (``anthropic``, ``openai``, ``zai``,
+    ``openrouter``, …); None lets genai-prices find the model's provider. Token arguments follow
+    :class:`mitmflare.usage.Usage` (``input_tokens`` excludes cache tokens).
+    ``cache_write_1h`` is the part of ``cache_write`` written with the 1-hour TTL,
     priced at its own rate (2x input for Anthropic, per genai-prices).
     """
     if not model or (input_tokens is None and output_tokens is None):
@@ -50,5 +52,5 @@ def cost_usd(provider: str, model: str | None, input_tokens: int | None,
 
 
 @lru_cache(maxsize=256)
-def _warn_unknown(provider: str, model: str) -> None:
+def _warn_unknown(provider: str | None, model: str) -> None:
     log.info("no price known for %s model %r; cost_usd left empty", provider, model)

@@ -15,7 +15,8 @@ from mitmproxy import ctx, http
 
 from .core import Core, FlowContext
 from .defaults import DB_PATH
-from .rows import BODY, BODY_IS_SSE
+from .providers.messages_to_chat import StreamConverter
+from .rows import BODY, BODY_IS_SSE, FORMAT, PRICE_PROVIDER
 from .sse import UsageTap
 from .writer import DatabaseWriter
 
@@ -79,22 +80,22 @@ class Recorder:
             return
         if not response.headers.get("content-type", "").startswith(SSE):
             return
-        tap = UsageTap(fc.provider)
-        fc.tap = tap
+        tap = fc.tap = UsageTap(fc.provider)  # reads what the client gets (its own format)
+        convert = StreamConverter(fc.upstream_model or fc.model or "").feed \
+            if fc.converted else None
         limit = self.copy_limit
-        if not limit:
-            def forward(chunk: bytes) -> bytes:
-                tap.feed(chunk)
-                return chunk
-        else:
-            kept = fc.stream_copy = bytearray()
+        kept = fc.stream_copy = bytearray() if limit else None
 
-            def forward(chunk: bytes) -> bytes:
-                tap.feed(chunk)
-                if len(kept) < limit:
-                    kept.extend(chunk[:limit - len(kept)])
-                return chunk
+        def forward(chunk: bytes) -> bytes:
+            if convert is not None:
+                chunk = convert(chunk)  # b"" at the end of the stream closes the conversion
+            tap.feed(chunk)
+            if kept is not None and len(kept) < limit:
+                kept.extend(chunk[:limit - len(kept)])
+            return chunk
 
+        if convert is not None:
+            response.headers.pop("content-length", None)
         response.stream = forward
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -115,21 +116,26 @@ class Recorder:
         started = flow.request.timestamp_start or fc.started
         response = flow.response
         row = {
-            "id": fc.row_id, "started_at": float(started), "provider": fc.provider or None,
+            "id": fc.row_id, "started_at": float(started),
+            "provider": fc.account.provider if fc.account else fc.provider or None,
             "account": fc.account.name if fc.account else None,
-            "method": flow.request.method, "path": flow.request.path.split("?", 1)[0],
-            "model": fc.model, "status": response.status_code if response else None,
+            "method": flow.request.method, "path": fc.path.split("?", 1)[0],
+            "model": fc.model, "upstream_model": fc.upstream_model,
+            "status": response.status_code if response else None,
             "streamed": int(fc.stream), "duration_ms": round((now - started) * 1000, 3),
             "ttfb_ms": round((fc.ttfb - started) * 1000, 3) if fc.ttfb else None,
             "client_session": fc.client_session, "user_agent": fc.user_agent,
             "error": error or fc.error, "attempts": len(fc.attempts),
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
+            FORMAT: fc.provider,
+            PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
         }
         if response is None:
             pass
         elif fc.tap is not None and response.stream:
             row.update({k: v for k, v in fc.tap.usage.as_row().items() if v is not None})
-            row["model"] = fc.tap.model or fc.model
+            row["model"] = fc.model or fc.tap.model
+            row["upstream_model"] = fc.tap.model or fc.upstream_model
             row["error"] = error or fc.tap.error
         elif response.raw_content:
             row[BODY] = response.content

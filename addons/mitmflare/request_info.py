@@ -23,11 +23,13 @@ _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 
 @dataclass
 class RequestInfo:
-    """``model`` and ``client_session`` are None when the request does not say."""
+    """``model`` and ``client_session`` are None when the request does not say; ``body`` when
+    the body is not a JSON object."""
 
     model: str | None = None
     client_session: str | None = None
     stream: bool = False
+    body: dict[str, Any] | None = None  # the JSON object body, parsed
 
 
 def inspect_request(provider: str, request: http.Request) -> RequestInfo:
@@ -35,7 +37,7 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
     info = RequestInfo(client_session=text(request.headers.get(SESSION_HEADER)))
-    body = _json_body(request)
+    body = info.body = _json_body(request)
     if body is None:
         return info
     info.model = text(body.get("model"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 
@@ -21,12 +22,14 @@ from .guard import ROUTED, take_placeholder
 from .option_types import decimal
 from .pool import Account
 from .providers import (
-    detect_provider,
+    detect_route,
     error_response,
     redact_credentials,
     set_credentials,
     strip_client_credentials,
 )
+from .providers.messages_to_chat import answer_to_anthropic, request_to_chat
+from .providers.presets import ANTHROPIC
 from .ratelimits import parse_limits
 from .request_info import inspect_request
 from .selection import STRATEGIES
@@ -108,14 +111,14 @@ class Router:
         replay = bool(flow.is_replay)
         if replay:  # a replayed flow goes through the router again, from the client's path
             request.path = flow.metadata.get(CLIENT_PATH, request.path)
+        flow.metadata[CLIENT_PATH] = request.path
+        provider, request.path, compat = detect_route(flow)
         path = request.path.split("?", 1)[0]
-        provider = detect_provider(flow)
         fc = FlowContext(provider=provider or "", started=time.time(), path=request.path,
                          client_session=None, model=None, user_agent=None, flow_id=flow.id,
                          replay=replay)
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
         self.core.flows[flow.id] = fc
-        flow.metadata[CLIENT_PATH] = request.path
         access = self.core.access
         user, refusal = access.authenticate(presented) if access else (None, None)
         fc.user = user.name if user else None
@@ -127,6 +130,10 @@ class Router:
         if refusal is None:
             info = inspect_request(provider, request)
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
+            fc.body, fc.raw_body = info.body, request.raw_content or b""
+            fc.convertible = provider == ANTHROPIC and path == "/v1/messages"
+            if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
+                fc.family, fc.model = fc.model.split("/", 1)
             refusal = access.authorize(user, provider, fc.model, fc.started) if access else None
         if refusal is not None:
             fc.error = refusal.message
@@ -190,10 +197,18 @@ class Router:
         if fc.account is not None:
             fc.account.state.in_flight -= 1
         request = flow.request
+        cfg = account.config
         scheme, host, port, prefix = account.target
         request.scheme, request.host, request.port = scheme, host, port
-        request.path = prefix + fc.path
-        set_credentials(request.headers, fc.provider, account.config.credential_kind, secret)
+        fc.converted = fc.provider != account.wire
+        path = "/v1/chat/completions" if fc.converted else fc.path
+        if cfg.preset.versioned_base and path.startswith("/v1/"):
+            path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
+        request.path = prefix + path
+        fc.upstream_model = cfg.upstream_model(fc.model) if fc.model else None
+        _set_body(request, fc)
+        set_credentials(request.headers, account.wire, cfg.credential_kind, cfg.auth_style,
+                        secret, fc.converted)
         fc.account = account
         fc.attempt_started = now
         account.state.in_flight += 1
@@ -209,7 +224,7 @@ class Router:
         response = flow.response
         redact_credentials(flow.request.headers, fc.account.name)
         fc.ttfb = now
-        fc.limits = parse_limits(fc.provider, response.headers, now)
+        fc.limits = parse_limits(fc.account.wire, response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -217,6 +232,8 @@ class Router:
         if fc is None or fc.account is None:
             return
         verdict = await self.failover.handle(flow, fc, self.route)
+        if fc.converted and flow.response is not None and not flow.response.stream:
+            answer_to_anthropic(flow.response, fc.upstream_model or fc.model or "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
         if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
@@ -250,7 +267,7 @@ class Router:
             self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
                                       if v[1] > now}
         tried = {a["account"] for a in fc.attempts} | fc.excluded
-        usable = {a.name for a in self.core.pool.available(fc.provider, now)}
+        usable = {a.name for a in self.core.pool.available(fc.provider, now, fc.convertible)}
         if usable <= tried:  # nothing left to steer to: the retry starts over on every account
             self._retry_exclusions.pop(_digest(flow), None)
             return
@@ -288,6 +305,20 @@ class Router:
                 self.core.event(account, "model_recovered", model)
                 self.core.persist(account)
         self.core.snapshot_accounts()
+
+
+def _set_body(request: http.Request, fc: FlowContext) -> None:
+    """The body for the current account: converted to the OpenAI format, or with the model the
+    account maps to, or the client's own bytes (the common case: nothing is re-encoded)."""
+    body = fc.body
+    if fc.converted and body is not None:
+        request.content = json.dumps(request_to_chat(body, fc.upstream_model or ""),
+                                     separators=(",", ":")).encode()
+    elif body is not None and fc.upstream_model and body.get("model") != fc.upstream_model:
+        request.content = json.dumps({**body, "model": fc.upstream_model},
+                                     separators=(",", ":")).encode()
+    elif request.raw_content is not fc.raw_body:
+        request.raw_content = fc.raw_body
 
 
 def _digest(flow: http.HTTPFlow) -> bytes:

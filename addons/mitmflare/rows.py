@@ -15,6 +15,8 @@ from .wire import json_object
 
 BODY = "_body"          # raw response body kept for parsing here (bytes)
 BODY_IS_SSE = "_sse"    # the kept body is an event stream
+FORMAT = "_format"      # the client's format (anthropic/openai): how the body reads
+PRICE_PROVIDER = "_price"  # genai-prices provider id of the account (None: by model)
 
 
 def complete(row: dict[str, Any]) -> dict[str, Any]:
@@ -22,26 +24,29 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     value fit its column's type (:func:`conform`)."""
     body: bytes | None = row.pop(BODY, None)
     is_sse = row.pop(BODY_IS_SSE, False)
-    provider = row.get("provider") or ""
+    wire = row.pop(FORMAT, None) or row.get("provider") or ""
+    price_provider = row.pop(PRICE_PROVIDER, None)
+    reported = None
     if body:
         status = row.get("status") or 0
         if is_sse:
-            tap = UsageTap(provider)
+            tap = UsageTap(wire)
             tap.feed(body + b"\n\n")
             row.update({k: v for k, v in tap.usage.as_row().items() if v is not None})
-            row["model"] = tap.model or row.get("model")
+            reported = tap.model
             row["error"] = row.get("error") or tap.error
         elif status < 400:
-            usage, model = usage_from_json(provider, body)
+            usage, reported = usage_from_json(wire, body)
             if usage is not None:
                 row.update(usage.as_row())
-            row["model"] = model or row.get("model")
         elif not row.get("error"):
             row["error"] = error_text(status, body)
+    row["model"] = row.get("model") or reported
+    row["upstream_model"] = reported or row.get("upstream_model") or row["model"]
     if isinstance(row.get("started_at"), float):
         row["started_at"] = iso_utc(row["started_at"])
     conform(row)
-    row["cost_usd"] = cost_usd(provider, row.get("model"), row.get("input_tokens"),
+    row["cost_usd"] = cost_usd(price_provider, row.get("upstream_model"), row.get("input_tokens"),
                                row.get("output_tokens"), row.get("cache_read_input_tokens"),
                                row.get("cache_creation_input_tokens"),
                                row.get("cache_creation_1h_input_tokens"))

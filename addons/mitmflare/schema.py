@@ -11,7 +11,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "id": str,                 # mitmproxy flow id (with a suffix for a replay)
     "started_at": str,         # ISO 8601 UTC, ms
     "account": str,
-    "model": str,
+    "model": str,              # what the client asked for
     "status": int,
     "duration_ms": float,
     "input_tokens": int,
@@ -33,6 +33,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "attempts": int,
     "replay": int,             # 1: replayed from mitmweb / mitmdump, routed again
     "user": str,               # access-key user (NULL when keys are not required)
+    "upstream_model": str,     # what the upstream served (a mapped or dated name)
 }
 
 ATTEMPTS = {

@@ -34,10 +34,17 @@ class Selector:
 
     def choose(self, pool: AccountPool, provider: str, strategy: str, now: float, *,
                session_hours: float, client_session: str | None = None,
-               model: str | None = None, exclude: Collection[str] = ()) -> Account | None:
-        """The account for one request at ``now`` (epoch s), or None when none is usable."""
-        candidates = [a for a in pool.available(provider, now)
-                      if a.name not in exclude and not _model_cooling(a, model, now)]
+               model: str | None = None, exclude: Collection[str] = (),
+               convertible: bool = False, family: str | None = None) -> Account | None:
+        """The account for one request at ``now`` (epoch s), or None when none is usable.
+
+        ``provider``: the client's format (``anthropic``/``openai``); ``convertible``: an
+        Anthropic Messages request that OpenAI-format accounts may serve converted;
+        ``family``: the compatibility route's model prefix, limiting the candidates."""
+        candidates = [a for a in pool.available(provider, now, convertible)
+                      if a.name not in exclude and a.serves(model)
+                      and (family is None or a.in_family(family))
+                      and not _model_cooling(a, model, now)]
         if not candidates:
             return None
         ranked = sorted(candidates, key=lambda a: (_rank(a, now), a.order))

@@ -270,7 +270,7 @@ class SimulatedUpstream:
             if stream:
                 await self._stream(send, headers, _chat_events(model, usage, include, answer))
             else:
-                await _send_json(send, 200, _chat_completion(model, usage), headers)
+                await _send_json(send, 200, _chat_completion(model, usage, answer), headers)
         elif path.startswith("/v1/responses"):
             if stream:
                 await self._stream(send, headers, _responses_events(model, usage))
@@ -346,11 +346,20 @@ def _openai_usage(usage: dict) -> dict:
                                           "rejected_prediction_tokens": 0}}
 
 
-def _chat_completion(model: str, usage: dict) -> dict:
+def _chat_completion(model: str, usage: dict, answer: dict) -> dict:
+    """A chat completion: the reply words, or the scripted ``tool_calls`` (each
+    ``{"id", "name", "arguments": {...}}``) with ``finish_reason: tool_calls``."""
+    calls = answer.get("tool_calls")
+    message: dict[str, Any] = {"role": "assistant", "content": None if calls else
+                               " ".join(REPLY_WORDS)}
+    if calls:
+        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": {
+            "name": c["name"], "arguments": json.dumps(c["arguments"])}} for c in calls]
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": " ".join(REPLY_WORDS)}}],
+            "choices": [{"index": 0, "finish_reason": answer.get("finish_reason") or
+                         ("tool_calls" if calls else "stop"), "logprobs": None,
+                         "message": message}],
             "usage": _openai_usage(usage)}
 
 
@@ -368,8 +377,19 @@ def _chat_events(model: str, usage: dict, include_usage: bool, answer: dict) -> 
         if i == 0 and answer.get("error_event"):
             events.append(_sse(None, {"error": answer["error_event"]}))
             return events
+    for index, call in enumerate(answer.get("tool_calls") or []):
+        arguments = json.dumps(call["arguments"])
+        half = len(arguments) // 2  # arguments arrive in pieces, as real streams send them
+        events.append(_sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {
+            "tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                            "function": {"name": call["name"], "arguments": arguments[:half]}}]},
+            "finish_reason": None}]}))
+        events.append(_sse(None, {**base, **extra, "choices": [{"index": 0, "delta": {
+            "tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]},
+            "finish_reason": None}]}))
+    finish = answer.get("finish_reason") or ("tool_calls" if answer.get("tool_calls") else "stop")
     events.append(_sse(None, {**base, **extra, "choices": [
-        {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]}))
+        {"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None}]}))
     if include_usage:
         events.append(_sse(None, {**base, "choices": [], "usage": _openai_usage(usage)}))
     events.append(_sse(None, "[DONE]"))

@@ -22,6 +22,35 @@ CLIENT_CREDENTIAL_HEADERS = ("x-api-key", "authorization", "proxy-authorization"
 REDACTED_HEADERS = ("x-api-key", "authorization")  # the ones an account's credential uses
 
 
+ROUTE_PREFIXES = (("/v1/anthropic", "anthropic"), ("/v1/openai", "openai"),
+                  ("/v1/mitmflare", None))
+
+
+def detect_route(flow: http.HTTPFlow) -> tuple[str | None, str, bool]:
+    """(client format, path without a route prefix, compatibility route?) of a request.
+
+    ``/v1/anthropic/…`` and ``/v1/openai/…`` name the format and lose their prefix, once.
+    ``/v1/mitmflare/…`` is the compatibility route: the prefix goes, the format follows the
+    path, and the account is chosen by the model's provider prefix (``openai/gpt-4.1``).
+    Other paths: :func:`detect_provider`."""
+    path = flow.request.path
+    for prefix, client in ROUTE_PREFIXES:
+        if path.startswith(prefix + "/"):
+            rest = path[len(prefix):]
+            return client or format_of_path(rest), rest, client is None
+    return detect_provider(flow), path, False
+
+
+def format_of_path(path: str) -> str | None:
+    """``anthropic`` for ``/v1/messages…``, ``openai`` for the OpenAI endpoints, else None."""
+    path = path.split("?", 1)[0]
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(OPENAI_PATHS):
+        return "openai"
+    return None
+
+
 def detect_provider(flow: http.HTTPFlow) -> str | None:
     """Provider of a client request: the listener's reverse target when it is a known host,
     else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
@@ -30,36 +59,36 @@ def detect_provider(flow: http.HTTPFlow) -> str | None:
         provider = KNOWN_HOSTS.get(mode.address[0])
         if provider:
             return provider
-    path = flow.request.path.split("?", 1)[0]
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith(OPENAI_PATHS):
-        return "openai"
-    return None
+    return format_of_path(flow.request.path)
 
 
-def set_credentials(headers: http.Headers, provider: str, kind: str, secret: str) -> None:
+def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secret: str,
+                    converted: bool = False) -> None:
     """Remove every client credential from ``headers`` and set the account's.
 
-    ``kind`` is ``api_key`` or ``oauth``. Anthropic API key: ``x-api-key`` (and the OAuth beta
-    is dropped); Anthropic OAuth: ``Authorization: Bearer`` plus ``oauth-2025-04-20`` in
-    ``anthropic-beta``, keeping the client's other betas; OpenAI: ``Authorization: Bearer``.
+    ``wire``: the upstream's format; ``kind``: ``api_key`` or ``oauth``; ``auth``:
+    ``x-api-key`` or ``bearer`` (how an API key is sent). Anthropic OAuth:
+    ``Authorization: Bearer`` plus ``oauth-2025-04-20`` in ``anthropic-beta``, keeping the
+    client's other betas; an Anthropic-format API key drops that beta. ``converted``: the
+    request was converted to the OpenAI format, so the ``anthropic-*`` headers go.
     """
     strip_client_credentials(headers)
-    if provider == "anthropic":
+    if kind == "oauth" or auth == "bearer":
+        headers["authorization"] = f"Bearer {secret}"
+    else:
+        headers["x-api-key"] = secret
+    if converted:
+        headers.pop("anthropic-beta", None)
+        headers.pop("anthropic-version", None)
+    elif wire == "anthropic":
         betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
         betas = [b for b in betas if b != OAUTH_BETA]
         if kind == "oauth":
-            headers["authorization"] = f"Bearer {secret}"
             betas.append(OAUTH_BETA)
-        else:
-            headers["x-api-key"] = secret
         if betas:
             headers["anthropic-beta"] = ",".join(betas)
         else:
             headers.pop("anthropic-beta", None)
-    else:
-        headers["authorization"] = f"Bearer {secret}"
 
 
 def strip_client_credentials(headers: http.Headers) -> None:
