@@ -41,3 +41,14 @@ ensure_venv() {
     echo "$want" > "$stamp"
   fi
 }
+
+# Installs an npm package into .tools/ (gitignored) when npm is on PATH and it is missing
+# there; never fails: without npm or the registry, the tests that need it say why they skip.
+ensure_npm_package() {
+  local package="$1"
+  command -v npm >/dev/null 2>&1 || return 0
+  [ -d "$ROOT/.tools/node_modules/$package" ] && return 0
+  echo "Installing $package into $ROOT/.tools (npm)" >&2
+  timeout 300 npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools" "$package" \
+    >/dev/null 2>&1 || echo "could not install $package; tests that need it will skip" >&2
+}

@@ -160,7 +160,7 @@ def test_stream_cut_before_finishing_ends_with_an_error_event():
 @pytest.mark.parametrize(("model", "expected"), [
     ("claude-sonnet-4-5", "glm-4.6"), ("claude-3-5-haiku-20241022", "glm-4.5-air"),
     ("claude-opus-4-8", "glm-4.6"), ("claude-sonnet-4-5-exact", "exact-target"),
-    ("gpt-4o", None)])
+    ("glm-4.5-air", "glm-4.5-air"), ("gpt-4o", None)])
 def test_model_mapping_exact_first_then_family(model, expected):
     models = {"opus": "glm-4.6", "sonnet": "glm-4.6", "haiku": "glm-4.5-air",
               "claude-sonnet-4-5-exact": "exact-target"}

@@ -150,3 +150,29 @@ def test_transient(status):
 def test_other_statuses(status, action, reauth):
     v = verdict(status)
     assert v.action == action and v.needs_reauth is reauth
+
+
+def zai(status: int, code: str, message: str = "x"):
+    return verdict(status, body={"error": {"code": code, "message": message}})
+
+
+def test_zai_usage_limit_cools_down_until_the_stated_reset():
+    # NOW is 2026-07-31 15:09:25 UTC; the message's time is read as UTC+8 (23:09:25 there)
+    v = zai(429, "1308", "Usage limit reached for 5 hour. Your limit will reset at "
+                         "2026-08-01 01:09:25")
+    assert v.action == FAILOVER and v.cooldown_until == pytest.approx(NOW + 2 * 3600)
+    assert zai(429, "1310", "weekly limit, reset at 2027-01-01 00:00:00").cooldown_until == NOW + CAP
+    assert zai(429, "1308", "no time given").backoff
+
+
+@pytest.mark.parametrize(("code", "status"), [("1113", 429), ("1309", 429), ("1313", 403)])
+def test_zai_balance_plan_and_fair_use_bench(code, status):
+    v = zai(status, code)
+    assert v.action == FAILOVER and v.bench and not v.needs_reauth
+
+
+def test_zai_concurrency_and_plan_model_errors():
+    busy = zai(429, "1302", "High concurrency usage of this API")
+    assert busy.action == FAILOVER and 0 < busy.cooldown_until - NOW <= 30 and not busy.bench
+    model = zai(403, "1311")
+    assert model.model_backoff and not model.cooldown_until and not model.needs_reauth

@@ -20,14 +20,25 @@ OpenAI ``insufficient_quota`` family
 529, 500, 502, 503, 504, 408                          retry      short cooldown
 401 / 403                                             failover   needs_reauth (OAuth: refresh)
 402                                                   failover   benched until resumed
+z.ai / Zhipu business code (any 4xx):                 failover
+  1302 concurrency, 1303 frequency too high                      short cooldown
+  1308 / 1310 usage limit "will reset at <time>"                 cooldown until that time
+                                                                 (UTC+8 assumed, capped)
+  1311 model not in the coding plan                              model cooldown (backoff)
+  1113 balance exhausted, 1309 plan expired, 1313                benched until resumed
+  fair-use restriction
 other 4xx (400, 404, 413, …)                          return     none
 ====================================================  =========  ==============================
+
+The z.ai codes come from z.ai's "API code" page (docs.z.ai/api-reference/api-code) and
+Zhipu's (docs.bigmodel.cn/cn/api/api-code); the reset time's zone is not documented.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from .ratelimits import Limits
 from .wire import json_object
@@ -44,6 +55,10 @@ BACKOFF_MAX_S = 300.0
 OPENAI_QUOTA_CODES = ("insufficient_quota", "credit_balance_exhausted",
                       "organization_spend_limit_exceeded", "project_spend_limit_exceeded",
                       "organization_usage_limit_exceeded")
+ZAI_BENCH_CODES = {"1113": "zai_balance_exhausted", "1309": "zai_plan_expired",
+                   "1313": "zai_fair_use_restricted"}
+_ZAI_RESET = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})")
+_ZAI_ZONE = timezone(timedelta(hours=8))  # assumed: the docs give no zone (China Standard Time)
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
 
 
@@ -77,6 +92,10 @@ def classify(provider: str, status: int, limits: Limits, body: bytes | None, now
     if status < 400:
         return Verdict(OK)
     error_type, code, message = _error_fields(body)
+    if 400 <= status < 500:
+        zai = _classify_zai(code or error_type, message, now, max_cooldown_s)
+        if zai is not None:
+            return zai
     if status == 429:
         return _classify_429(provider, limits, error_type, code, message, now, max_cooldown_s)
     if status in TRANSIENT_STATUSES:
@@ -129,6 +148,26 @@ def _classify_429(provider: str, limits: Limits, error_type: str, code: str, mes
     if retry_at is not None or resets:
         return Verdict(FAILOVER, "rate_limited", cooldown_until=until(retry_at, *resets))
     return Verdict(FAILOVER, "rate_limited_no_reset", backoff=True)
+
+
+def _classify_zai(code: str, message: str, now: float, cap: float) -> Verdict | None:
+    """The verdict for a z.ai / Zhipu business error code (module table), else None."""
+    if code in ZAI_BENCH_CODES:
+        return Verdict(FAILOVER, ZAI_BENCH_CODES[code], bench=True)
+    if code in ("1302", "1303"):
+        return Verdict(FAILOVER, "zai_rate_limited", cooldown_until=now + TRANSIENT_COOLDOWN_S)
+    if code == "1311":
+        return Verdict(FAILOVER, "zai_model_not_in_plan", model_backoff=True)
+    if code in ("1308", "1310"):
+        found = _ZAI_RESET.search(message)
+        reset = None
+        if found:
+            reset = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(
+                tzinfo=_ZAI_ZONE).timestamp()
+        if reset is None or reset <= now:
+            return Verdict(FAILOVER, "zai_usage_limit", backoff=True)
+        return Verdict(FAILOVER, "zai_usage_limit", cooldown_until=min(reset, now + cap))
+    return None
 
 
 def _error_fields(body: bytes | None) -> tuple[str, str, str]:

@@ -272,13 +272,18 @@ class Failover:
         return error_response(fc.provider, 503, "unavailable",
                               f"mitmflare: no usable {fc.provider} account: {states}")
 
-    @staticmethod
-    def _comment(flow: http.HTTPFlow, fc: FlowContext) -> None:
-        """The flow's comment, shown in mitmweb's flow list: ``[account] tried …``."""
+    def _comment(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """The flow's comment, shown in mitmweb's flow list: ``[account] tried …; skipped …``
+        (skipped: accounts of this format whose ``models:`` cannot map the model)."""
         served = fc.account.name if fc.account else "none"
         text = f"[{served}]{' replay' if fc.replay else ''} mitmflare: account {served}"
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
+        if fc.model:
+            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible)
+                       if not a.serves(fc.model)]
+            if skipped:
+                text += f"; skipped {', '.join(skipped)} (cannot serve {fc.model})"
         flow.comment = text
 
 

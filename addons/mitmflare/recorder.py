@@ -86,13 +86,15 @@ class Recorder:
         limit = self.copy_limit
         kept = fc.stream_copy = bytearray() if limit else None
 
-        def forward(chunk: bytes) -> bytes:
+        def forward(chunk: bytes) -> list[bytes]:
             if convert is not None:
                 chunk = convert(chunk)  # b"" at the end of the stream closes the conversion
             tap.feed(chunk)
             if kept is not None and len(kept) < limit:
                 kept.extend(chunk[:limit - len(kept)])
-            return chunk
+            # Never hand mitmproxy an empty chunk: HTTP/1.1 chunked encoding would send it
+            # as the terminating zero-length chunk and end the client's body early.
+            return [chunk] if chunk else []
 
         if convert is not None:
             response.headers.pop("content-length", None)

@@ -245,7 +245,7 @@ class Router:
         if fc is None or fc.account is None:
             return
         redact_credentials(flow.request.headers, fc.account.name)
-        if flow.response is None and fc.ttfb is None:
+        if flow.response is None and fc.ttfb is None and not _client_left(flow):
             # The upstream could not be reached or dropped the connection before answering.
             now = time.time()
             verdict = Verdict("transient", "connect_error",
@@ -326,3 +326,10 @@ def _digest(flow: http.HTTPFlow) -> bytes:
     h.update(flow.request.path.encode())
     h.update(flow.request.raw_content or b"")
     return h.digest()
+
+
+def _client_left(flow: http.HTTPFlow) -> bool:
+    """True when the flow ended because the client went away (mitmproxy's "Client
+    disconnected." error, or a closed client connection): no fault of the account."""
+    return (not flow.client_conn.connected
+            or (flow.error is not None and flow.error.msg.startswith("Client disconnected")))

@@ -63,14 +63,17 @@ def family(model: str) -> str | None:
 
 def map_model(models: dict[str, str] | None, default: str | None, model: str | None) -> str | None:
     """The upstream model for the client's ``model``: an exact entry of ``models`` first, then
-    its Claude family (``opus``/``sonnet``/``haiku``), then ``default``. Without a mapping the
-    model passes as it is. None: this account cannot serve the model."""
+    its Claude family (``opus``/``sonnet``/``haiku``), then ``default``. A model that is
+    already one of the mapping's upstream names (``glm-4.6``) passes as it is, and so does any
+    model without a mapping. None: this account cannot serve the model."""
     if not models:
         return default or model
     if model is None:
         return default
     if model in models:
         return models[model]
+    if model in models.values():
+        return model
     kind = family(model)
     if kind and kind in models:
         return models[kind]
