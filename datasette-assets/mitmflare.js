@@ -22,3 +22,134 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!td.title && td.textContent.length > 30) td.title = td.textContent.trim();
   });
 });
+
+// The overview dashboard: account cards (status, 5h / 7d window bars with reset countdowns,
+// forecast, token health, cost against budget, where the next request goes) and the latest
+// requests, above the charts; all of it refreshed every 10 s without reloading the page (the
+// charts by running the dashboards plugin's own renderChart calls again). "Pause" stops it.
+const MF_REFRESH_MS = 10000;
+const MF_DB = "/mitmflare";
+
+function mfEl(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "style") el.style.cssText = value;
+    else el.setAttribute(key, value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) el.append(child);
+  return el;
+}
+
+function mfIn(iso) {
+  if (!iso) return "";
+  const minutes = Math.round((Date.parse(iso) - Date.now()) / 60000);
+  if (minutes <= 0) return "now";
+  const h = Math.floor(minutes / 60), m = minutes % 60;
+  return h ? `${h} h ${m} min` : `${m} min`;
+}
+
+function mfTone(health) {
+  if (health === "serving") return "serving";
+  if (health === "next in line" || health === "standby") return "ok";
+  if (health === "near limit" || health.startsWith("token expires")) return "warn";
+  if (health === "paused") return "idle";
+  return "bad";
+}
+
+function mfBar(label, used, reset, forecast) {
+  if (used === null || used === undefined) return null;
+  if (reset && Date.parse(reset) <= Date.now()) {  // the last answer predates the reset
+    return mfEl("div", {class: "mf-window"},
+      mfEl("div", {class: "mf-window-label"}, `${label} reset, not used since`),
+      mfEl("div", {class: "mf-bar"}));
+  }
+  const pct = Math.max(0, used * 100);  // may exceed 100 %: the bar stops at full
+  const tone = used >= 1 ? "bad" : used >= 0.8 ? "warn" : "ok";
+  return mfEl("div", {class: "mf-window"},
+    mfEl("div", {class: "mf-window-label"}, `${label} ${pct.toFixed(0)} %`,
+      reset ? mfEl("span", {class: "mf-muted"}, ` · resets in ${mfIn(reset)}`) : null),
+    mfEl("div", {class: "mf-bar", title: forecast || ""},
+      mfEl("div", {class: `mf-bar-fill mf-${tone}`, style: `width: ${Math.min(100, pct)}%`})),
+    forecast ? mfEl("div", {class: "mf-muted mf-small"}, forecast) : null);
+}
+
+function mfCard(a) {
+  const budget = a.budget_day_usd !== null ? ` of $${a.budget_day_usd}` : "";
+  return mfEl("div", {class: `mf-card mf-${mfTone(a.health)}`, "data-account": a.account},
+    mfEl("div", {class: "mf-card-head"},
+      mfEl("a", {href: `${MF_DB}/accounts/${encodeURIComponent(a.account)}`}, a.account),
+      mfEl("span", {class: "mf-muted"}, ` ${a.provider}`)),
+    mfEl("div", {class: "mf-health"}, a.health),
+    mfBar("5h", a.used_5h, a.reset_5h, a.forecast_5h),
+    mfBar("7d", a.used_7d, a.reset_7d, a.forecast_7d),
+    a.used_5h === null ? mfBar("limits", a.used_bucket, a.reset_bucket, null) : null,
+    a.token_health ? mfEl("div", {class: "mf-small"}, `token ${a.token_health}`) : null,
+    mfEl("div", {class: "mf-small"}, `today $${Number(a.cost_today_usd || 0).toFixed(4)}${budget}`),
+    a.last_error ? mfEl("div", {class: "mf-small mf-muted", title: a.last_error},
+      `last error: ${a.last_error}`) : null);
+}
+
+function mfRecent(rows) {
+  const head = ["time", "account", "model", "status", "tokens in/out", "cost", "ms", "failover"];
+  const table = mfEl("table", {class: "mf-recent"},
+    mfEl("thead", {}, mfEl("tr", {}, ...head.map((h) => mfEl("th", {}, h)))));
+  const body = mfEl("tbody");
+  for (const r of rows) {
+    body.append(mfEl("tr", {class: r.status >= 400 ? "mf-error-row" : ""},
+      mfEl("td", {}, mfEl("a", {href: `${MF_DB}/requests/${encodeURIComponent(r.id)}`},
+        (r.started_at || "").slice(11, 19))),
+      mfEl("td", {}, r.account || "-"), mfEl("td", {}, r.model || "-"),
+      mfEl("td", {}, String(r.status ?? "-")),
+      mfEl("td", {}, `${r.input_tokens ?? 0}/${r.output_tokens ?? 0}`),
+      mfEl("td", {}, r.cost_usd === null ? "?" : `$${r.cost_usd}`),
+      mfEl("td", {}, String(r.ms ?? "")), mfEl("td", {}, r.failover ? "yes" : "")));
+  }
+  table.append(body);
+  return table;
+}
+
+async function mfQuery(name) {
+  const response = await fetch(`${MF_DB}/${name}.json?_shape=array`, {credentials: "same-origin"});
+  if (!response.ok) throw new Error(`${name}: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function mfRefreshPanel(panel) {
+  try {
+    const [accounts, recent] = await Promise.all([mfQuery("account_health"), mfQuery("recent_requests")]);
+    const next = accounts.find((a) => a.position === 1);
+    panel.querySelector(".mf-next").textContent =
+      next ? `next request → ${next.account}` : "no account is serving now";
+    panel.querySelector(".mf-cards").replaceChildren(...accounts.map(mfCard));
+    panel.querySelector(".mf-recent-box").replaceChildren(mfRecent(recent));
+    panel.querySelector(".mf-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    panel.querySelector(".mf-updated").textContent = `not updated: ${error.message}`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const grid = document.querySelector(".dashboard-grid");
+  if (!grid || !location.pathname.endsWith("/-/dashboards/overview")) return;
+  const pause = mfEl("button", {type: "button", class: "mf-pause"}, "Pause");
+  const panel = mfEl("section", {id: "mf-health"},
+    mfEl("div", {class: "mf-panel-head"}, mfEl("h2", {}, "Accounts now"),
+      mfEl("span", {class: "mf-next"}), mfEl("span", {class: "mf-updated mf-muted"}), pause),
+    mfEl("div", {class: "mf-cards"}),
+    mfEl("details", {open: ""}, mfEl("summary", {}, "Recent requests (latest 50)"),
+      mfEl("div", {class: "mf-recent-box"})));
+  grid.before(panel);
+  const charts = [...document.scripts].find((s) => s.textContent.includes("renderChart("));
+  const redraw = charts ? new Function(charts.textContent.replace(/autorefresh\([^)]*\)/g, "")) : null;
+  let paused = false;
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume" : "Pause";
+  });
+  mfRefreshPanel(panel);
+  setInterval(() => {
+    if (paused || document.hidden) return;
+    mfRefreshPanel(panel);
+    if (redraw) redraw();
+  }, MF_REFRESH_MS);
+});

@@ -127,7 +127,7 @@ class AccessKeys:
         for period, cap, key, resets in (
                 ("daily", user.daily_cap_usd, day, _next_day(now)),
                 ("monthly", user.monthly_cap_usd, month, _next_month(now))):
-            spent = writer.user_spend.get((user.name, key), 0.0)
+            spent = writer.spend.get(("user", user.name, key), 0.0)
             if cap is not None and spent >= cap:
                 wait = max(1, math.ceil(resets - now))
                 return Refusal(429, "rate_limit",

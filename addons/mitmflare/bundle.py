@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .access import AccessKeys
+from .account_health import AccountHealth
 from .accounts_file import AccountsFile
 from .core import Core
 from .guard import Guard
@@ -14,7 +15,8 @@ from .router import Router
 
 def make_addons() -> list[object]:
     """Addons in hook order: the fail-closed guard, accounts, access keys, token refresh,
-    operations (``/health``, probes, commands), routing/failover, then recording."""
+    account health (budgets, window start), operations (``/health``, probes, commands),
+    routing/failover, then recording."""
     core = Core()
     return [Guard(core), AccountsFile(core), AccessKeys(core), TokenRefresher(core),
-            Operations(core), Router(core), Recorder(core)]
+            AccountHealth(core), Operations(core), Router(core), Recorder(core)]

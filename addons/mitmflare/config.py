@@ -53,6 +53,16 @@ class OAuthConfig(BaseModel):
         return value
 
 
+class Budget(BaseModel):
+    """Spending limits of one account in USD per UTC day and per UTC calendar month (either
+    may be left out). Spend is the recorded ``cost_usd`` of the account's requests."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    day: float | None = Field(default=None, ge=0)
+    month: float | None = Field(default=None, ge=0)
+
+
 class AccountConfig(BaseModel):
     """One configured account, as written in the YAML file.
 
@@ -64,7 +74,8 @@ class AccountConfig(BaseModel):
     (required for the ``*-compatible`` providers). ``auth``: overrides the preset's way of
     sending the key (``x-api-key`` or ``bearer``). ``models``: client model name or Claude
     family (``opus``/``sonnet``/``haiku``) → upstream model; with a mapping the account serves
-    only models it can map, unless ``default_model`` is set.
+    only models it can map, unless ``default_model`` is set. ``budget_usd``: see
+    :class:`Budget`; an account over it is skipped until the day or month ends.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,6 +92,7 @@ class AccountConfig(BaseModel):
     auth: Literal["x-api-key", "bearer"] | None = None
     models: dict[str, str] | None = None
     default_model: str | None = None
+    budget_usd: Budget | None = None
 
     @field_validator("provider")
     @classmethod

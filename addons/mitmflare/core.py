@@ -15,10 +15,12 @@ from typing import Any
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
 from .oauth import OAuthManager, TokenSet
 from .pool import AVAILABLE, Account, AccountPool
+from .providers.presets import ANTHROPIC, OPENAI
 from .ratelimits import Limits
 from .selection import Selector
 from .sse import UsageTap
 from .times import iso_utc
+from .usage_windows import BurnTracker, window_rows
 from .writer import DatabaseWriter
 
 log = logging.getLogger("mitmflare")
@@ -96,6 +98,7 @@ class Core:
         self.users: dict[str, Any] = {}  # access-key users by key hash (see .users)
         self._accounts_dirty = True
         self._accounts_written = 0.0
+        self.burn = BurnTracker()  # utilization history per account and window (forecasts)
 
     # -- credentials ------------------------------------------------------------------------
     def secret(self, account: Account) -> str | None:
@@ -158,12 +161,38 @@ class Core:
             return
         self._accounts_dirty = False
         self._accounts_written = now
-        self.put("accounts", [self.account_row(a, now) for a in self.pool.accounts.values()])
+        positions = self.positions(now)
+        accounts = self.pool.accounts.values()
+        self.put("accounts", [{**self.account_row(a, now), "position": positions.get(a.name)}
+                              for a in accounts])
+        self.put("windows", [row for a in accounts if a.state.limits
+                             for row in window_rows(a.name, a.state.limits, self.burn, now)])
+
+    def positions(self, now: float) -> dict[str, int]:
+        """Account name -> 1 (the next request of its format would go there), 2 (next in
+        line), …, from the strategy's current state. An account that takes Anthropic-format
+        requests (converted or not) is ranked in that pool, others in the OpenAI one."""
+        out: dict[str, int] = {}
+        for client in (ANTHROPIC, OPENAI):
+            order = self.selector.preview(self.pool, client, self.strategy, now,
+                                          self.session_hours, convertible=client == ANTHROPIC)
+            mine = [a for a in order if client == ANTHROPIC or not a.takes(ANTHROPIC, True)]
+            for place, account in enumerate(mine, 1):
+                out.setdefault(account.name, place)
+        return out
+
+    def spent(self, kind: str, name: str, now: float) -> tuple[float, float]:
+        """(USD today, USD this month), UTC, recorded for a ``user`` or an ``account``."""
+        spend = self.writer.spend if self.writer is not None else {}
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        return spend.get((kind, name, day), 0.0), spend.get((kind, name, day[:7]), 0.0)
 
     def account_row(self, account: Account, now: float) -> dict[str, Any]:
         """The public (secret-free) row describing ``account`` for the `accounts` table."""
         cfg, st = account.config, account.state
         tokens = self.tokens.get(cfg.name) if cfg.oauth else None
+        budget = cfg.budget_usd
+        today, month = self.spent("account", cfg.name, now)
         return {
             "name": cfg.name, "provider": cfg.provider, "credential": cfg.credential_kind,
             "base_url": cfg.upstream, "priority": cfg.priority, "weight": cfg.weight,
@@ -179,6 +208,14 @@ class Core:
             "token_expires_at": iso_utc(tokens.expires_at) if tokens else None,
             "last_refresh_at": iso_utc(tokens.last_refresh_at) if tokens else None,
             "updated_at": iso_utc(now),
+            "over_budget_until": iso_utc(st.over_budget_until) if st.over_budget_until > now
+            else None,
+            "budget_day_usd": budget.day if budget else None,
+            "budget_month_usd": budget.month if budget else None,
+            "spent_today_usd": round(today, 6), "spent_month_usd": round(month, 6),
+            "window_started_at": iso_utc(st.window_started_at),
+            "near_limit_until": iso_utc(st.constrained_until) if st.constrained_until > now
+            else None,
         }
 
     def choose(self, fc: FlowContext) -> Account | None:
@@ -196,6 +233,7 @@ class Core:
             return
         st = account.state
         st.limits = limits.to_dict()
+        self.burn.observe(account.name, st.limits, now)
         if limits.constrained(self.headroom, now):
             resets = [w.reset for w in limits.windows.values() if w.reset and w.reset > now]
             resets += [b.reset for b in limits.buckets.values() if b.reset and b.reset > now]

@@ -93,8 +93,8 @@ class Operations:
             st = a.state
             models = "; ".join(f"{m} until {iso_utc(t)}" for m, t in st.model_cooldowns.items()
                                if t > now)
-            why = st.cooldown_reason if st.cooldown_until > now else st.benched_reason
-            rows.append((a.name, a.provider, a.status(now), iso_utc(st.cooldown_until) or "-",
+            until, why = a.blocked(now)
+            rows.append((a.name, a.provider, a.status(now), iso_utc(until) or "-",
                          "; ".join(x for x in (why, models) if x) or "-"))
         return _aligned(rows)
 
@@ -155,8 +155,7 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
     st = account.state
     status = account.status(now)
     if status != AVAILABLE:
-        until = st.cooldown_until if status == COOLING_DOWN else 0
-        why = st.cooldown_reason or st.benched_reason
+        until, why = account.blocked(now)
         return f"no: {status}" + (f" until {iso_utc(until)}" if until else "") + \
             (f" ({why})" if why else "")
     if model and not account.serves(model):

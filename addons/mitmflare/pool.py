@@ -21,6 +21,7 @@ COOLING_DOWN = "cooling_down"
 PAUSED = "paused"
 NEEDS_REAUTH = "needs_reauth"
 BENCHED = "benched"
+OVER_BUDGET = "over_budget"
 
 
 @dataclass
@@ -57,11 +58,16 @@ class AccountState:
     model_reasons: dict[str, str] = field(default_factory=dict)
     reauth_fingerprint: str = ""
     identity: str = ""
+    over_budget_until: float = 0.0  # epoch s: spent its day/month budget until then
+    over_budget_reason: str = ""
+    window_started_for: float = 0.0  # the 5h reset (epoch s) a window start was sent after
+    window_started_at: float = 0.0   # when that request was sent (epoch s)
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
                  "constrained_until", "model_cooldowns", "model_backoff_s", "model_reasons",
-                 "reauth_fingerprint", "identity")
+                 "reauth_fingerprint", "identity", "window_started_for",
+                 "window_started_at")
 
     def to_persisted(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.PERSISTED}
@@ -118,16 +124,30 @@ class Account:
         return family in (self.provider, self.wire)
 
     def status(self, now: float) -> str:
-        """One of available / cooling_down / paused / needs_reauth / benched."""
+        """One of available / cooling_down / paused / needs_reauth / benched / over_budget."""
         if self.config.paused:
             return PAUSED
         if self.state.needs_reauth:
             return NEEDS_REAUTH
         if self.state.benched:
             return BENCHED
+        if self.state.over_budget_until > now:
+            return OVER_BUDGET
         if self.state.cooldown_until > now:
             return COOLING_DOWN
         return AVAILABLE
+
+    def blocked(self, now: float) -> tuple[float, str]:
+        """(until when, why) the account is not available: epoch s (0: until an operator or
+        a new credential acts) and the reason; (0, "") when available or paused."""
+        st, status = self.state, self.status(now)
+        if status == COOLING_DOWN:
+            return st.cooldown_until, st.cooldown_reason
+        if status == OVER_BUDGET:
+            return st.over_budget_until, st.over_budget_reason
+        if status == BENCHED:
+            return 0.0, st.benched_reason
+        return 0.0, ""
 
     def is_available(self, now: float) -> bool:
         return self.status(now) == AVAILABLE

@@ -33,6 +33,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "attempts": int,
     "replay": int,             # 1: replayed from mitmweb / mitmdump, routed again
     "user": str,               # access-key user (NULL when keys are not required)
+    "purpose": str,            # NULL: a client's request; window_start: sent by the proxy
     "upstream_model": str,     # what the upstream served (a mapped or dated name)
 }
 
@@ -77,6 +78,30 @@ ACCOUNTS = {
     "limits": str,
     "model_cooldowns": str,    # models this account cannot serve for now, until when and why
     "updated_at": str,
+    "position": int,           # 1: the next request of its format goes here; 2: next in line
+    "near_limit_until": str,   # ranked last until then (utilization >= flare_headroom or warning)
+    "over_budget_until": str,
+    "budget_day_usd": float,
+    "budget_month_usd": float,
+    "spent_today_usd": float,
+    "spent_month_usd": float,
+    "window_started_at": str,  # last time a window start request was sent (flare_window_start)
+}
+
+# One row per account and limit window, replaced with every accounts snapshot
+# (see .usage_windows).
+ACCOUNT_WINDOWS = {
+    "account": str,
+    "window": str,             # 5h, 7d, 7d_oi, overage; requests, tokens, input-tokens, …
+    "kind": str,               # unified (subscription) or bucket (API key)
+    "status": str,
+    "utilization": float,
+    "limit": float,
+    "remaining": float,
+    "reset_at": str,
+    "observed_at": str,
+    "burn_per_hour": float,
+    "limit_at": str,
 }
 
 # Hourly totals per (hour, provider, account, model), kept by the writer in the same
@@ -100,6 +125,7 @@ USAGE_HOURLY = {"hour": str, "provider": str, "account": str, "model": str,
 
 ANALYTICS_TABLES = {  # created in this order: a foreign key's table first
     "accounts": (ACCOUNTS, "name"),
+    "account_windows": (ACCOUNT_WINDOWS, ("account", "window")),
     "requests": (REQUESTS, "id"),
     "attempts": (ATTEMPTS, "id"),
     "account_events": (ACCOUNT_EVENTS, "id"),
@@ -112,6 +138,7 @@ FOREIGN_KEYS = {
     "requests": [("account", "accounts", "name")],
     "attempts": [("request_id", "requests", "id"), ("account", "accounts", "name")],
     "account_events": [("account", "accounts", "name")],
+    "account_windows": [("account", "accounts", "name")],
 }
 
 ANALYTICS_INDEXES = {

@@ -60,6 +60,32 @@ class Selector:
             return random.choices(tier, weights=[a.config.weight for a in tier])[0]
         return self._session(ranked, best, provider, now, session_hours * 3600.0, client_session)
 
+    def preview(self, pool: AccountPool, provider: str, strategy: str, now: float,
+                session_hours: float, convertible: bool = False) -> list[Account]:
+        """The order in which the next request of ``provider``'s format (no client
+        conversation, no model) would try the available accounts, without changing any
+        state: first the one it would go to, then the next in line. Empty when none is usable.
+        ``weighted`` is random: heavier first."""
+        ranked = sorted(pool.available(provider, now, convertible),
+                        key=lambda a: (_rank(a, now), a.order))
+        if not ranked:
+            return []
+        best = _rank(ranked[0], now)
+        tier = [a for a in ranked if _rank(a, now) == best]
+        rest = ranked[len(tier):]
+        if strategy == "round-robin":
+            start = (self._rotation.get(provider, -1) + 1) % len(tier)
+            tier = tier[start:] + tier[:start]
+        elif strategy == "least-requests":
+            tier.sort(key=lambda a: (a.state.in_flight, a.state.requests, a.order))
+        elif strategy == "weighted":
+            tier.sort(key=lambda a: (-a.config.weight, a.order))
+        else:
+            current = self._sessions.get(provider)
+            if current and now - current[1] < session_hours * 3600.0:
+                tier.sort(key=lambda a: (a.name != current[0], a.order))
+        return tier + rest
+
     def _session(self, ranked: list[Account], best: tuple[bool, int], provider: str, now: float,
                  ttl: float, client_session: str | None) -> Account:
         by_name = {a.name: a for a in ranked}

@@ -65,9 +65,12 @@ class SimulatedUpstream:
     requests answered with a rate limit or an overload, for demos.
     """
 
-    def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0) -> None:
+    def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
+                 windows: bool = False) -> None:
         self.chunk_delay_s = chunk_delay_s
         self.chaos = chaos
+        self.windows = windows
+        self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
         self.requests: list[SeenRequest] = []
         self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self._ids = itertools.count(1)
@@ -88,6 +91,8 @@ class SimulatedUpstream:
 
     def reset(self) -> None:
         self.requests.clear()
+        self._used.clear()
+        self.windows = False
         self._scripts.clear()
         self.token_requests.clear()
         self._refresh_tokens.clear()
@@ -173,7 +178,8 @@ class SimulatedUpstream:
             await _send_json(send, answer["status"], answer.get("body") or
                              _error_body(path, answer["status"]), answer.get("headers"))
             return
-        await self._success(path, body if isinstance(body, dict) else {}, answer, send)
+        await self._success(path, body if isinstance(body, dict) else {}, answer, send,
+                            credential or "")
 
     def _next_answer(self, credential: str | None) -> dict[str, Any]:
         queue = self._scripts.get(credential or "")
@@ -253,10 +259,13 @@ class SimulatedUpstream:
             await _send_json(send, 404, {"error": "unknown control path"})
 
     # -- successful answers -----------------------------------------------------------------
-    async def _success(self, path: str, body: dict, answer: dict, send) -> None:
+    async def _success(self, path: str, body: dict, answer: dict, send,
+                       credential: str = "") -> None:
         usage = {**DEFAULT_USAGE, **self._varied_usage(body), **answer.get("usage", {})}
         model = body.get("model", "claude-sonnet-4-6")
-        headers = {"request-id": f"req_sim{next(self._ids)}", **answer.get("headers", {})}
+        headers = {"request-id": f"req_sim{next(self._ids)}",
+                   **(self._window_headers(credential, body, usage) if self.windows else {}),
+                   **answer.get("headers", {})}
         stream = body.get("stream") is True
         if path.startswith("/v1/messages/count_tokens"):
             await _send_json(send, 200, {"input_tokens": usage["input_tokens"]}, headers)
@@ -281,6 +290,40 @@ class SimulatedUpstream:
                                          "object": "list"}, headers)
         else:
             await _send_json(send, 404, _error_body(path, 404), headers)
+
+    def _window_headers(self, credential: str, body: dict, usage: dict) -> dict[str, str]:
+        """Limit headers as a real upstream sends them with every answer (``windows`` mode):
+        unified 5h / 7d windows for OAuth tokens (``sk-ant-oat…``), whose utilization grows
+        with the tokens used (5h: 400k tokens, 7d: 4M); standard request/token buckets for
+        API keys. Header names from ``shared/reference/upstream-apis.md`` section 1."""
+        now = time.time()
+        start, used = self._used.get(credential, (now, 0))
+        if now - start > 5 * 3600:
+            start, used = now, 0
+        used += usage["input_tokens"] + usage["output_tokens"] + body.get("max_tokens", 0) * 40
+        self._used[credential] = (start, used)
+        if credential.startswith("sk-ant-oat"):
+            u5, u7 = used / 400_000, used / 4_000_000
+            reset5, reset7 = int(start + 5 * 3600), int(start + 7 * 86400)
+            status = "allowed_warning" if u5 >= 0.8 else "allowed"
+            return {"anthropic-ratelimit-unified-status": status,
+                    "anthropic-ratelimit-unified-5h-status": status,
+                    "anthropic-ratelimit-unified-5h-utilization": f"{u5:.4f}",
+                    "anthropic-ratelimit-unified-5h-reset": str(reset5),
+                    "anthropic-ratelimit-unified-7d-status": "allowed",
+                    "anthropic-ratelimit-unified-7d-utilization": f"{u7:.4f}",
+                    "anthropic-ratelimit-unified-7d-reset": str(reset7),
+                    "anthropic-ratelimit-unified-representative-claim": "five_hour",
+                    "anthropic-ratelimit-unified-reset": str(reset5)}
+        if credential.startswith("sk-ant-api"):
+            reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60))
+            return {"anthropic-ratelimit-requests-limit": "1000",
+                    "anthropic-ratelimit-requests-remaining": str(max(0, 1000 - used // 1000)),
+                    "anthropic-ratelimit-requests-reset": reset,
+                    "anthropic-ratelimit-tokens-limit": "2000000",
+                    "anthropic-ratelimit-tokens-remaining": str(max(0, 2_000_000 - used)),
+                    "anthropic-ratelimit-tokens-reset": reset}
+        return {}
 
     async def _stream(self, send, headers: dict[str, str], events: list[bytes]) -> None:
         await send({"type": "http.response.start", "status": 200,
@@ -464,8 +507,10 @@ def main() -> None:
     parser.add_argument("--chunk-delay-ms", type=float, default=40.0)
     parser.add_argument("--chaos", type=float, default=0.0,
                         help="share of requests answered with a 429 or 529 (0..1)")
+    parser.add_argument("--windows", action="store_true",
+                        help="send rate-limit headers (unified windows for OAuth tokens)")
     args = parser.parse_args()
-    sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos)
+    sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos, args.windows)
     print(f"simulated upstream on {sim.start(args.host, args.port)}", flush=True)
     try:
         while True:

@@ -65,9 +65,9 @@ class DatabaseWriter(threading.Thread):
         self.ready = threading.Event()
         self.write_errors = 0  # rows (or snapshots) that could not be written
         self.request_log = False  # log one line per written `requests` row
-        # USD spent per (user, "YYYY-MM-DD") and (user, "YYYY-MM"), UTC, this month: read by
-        # the event loop (plain dict reads) to enforce users' spend caps
-        self.user_spend: dict[tuple[str, str], float] = {}
+        # USD spent this month per ("user" | "account", name, "YYYY-MM-DD" | "YYYY-MM"), UTC:
+        # read by the event loop (plain dict reads) for users' caps and accounts' budgets
+        self.spend: dict[tuple[str, str, str], float] = {}
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
@@ -156,27 +156,35 @@ class DatabaseWriter(threading.Thread):
                 log.info("%s", request_line(row))
         if grouped.get("accounts"):
             self._guarded("accounts", _write_accounts, analytics, grouped["accounts"][-1])
+        if grouped.get("windows"):
+            self._guarded("account windows", _write_windows, analytics, grouped["windows"][-1])
         if grouped.get("state"):
             self._guarded("account state", _write_state, state, grouped["state"])
 
     def _load_spend(self, analytics: sqlite_utils.Database) -> None:
-        """Users' recorded spend this month, per day and in total (startup)."""
+        """Users' and accounts' recorded spend this month, per day and in total (startup)."""
         month = time.strftime("%Y-%m", time.gmtime())
-        spend: dict[tuple[str, str], float] = defaultdict(float)
-        for user, day, cost in analytics.execute(
-                "select user, substr(started_at, 1, 10), sum(cost_usd) from requests "
-                "where user is not null and started_at >= ? group by 1, 2", [month]).fetchall():
-            spend[(user, day)] += cost or 0.0
-            spend[(user, day[:7])] += cost or 0.0
-        self.user_spend = dict(spend)
+        spend: dict[tuple[str, str, str], float] = defaultdict(float)
+        for kind in SPENDERS:
+            for name, day, cost in analytics.execute(
+                    f"select {kind}, substr(started_at, 1, 10), sum(cost_usd) from requests "
+                    f"where {kind} is not null and started_at >= ? group by 1, 2",
+                    [month]).fetchall():
+                spend[(kind, name, day)] += cost or 0.0
+                spend[(kind, name, day[:7])] += cost or 0.0
+        self.spend = dict(spend)
 
     def _count_spend(self, requests: list[dict[str, Any]]) -> None:
-        spend = self.user_spend
+        spend = self.spend
         for row in requests:
-            user, cost, started = row.get("user"), row.get("cost_usd"), row.get("started_at")
-            if user and cost and isinstance(started, str):
-                for key in ((user, started[:10]), (user, started[:7])):
-                    spend[key] = spend.get(key, 0.0) + cost
+            cost, started = row.get("cost_usd"), row.get("started_at")
+            if not cost or not isinstance(started, str):
+                continue
+            for kind in SPENDERS:
+                name = row.get(kind)
+                if name:
+                    for key in ((kind, name, started[:10]), (kind, name, started[:7])):
+                        spend[key] = spend.get(key, 0.0) + cost
 
     def _lost(self, table: str, flow_id: str | None) -> None:
         self.write_errors += 1
@@ -189,6 +197,9 @@ class DatabaseWriter(threading.Thread):
         except Exception:
             self.write_errors += 1
             log.exception("database writer: %s not written", what)
+
+
+SPENDERS = ("user", "account")  # `requests` columns whose spend is counted
 
 
 def request_line(row: dict[str, Any]) -> str:
@@ -218,6 +229,13 @@ def _write_accounts(analytics: sqlite_utils.Database, account_rows: list[dict[st
                       names)
     if account_rows:
         analytics["accounts"].upsert_all(account_rows, pk="name")
+
+
+def _write_windows(analytics: sqlite_utils.Database, window_rows: list[dict[str, Any]]) -> None:
+    """Replace `account_windows` with the latest snapshot (a small table)."""
+    analytics.execute("delete from account_windows")
+    if window_rows:
+        analytics["account_windows"].insert_all(window_rows)
 
 
 def _write_state(state: sqlite_utils.Database, snapshots: list[dict[str, dict]]) -> None:
