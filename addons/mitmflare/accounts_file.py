@@ -151,7 +151,7 @@ class AccountsFile:
                 tokens.pop(cfg.name, None)
                 if cfg.oauth is not None:
                     log.log(self._level, "account %s: oauth from_state, but flare_state has no "
-                            "tokens for it; run `scripts/oauth_login.py %s`", cfg.name, cfg.name)
+                            "tokens for it; run `mitmflare accounts login %s`", cfg.name, cfg.name)
             else:
                 tokens[cfg.name] = resolved
         names = {c.name for c in configs}

@@ -30,7 +30,7 @@ class ConfigError(Exception):
 
 class OAuthConfig(BaseModel):
     """Claude subscription credentials: a token pair, or ``from_state: true`` to use the pair
-    that ``scripts/oauth_login.py`` stored in ``flare_state``."""
+    that ``mitmflare accounts login`` stored in ``flare_state``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
@@ -216,6 +217,7 @@ class Core:
             "window_started_at": iso_utc(st.window_started_at),
             "near_limit_until": iso_utc(st.constrained_until) if st.constrained_until > now
             else None,
+            "clock_skew_s": _skew(st.last_date),
         }
 
     def choose(self, fc: FlowContext) -> Account | None:
@@ -287,3 +289,15 @@ class Core:
             st.benched_reason = verdict.reason
             self.event(account, "benched", verdict.reason, limits=limits)
         self.persist(account)
+
+
+def _skew(last_date: tuple[str | None, float]) -> float | None:
+    """This machine's clock minus the upstream's (s), from its last ``Date`` header (1 s
+    resolution); None when none was seen or it cannot be read."""
+    header, local = last_date
+    if not header:
+        return None
+    try:
+        return round(local - parsedate_to_datetime(header).timestamp(), 1)
+    except (TypeError, ValueError):
+        return None

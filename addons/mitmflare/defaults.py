@@ -4,6 +4,11 @@ to the working directory, each overridable (proxy: ``--set flare_*``; command: a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 ACCOUNTS_PATH = "config/accounts.yaml"   # option flare_accounts, env MITMFLARE_ACCOUNTS
 DB_PATH = "mitmflare.db"                 # option flare_db, env MITMFLARE_DB
 STATE_PATH = "mitmflare-state.db"        # option flare_state, env MITMFLARE_STATE
+
+# The dashboard's metadata (canned queries); the `mitmflare stats` command runs the same SQL.
+METADATA_PATH = str(Path(__file__).resolve().parents[2] / "datasette-metadata.yml")

@@ -8,14 +8,16 @@ render as text.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import time
 from collections.abc import Sequence
 
 from mitmproxy import command, ctx, exceptions, flow, http
 
-from . import __version__
+from . import __version__, operator_commands
 from .access import presented_key
 from .core import Core
 from .guard import ROUTED
@@ -26,6 +28,8 @@ from .router import REPLAY_ACCOUNT
 from .times import iso_utc
 
 PROBE_BODY = b'{"status":"ok","service":"mitmflare"}'
+COMMAND_POLL_S = 1.0
+log = logging.getLogger("mitmflare")
 
 
 class Operations:
@@ -33,11 +37,38 @@ class Operations:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._task: asyncio.Task | None = None
 
     def running(self) -> None:
         # mitmweb: show each flow's comment (it names the serving account) in the flow list
         if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
             ctx.options.web_columns = [*ctx.options.web_columns, "comment"]
+        self._task = asyncio.get_running_loop().create_task(self._watch_commands())
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch_commands(self) -> None:
+        """Apply what ``mitmflare accounts reset`` queued in ``flare_state`` (table
+        ``operator_commands``), polled every second in a worker thread; only commands queued
+        after this proxy started."""
+        path = ctx.options.flare_state
+        seen = await asyncio.to_thread(operator_commands.latest_id, path)
+        while True:
+            await asyncio.sleep(COMMAND_POLL_S)
+            try:
+                queued = await asyncio.to_thread(operator_commands.since, path, seen)
+            except Exception as exc:  # a locked or missing file: try again next second
+                log.debug("operator commands not read: %s", exc)
+                continue
+            for command_id, name, account in queued:
+                seen = max(seen, command_id)
+                if name == "reset":
+                    try:
+                        self.resume(account)
+                    except exceptions.CommandError as exc:
+                        log.warning("mitmflare accounts reset: %s", exc)
 
     def request(self, flow: http.HTTPFlow) -> None:
         request = flow.request
@@ -62,7 +93,8 @@ class Operations:
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
         ``degraded``), version, strategy, account counts in total and per provider, the
-        accounts file's rejected entries, and the database writer's lost rows."""
+        accounts file's rejected entries, the database writer's lost rows, and the analytics
+        database's size and its WAL's (bytes, refreshed every 10 s)."""
         now = time.time()
         accounts = list(self.core.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
@@ -81,7 +113,10 @@ class Operations:
         if self.core.config_errors:
             body["config_error"] = "; ".join(self.core.config_errors)
             body["config_errors"] = self.core.config_errors
-        body["write_errors"] = self.core.writer.write_errors if self.core.writer else 0
+        writer = self.core.writer
+        body["write_errors"] = writer.write_errors if writer else 0
+        if writer is not None:  # sizes measured by the writer thread (no file I/O here)
+            body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes}
         return body
 
     @command.command("flare.accounts")
@@ -136,16 +171,7 @@ class Operations:
         if not targets:
             raise exceptions.CommandError(f"no account named {name!r}")
         for account in targets:
-            st = account.state
-            st.cooldown_until = 0.0
-            st.cooldown_reason = ""
-            st.backoff_s = 0.0
-            st.benched = False
-            st.benched_reason = ""
-            st.needs_reauth = False
-            st.model_cooldowns.clear()
-            st.model_backoff_s.clear()
-            st.model_reasons.clear()
+            account.state.resume()
             self.core.event(account, "resumed", "operator")
             self.core.persist(account)
         self.core.snapshot_accounts(force=True)

@@ -62,6 +62,7 @@ class AccountState:
     over_budget_reason: str = ""
     window_started_for: float = 0.0  # the 5h reset (epoch s) a window start was sent after
     window_started_at: float = 0.0   # when that request was sent (epoch s)
+    last_date: tuple[str | None, float] = (None, 0.0)  # upstream Date header, local epoch s
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
@@ -71,6 +72,15 @@ class AccountState:
 
     def to_persisted(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.PERSISTED}
+
+    def resume(self) -> None:
+        """What an operator's resume does: no cooldown, bench or ``needs_reauth`` mark, and
+        no model cooldowns or backoffs (``flare.resume``, ``mitmflare accounts reset``)."""
+        self.cooldown_until, self.cooldown_reason, self.backoff_s = 0.0, "", 0.0
+        self.benched, self.benched_reason, self.needs_reauth = False, "", False
+        self.model_cooldowns.clear()
+        self.model_backoff_s.clear()
+        self.model_reasons.clear()
 
     def restore(self, data: dict[str, Any]) -> None:
         for key in self.PERSISTED:

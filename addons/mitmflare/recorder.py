@@ -11,18 +11,26 @@ import logging
 import os
 import time
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from .core import Core, FlowContext
 from .defaults import DB_PATH
+from .option_types import decimal
+from .providers import CLIENT_CREDENTIAL_HEADERS
 from .providers.messages_to_chat import StreamConverter
-from .rows import BODY, BODY_IS_SSE, FORMAT, PRICE_PROVIDER
+from .rows import BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from .sse import UsageTap
 from .writer import DatabaseWriter
 
 log = logging.getLogger("mitmflare")
 
 SSE = "text/event-stream"
+PAYLOAD_MODES = ("off", "errors", "all")
+HIDDEN_HEADERS = (*CLIENT_CREDENTIAL_HEADERS, "cookie", "set-cookie")
+
+
+def _headers(headers: http.Headers) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers.items(multi=True) if k.lower() not in HIDDEN_HEADERS]
 
 
 class Recorder:
@@ -31,6 +39,8 @@ class Recorder:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.copy_limit = 1024 * 1024
+        self.payloads = "off"
+        self.payload_limit = 256 * 1024
 
     def load(self, loader) -> None:
         loader.add_option("flare_db", str, DB_PATH,
@@ -39,13 +49,31 @@ class Recorder:
         loader.add_option("flare_request_log", bool, False,
                           "Log one line per request (account, model, status, tokens, cost, ms) "
                           "instead of mitmproxy's connect/disconnect lines.")
+        loader.add_option("flare_payloads", str, "off",
+                          "Capture request and response bodies for debugging into the "
+                          "payloads table (headers without credentials): off | errors | all.")
+        loader.add_option("flare_payload_max_kb", int, 256,
+                          "Largest body kept per request or response, KB (cut with a marker).")
+        loader.add_option("flare_payload_retention_days", str, "7",
+                          "Captured payloads older than this many days are deleted (hourly).")
+        loader.add_option("flare_retention_days", str, "0",
+                          "Delete requests, attempts and account events older than this many "
+                          "days, hourly in small batches (0: keep forever); the hourly rollup "
+                          "behind the charts is always kept.")
         loader.add_option("flare_stream_copy_kb", int, 1024,
                           "Keep a copy of each streamed (SSE) answer, up to this many KB, so "
                           "mitmweb and saved flows can show it; 0 keeps none. Chunks are "
                           "never delayed.")
 
     def configure(self, updated: set[str]) -> None:
+        if ctx.options.flare_payloads not in PAYLOAD_MODES:
+            raise exceptions.OptionsError(
+                f"flare_payloads must be one of {', '.join(PAYLOAD_MODES)}")
+        self.payloads = ctx.options.flare_payloads
+        self.payload_limit = max(ctx.options.flare_payload_max_kb, 1) * 1024
         self.copy_limit = max(ctx.options.flare_stream_copy_kb, 0) * 1024
+        if self.payloads != "off":
+            self.copy_limit = max(self.copy_limit, self.payload_limit)
         if "flare_request_log" in updated:
             logging.getLogger("mitmproxy.proxy.server").setLevel(
                 logging.WARNING if ctx.options.flare_request_log else logging.NOTSET)
@@ -61,6 +89,10 @@ class Recorder:
             self.core.snapshot_accounts(force=True)
         if self.core.writer is not None:
             self.core.writer.request_log = ctx.options.flare_request_log
+            self.core.writer.retention_days = decimal(
+                "flare_retention_days", ctx.options.flare_retention_days, 0, low_inclusive=True)
+            self.core.writer.payload_retention_days = decimal(
+                "flare_payload_retention_days", ctx.options.flare_payload_retention_days, 0)
 
     def done(self) -> None:
         self.core.snapshot_accounts(force=True)
@@ -142,4 +174,23 @@ class Recorder:
         elif response.raw_content:
             row[BODY] = response.content
             row[BODY_IS_SSE] = response.headers.get("content-type", "").startswith(SSE)
+        failed = row["error"] is not None or (row["status"] or 0) >= 400 or response is None
+        if self.payloads == "all" or (self.payloads == "errors" and failed):
+            row[PAYLOAD] = self._payload(flow, fc)
         return row
+
+    def _payload(self, flow: http.HTTPFlow, fc: FlowContext) -> dict:
+        """What the writer turns into a `payloads` row: the client's request body and the
+        answer it got (a stream: the text sent, up to the copy kept), bytes cut at
+        ``flare_payload_max_kb``; headers without any credential or cookie."""
+        response = flow.response
+        if response is None:
+            answer = b""
+        elif fc.stream_copy is not None and response.stream:
+            answer = bytes(fc.stream_copy)
+        else:
+            answer = response.raw_content or b""
+        return {"limit": self.payload_limit, "request_body": fc.raw_body or b"",
+                "response_body": answer,
+                "request_headers": _headers(flow.request.headers),
+                "response_headers": _headers(response.headers) if response else None}

@@ -224,6 +224,7 @@ class Router:
         response = flow.response
         redact_credentials(flow.request.headers, fc.account.name)
         fc.ttfb = now
+        fc.account.state.last_date = (response.headers.get("date"), now)  # for clock skew
         fc.limits = parse_limits(fc.account.wire, response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
 

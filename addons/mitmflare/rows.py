@@ -3,6 +3,7 @@ model from a kept response body, the error text of an error body, and the cost i
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ BODY = "_body"          # raw response body kept for parsing here (bytes)
 BODY_IS_SSE = "_sse"    # the kept body is an event stream
 FORMAT = "_format"      # the client's format (anthropic/openai): how the body reads
 PRICE_PROVIDER = "_price"  # genai-prices provider id of the account (None: by model)
+PAYLOAD = "_payload"    # captured bodies and headers (flare_payloads), see payload_row
 
 
 def complete(row: dict[str, Any]) -> dict[str, Any]:
@@ -80,3 +82,24 @@ def error_text(status: int, body: bytes) -> str:
         kind = error.get("type") or error.get("code") or "error"
         return f"{status} {kind}: {error.get('message', '')}"[:500]
     return f"{status} {body[:200].decode('utf-8', 'replace')}"
+
+
+def payload_row(request_id: str, created_at: str, captured: dict[str, Any]) -> dict[str, Any]:
+    """The `payloads` row for a captured request: bodies as text (UTF-8, undecodable bytes
+    replaced), each cut at ``captured["limit"]`` bytes with a marker; headers as JSON."""
+    limit = captured["limit"]
+
+    def body(raw: bytes) -> tuple[str, int]:
+        if len(raw) <= limit:
+            return raw.decode("utf-8", "replace"), 0
+        return raw[:limit].decode("utf-8", "replace") + f"\n…[cut at {limit // 1024} KB of " \
+            f"{len(raw)} bytes]", 1
+
+    request_body, request_cut = body(captured["request_body"])
+    response_body, response_cut = body(captured["response_body"])
+    headers = captured.get("response_headers")
+    return {"id": request_id, "created_at": created_at,
+            "request_headers": json.dumps(captured["request_headers"]),
+            "request_body": request_body, "request_truncated": request_cut,
+            "response_headers": json.dumps(headers) if headers is not None else None,
+            "response_body": response_body, "response_truncated": response_cut}

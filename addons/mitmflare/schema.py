@@ -86,6 +86,19 @@ ACCOUNTS = {
     "spent_today_usd": float,
     "spent_month_usd": float,
     "window_started_at": str,  # last time a window start request was sent (flare_window_start)
+    "clock_skew_s": float,     # this machine's clock minus the upstream's Date header (s)
+}
+
+# Captured bodies (flare_payloads = errors | all), one row per request; never credentials.
+PAYLOADS = {
+    "id": str,                 # the request's id (requests.id)
+    "created_at": str,         # the request's start (ISO 8601 UTC), for retention
+    "request_headers": str,    # JSON list of [name, value], credentials and cookies left out
+    "request_body": str,       # the client's body as sent to the proxy
+    "request_truncated": int,
+    "response_headers": str,
+    "response_body": str,      # the answer the client got (a stream: its event text)
+    "response_truncated": int,
 }
 
 # One row per account and limit window, replaced with every accounts snapshot
@@ -130,6 +143,7 @@ ANALYTICS_TABLES = {  # created in this order: a foreign key's table first
     "attempts": (ATTEMPTS, "id"),
     "account_events": (ACCOUNT_EVENTS, "id"),
     "usage_hourly": (USAGE_HOURLY, ROLLUP_KEY),
+    "payloads": (PAYLOADS, "id"),
 }
 
 # Links Datasette shows (a request's page lists its attempts; an account's page its requests,
@@ -139,6 +153,7 @@ FOREIGN_KEYS = {
     "attempts": [("request_id", "requests", "id"), ("account", "accounts", "name")],
     "account_events": [("account", "accounts", "name")],
     "account_windows": [("account", "accounts", "name")],
+    "payloads": [("id", "requests", "id")],
 }
 
 ANALYTICS_INDEXES = {
@@ -147,6 +162,7 @@ ANALYTICS_INDEXES = {
     "attempts": [["request_id"], ["account", "started_at"]],
     "account_events": [["at"], ["account", "at"]],
     "usage_hourly": [["account", "hour"], ["model", "hour"]],
+    "payloads": [["created_at"]],
 }
 
 STATE_TABLES = {
@@ -154,6 +170,7 @@ STATE_TABLES = {
     "oauth_tokens": ({"name": str, "access_token": str, "refresh_token": str,
                       "expires_at": float, "source_fingerprint": str, "last_refresh_at": str,
                       "updated_at": str}, "name"),
+    "operator_commands": ({"id": int, "command": str, "account": str, "created_at": str}, "id"),
     "users": ({"name": str, "key_hash": str, "key_prefix": str, "disabled": int,
                "allowed_models": str, "allowed_providers": str, "daily_cap_usd": float,
                "monthly_cap_usd": float, "created_at": str, "updated_at": str}, "name"),

@@ -20,13 +20,16 @@ from typing import Any
 
 import sqlite_utils
 
-from . import rows, schema
+from . import retention, rows, schema
 from .times import iso_utc
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
 FLUSH_S = 0.5
+IDLE_WAKE_S = 1.0    # an idle writer still wakes this often for upkeep
+UPKEEP_S = 10.0      # file sizes refreshed this often
+PRUNE_EVERY_S = 3600.0
 
 
 def open_state_db(path: str) -> sqlite_utils.Database:
@@ -68,6 +71,13 @@ class DatabaseWriter(threading.Thread):
         # USD spent this month per ("user" | "account", name, "YYYY-MM-DD" | "YYYY-MM"), UTC:
         # read by the event loop (plain dict reads) for users' caps and accounts' budgets
         self.spend: dict[tuple[str, str, str], float] = {}
+        self.retention_days = 0.0          # requests/attempts/events older than this go (0: keep)
+        self.payload_retention_days = 7.0  # captured payloads older than this go
+        self.db_bytes = 0                  # sizes of the analytics database and its WAL (bytes)
+        self.wal_bytes = 0
+        self._next_upkeep = 0.0
+        self._next_prune = 0.0
+        self._prune_plan: list[tuple[str, str]] = []  # (table, cutoff) still to prune
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
@@ -98,7 +108,9 @@ class DatabaseWriter(threading.Thread):
                 running = False
                 batch = [b for b in batch if b is not None]
             try:
-                self._write(analytics, state, batch)
+                if batch:
+                    self._write(analytics, state, batch)
+                self._upkeep(analytics)
             except Exception:  # never let a surprise kill the writer
                 self.write_errors += 1
                 log.exception("database writer: a batch of %d items failed", len(batch))
@@ -111,7 +123,10 @@ class DatabaseWriter(threading.Thread):
     def _collect(self) -> list[tuple[str, Any] | None]:
         """Wait for an item, then gather more for up to ``FLUSH_S`` (or ``BATCH_MAX`` items,
         or a flush/stop request): one transaction then covers many rows."""
-        batch: list[tuple[str, Any] | None] = [self._queue.get()]
+        try:
+            batch: list[tuple[str, Any] | None] = [self._queue.get(timeout=IDLE_WAKE_S)]
+        except queue.Empty:
+            return []  # idle: time for upkeep
         deadline = time.monotonic() + FLUSH_S
         while len(batch) < BATCH_MAX and batch[-1] is not None and batch[-1][0] != "flush":
             remaining = deadline - time.monotonic()
@@ -128,13 +143,16 @@ class DatabaseWriter(threading.Thread):
         grouped: dict[str, list[Any]] = defaultdict(list)
         for kind, payload in batch:
             grouped[kind].append(payload)
-        requests = []
+        requests, payloads = [], []
         for row in grouped.get("request", []):
+            captured = row.pop(rows.PAYLOAD, None)
             try:
                 requests.append(rows.complete(row))
+                if captured is not None:
+                    payloads.append(rows.payload_row(row["id"], row["started_at"], captured))
             except Exception:
                 self._lost("request", row.get("id"))
-        items = [("requests", r) for r in requests]
+        items = [("requests", r) for r in requests] + [("payloads", p) for p in payloads]
         items += [(table, r) for kind, table in (("attempt", "attempts"), ("event", "account_events"))
                   for r in grouped.get(kind, [])]
         try:
@@ -160,6 +178,27 @@ class DatabaseWriter(threading.Thread):
             self._guarded("account windows", _write_windows, analytics, grouped["windows"][-1])
         if grouped.get("state"):
             self._guarded("account state", _write_state, state, grouped["state"])
+
+    def _upkeep(self, analytics: sqlite_utils.Database) -> None:
+        """Between batches: refresh the file sizes (every 10 s) and, once an hour, prune rows
+        past their retention one batch per call, so request rows are never held up for more
+        than one short delete."""
+        now = time.time()
+        if now >= self._next_upkeep:
+            self._next_upkeep = now + UPKEEP_S
+            self.db_bytes = _size(self.analytics_path)
+            self.wal_bytes = _size(self.analytics_path + "-wal")
+        if not self._prune_plan and now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            plan = [(t, retention.cutoff(self.retention_days, now))
+                    for t in ("requests", "attempts", "account_events") if self.retention_days]
+            plan.append(("payloads", retention.cutoff(self.payload_retention_days, now)))
+            existing = retention.tables(analytics.conn)
+            self._prune_plan = [(t, c) for t, c in plan if t in existing]
+        if self._prune_plan:
+            table, before = self._prune_plan[0]
+            if retention.prune_batch(analytics.conn, table, before) < retention.BATCH_ROWS:
+                self._prune_plan.pop(0)
 
     def _load_spend(self, analytics: sqlite_utils.Database) -> None:
         """Users' and accounts' recorded spend this month, per day and in total (startup)."""
@@ -197,6 +236,13 @@ class DatabaseWriter(threading.Thread):
         except Exception:
             self.write_errors += 1
             log.exception("database writer: %s not written", what)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 SPENDERS = ("user", "account")  # `requests` columns whose spend is counted
@@ -252,6 +298,7 @@ _COLUMNS = {
     "requests": list(schema.REQUESTS),
     "attempts": [c for c in schema.ATTEMPTS if c != "id"],
     "account_events": [c for c in schema.ACCOUNT_EVENTS if c != "id"],
+    "payloads": list(schema.PAYLOADS),
 }
 _INSERT = {table: f"insert or replace into {table} ({', '.join(cols)}) "
                   f"values ({', '.join('?' * len(cols))})"

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import typer
 
+from . import data
+from .accounts import accounts_app
+from .doctor import doctor
 from .users import users_app
 
 app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
-                  help="Operate mitmflare: per-user access keys (more to come). "
-                       "See `mitmflare COMMAND --help`.")
+                  help="Operate mitmflare: accounts, users, statistics, live traffic, "
+                       "database upkeep and checks. See `mitmflare COMMAND --help`.")
+app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
+data.register(app)
+app.command("doctor")(doctor)
 
 
 def main() -> None:

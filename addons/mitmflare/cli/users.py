@@ -14,13 +14,12 @@ from rich.table import Table
 
 from ..defaults import STATE_PATH
 from ..users import User, UserError, UsersStore
+from .options import Json, State, fail
 
 users_app = typer.Typer(no_args_is_help=True,
                         help="Per-user access keys (with --set flare_require_access_keys=true). "
                              "Keys are shown once; only their hash is stored.")
 
-State = Annotated[str, typer.Option("--state", envvar="MITMFLARE_STATE",
-                                    help="State database (the proxy's flare_state).")]
 Models = Annotated[str | None, typer.Option(
     "--models", help="Comma-separated models the user may use (a trailing * matches a "
                      "prefix, e.g. claude-sonnet-*); '' allows all.")]
@@ -39,11 +38,6 @@ def _store(state: str) -> UsersStore:
 
 def _listed(text: str | None) -> list[str] | None:
     return [item.strip() for item in text.split(",") if item.strip()] or None if text else None
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 def _show_key(user: User, key: str, what: str) -> None:
@@ -67,15 +61,14 @@ def add(name: str, models: Models = None, providers: Providers = None,
                               allowed_providers=_listed(providers), daily_cap_usd=daily_cap,
                               monthly_cap_usd=monthly_cap)
     except UserError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     finally:
         store.close()
     _show_key(user, key, "Created user")
 
 
 @users_app.command("list")
-def list_users(as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
-               state: State = STATE_PATH) -> None:
+def list_users(as_json: Json = False, state: State = STATE_PATH) -> None:
     """List users (never their keys: only the first 8 characters).
 
     Example: mitmflare users list --json
@@ -110,7 +103,7 @@ def _update(name: str, state: str, done: str, **changes) -> None:
     try:
         store.update(name, **changes)
     except UserError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     finally:
         store.close()
     typer.echo(f"{done} {name} (a running proxy applies it within 2 s)")
@@ -159,7 +152,7 @@ def rotate(name: str, state: State = STATE_PATH) -> None:
     try:
         user, key = store.rotate(name)
     except UserError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     finally:
         store.close()
     _show_key(user, key, "New key for")
@@ -175,7 +168,7 @@ def remove(name: str, state: State = STATE_PATH) -> None:
     try:
         store.remove(name)
     except UserError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     finally:
         store.close()
     typer.echo(f"Removed {name} (a running proxy refuses its key within 2 s)")

@@ -1,0 +1,307 @@
+"""``mitmflare accounts …``: see and edit the accounts without opening the YAML file.
+
+Edits keep the file's comments and order and replace it atomically; a running proxy applies
+them within 2 s. Secrets never come from the command line (shell history): an API key is
+written as a ``${VAR}`` reference (``--api-key-env``) or read from stdin into ``.env`` beside
+the accounts file (``--api-key-stdin``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import accounts_edit, oauth, operator_commands
+from ..accounts_edit import AccountsEditError
+from ..config import ConfigError, load_accounts
+from ..providers.presets import PRESETS
+from ..times import iso_utc
+from ..writer import open_state_db
+from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State, canned_sql, fail
+
+accounts_app = typer.Typer(no_args_is_help=True,
+                           help="See, add, change and log in accounts (the YAML file stays "
+                                "the source of truth; a running proxy applies edits in 2 s).")
+
+SETTABLE = {"priority": int, "weight": float, "paused": bool, "base_url": str,
+            "default_model": str, "provider": str, "auth": str}
+
+
+def _edit(accounts: str, action, *args) -> None:
+    try:
+        action(Path(accounts), *args)
+    except AccountsEditError as exc:
+        fail(exc)
+    _check(accounts, args[0] if isinstance(args[0], str) else args[0]["name"])
+
+
+def _check(accounts: str, name: str) -> None:
+    """Validate the file as the proxy will; exit 1 when the edited entry is rejected."""
+    try:
+        loaded = load_accounts(accounts)
+    except ConfigError as exc:
+        fail(f"the proxy cannot read {accounts}: {exc}")
+    mine = [e for e in loaded.errors if f"account {name}:" in e]
+    if mine:
+        fail("; ".join(mine))
+
+
+def _models(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        fail("--models takes client=upstream pairs, e.g. opus=glm-4.6,sonnet=glm-4.6")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@accounts_app.command("list")
+def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
+                  db: Db = DB_DEFAULT) -> None:
+    """Every account with its status, limits and cost today.
+
+    Provider, priority, status, cooldown end (local time and "in N min"), 5h / 7d
+    utilization, OAuth token expiry, requests and cost today. Works with or without a running
+    proxy (reads the accounts file and the analytics database).
+
+    Example: mitmflare accounts list --json
+    """
+    try:
+        configured = load_accounts(accounts).accounts
+    except ConfigError as exc:
+        fail(exc)
+    health: dict[str, dict[str, Any]] = {}
+    if Path(db).exists():
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            health = {r["account"]: dict(r) for r in conn.execute(canned_sql("account_health"))}
+        except sqlite3.OperationalError:
+            health = {}  # no snapshot written yet
+        finally:
+            conn.close()
+    now = time.time()
+    rows = []
+    for cfg in configured:
+        h = health.get(cfg.name, {})
+        cooling = h.get("cooldown_until")
+        if cooling and datetime.fromisoformat(cooling.replace("Z", "+00:00")).timestamp() <= now:
+            cooling = None
+        rows.append({"name": cfg.name, "provider": cfg.provider, "priority": cfg.priority,
+                     "paused": cfg.paused, "status": "paused" if cfg.paused else
+                     (h.get("health") if cooling or not h.get("cooldown_until") else "available")
+                     or "not seen yet",
+                     "cooldown_until": cooling, "used_5h": h.get("used_5h"),
+                     "used_7d": h.get("used_7d"), "token_expires_at": h.get("token_expires_at"),
+                     "requests_today": h.get("requests_today") or 0,
+                     "cost_today_usd": h.get("cost_today_usd") or 0.0})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("account", "provider", "prio", "status", "cooldown until", "5h", "7d",
+                  "token expires", "requests today", "cost today")
+    for r in rows:
+        table.add_row(r["name"], r["provider"], str(r["priority"]), r["status"],
+                      _local(r["cooldown_until"], now), _pct(r["used_5h"]), _pct(r["used_7d"]),
+                      _local(r["token_expires_at"], now), str(r["requests_today"]),
+                      f"${r['cost_today_usd']:.4f}")
+    Console(width=160).print(table)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def _local(iso: str | None, now: float) -> str:
+    """``14:05 (in 23 min)`` in local time for an ISO UTC time; ``-`` for none."""
+    if not iso:
+        return "-"
+    at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    minutes = round((at.timestamp() - now) / 60)
+    when = f"in {minutes} min" if minutes < 120 else f"in {minutes // 60} h"
+    return f"{at:%Y-%m-%d %H:%M} ({when})" if minutes >= 0 else f"{at:%Y-%m-%d %H:%M} (past)"
+
+
+@accounts_app.command("add")
+def add(name: str,
+        provider: Annotated[str, typer.Option(help=f"One of: {', '.join(PRESETS)}.")],
+        api_key_env: Annotated[str | None, typer.Option(
+            "--api-key-env", help="Name of the environment variable (or .env entry) holding "
+                                  "the key; written as ${VAR}.")] = None,
+        api_key_stdin: Annotated[bool, typer.Option(
+            "--api-key-stdin", help="Read the key from stdin and store it in the .env file "
+                                    "beside the accounts file (mode 0600).")] = False,
+        priority: Annotated[int, typer.Option(help="Lower is preferred.")] = 0,
+        base_url: Annotated[str | None, typer.Option(help="Upstream base URL.")] = None,
+        models: Annotated[str | None, typer.Option(
+            help="Model mapping, client=upstream pairs: opus=glm-4.6,sonnet=glm-4.6")] = None,
+        default_model: Annotated[str | None, typer.Option(
+            help="Upstream model for anything the mapping does not name.")] = None,
+        accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+    """Add an API-key account (for a subscription use `accounts login`).
+
+    Example: echo "$KEY" | mitmflare accounts add glm --provider zai --api-key-stdin
+             --models opus=glm-4.6,sonnet=glm-4.6,haiku=glm-4.5-air --priority 2
+    """
+    if provider not in PRESETS:
+        fail(f"unknown provider {provider!r} (one of: {', '.join(PRESETS)})")
+    if bool(api_key_env) == api_key_stdin:
+        fail("give the key with exactly one of --api-key-env VAR and --api-key-stdin")
+    var = api_key_env or f"MITMFLARE_KEY_{name.upper().replace('-', '_')}"
+    if api_key_stdin:
+        secret = sys.stdin.readline().strip()
+        if not secret:
+            fail("no key on stdin")
+        _store_env(Path(accounts).with_name(".env"), var, secret)
+    fields: dict[str, Any] = {"name": name, "provider": provider, "api_key": f"${{{var}}}",
+                              "priority": priority}
+    for key, value in (("base_url", base_url), ("models", _models(models)),
+                       ("default_model", default_model)):
+        if value:
+            fields[key] = value
+    _edit(accounts, accounts_edit.add, fields)
+    typer.echo(f"Added {name} ({provider}) to {accounts}; a running proxy serves it within 2 s.")
+
+
+def _store_env(path: Path, var: str, secret: str) -> None:
+    """Set ``var`` in a dotenv file (created with mode 0600), keeping its other lines."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(f"{var}=")] + [f"{var}={secret}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@accounts_app.command("remove")
+def remove(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+    """Remove an account from the file (its recorded rows stay).
+
+    Example: mitmflare accounts remove old-key
+    """
+    try:
+        accounts_edit.remove(Path(accounts), name)
+    except AccountsEditError as exc:
+        fail(exc)
+    typer.echo(f"Removed {name}; a running proxy stops using it within 2 s.")
+
+
+@accounts_app.command("pause")
+def pause(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+    """Never choose this account until resumed. Example: mitmflare accounts pause work-key"""
+    _edit(accounts, accounts_edit.set_fields, name, {"paused": True})
+    typer.echo(f"Paused {name}.")
+
+
+@accounts_app.command("resume")
+def resume(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+    """Undo `pause`. Example: mitmflare accounts resume work-key"""
+    _edit(accounts, accounts_edit.set_fields, name, {"paused": None})
+    typer.echo(f"Resumed {name}.")
+
+
+@accounts_app.command("set")
+def set_fields(name: str, assignments: Annotated[list[str], typer.Argument(
+        help="FIELD=VALUE pairs: priority, weight, paused, base_url, default_model, "
+             "provider, auth; an empty value removes the field.")],
+        accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+    """Change fields of an account.
+
+    Example: mitmflare accounts set work-key priority=2 weight=3
+    """
+    fields: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SETTABLE:
+            fail(f"{item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
+        try:
+            fields[key] = None if value == "" else (
+                value.lower() in ("1", "true", "yes") if SETTABLE[key] is bool
+                else SETTABLE[key](value))
+        except ValueError:
+            fail(f"{item!r}: {key} must be a {SETTABLE[key].__name__}")
+    _edit(accounts, accounts_edit.set_fields, name, fields)
+    typer.echo(f"Updated {name}: {', '.join(assignments)}.")
+
+
+@accounts_app.command("reset")
+def reset(name: str, state: State = STATE_DEFAULT) -> None:
+    """Clear a cooldown, bench or needs_reauth mark (as `flare.resume` does).
+
+    A running proxy applies it within 2 s; a proxy started later finds it in the state.
+
+    Example: mitmflare accounts reset work-key
+    """
+    known = operator_commands.queue_reset(state, name)
+    typer.echo(f"Reset {name}" + ("" if known else " (no stored state for it yet)") +
+               "; a running proxy applies it within 2 s.")
+
+
+@accounts_app.command("login")
+def login(name: str,
+          priority: Annotated[int | None, typer.Option(
+              help="Priority (lower is preferred); kept if omitted.")] = None,
+          access_token: Annotated[str | None, typer.Option(
+              help="Use an existing pair instead of logging in (e.g. from `claude "
+                   "setup-token`).")] = None,
+          refresh_token: Annotated[str | None, typer.Option(help="The pair's refresh token.")] = None,
+          expires_at: Annotated[str | None, typer.Option(
+              help="ISO 8601 expiry of --access-token, if known.")] = None,
+          token_url: Annotated[str, typer.Option(help="OAuth token endpoint.")] = oauth.DEFAULT_TOKEN_URL,
+          authorize_url: Annotated[str, typer.Option(help="OAuth authorization page.")] = oauth.AUTHORIZE_URL,
+          client_id: Annotated[str, typer.Option(help="OAuth client id.")] = oauth.DEFAULT_CLIENT_ID,
+          redirect_uri: Annotated[str, typer.Option(help="OAuth redirect URI.")] = oauth.REDIRECT_URI,
+          accounts: Accounts = ACCOUNTS_DEFAULT, state: State = STATE_DEFAULT) -> None:
+    """Log a Claude subscription in (OAuth PKCE) and add or update its account.
+
+    Open the printed URL, approve, paste the code#state shown. The tokens go to the state
+    database (mode 0600); the accounts file gets `oauth: {from_state: true}`, no secret.
+    Pooling subscriptions may breach the provider's terms: the operator's responsibility.
+
+    Example: mitmflare accounts login personal-max --priority 1
+    """
+    try:
+        if access_token or refresh_token:
+            expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
+            tokens = oauth.TokenSet(access_token, refresh_token, expires, None)
+        else:
+            tokens = _browser_login(authorize_url, token_url, client_id, redirect_uri)
+    except (oauth.RefreshError, httpx.HTTPError, ValueError) as exc:
+        fail(f"login failed: {exc}")
+    open_state_db(state).conn.close()  # creates the file (0600) and its tables
+    oauth.save_tokens(state, name, tokens)
+    _edit(accounts, accounts_edit.use_stored_tokens, name, priority)
+    typer.echo(f"account {name}: tokens stored in {state} (access token expires "
+               f"{iso_utc(tokens.expires_at) or 'unknown'}); {accounts} updated. A running "
+               f"proxy serves it within 2 s; a 'needs_reauth' mark on it is cleared.")
+
+
+def _browser_login(authorize_url: str, token_url: str, client_id: str,
+                   redirect_uri: str) -> oauth.TokenSet:
+    verifier, challenge = oauth.pkce_pair()
+    state = secrets.token_urlsafe(24)
+    typer.echo("Open this URL, approve access, then paste the code shown (code#state):")
+    typer.echo(oauth.authorize_url(authorize_url, client_id, redirect_uri, challenge, state))
+    pasted = sys.stdin.readline().strip()
+    code, _, returned_state = pasted.partition("#")
+    if not code:
+        raise ValueError("no code pasted")
+    if returned_state != state:
+        raise ValueError("the pasted state does not match this login (start again)")
+    response = httpx.post(token_url, timeout=oauth.REFRESH_TIMEOUT_S, json={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+        "client_id": client_id, "code_verifier": verifier, "state": state})
+    if response.status_code != 200:
+        raise oauth.token_error(response)
+    return oauth.token_set_from_answer(response.json(), None, "", time.time())

@@ -1,0 +1,167 @@
+"""``mitmflare stats | tail | prune | vacuum``: the analytics database (``flare_db``) from the
+command line. ``stats`` runs the dashboard's own ``stats`` canned query; ``prune`` deletes in
+small batches so a running proxy's writer is never held up for more than one batch."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .. import retention
+from ..writer import request_line
+from .options import DB_DEFAULT, Db, Json, canned_sql, fail, read_db
+
+GROUPS = ("account", "model", "user", "day")
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
+_SPAN_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def span_seconds(text: str) -> float:
+    """``30m``, ``24h``, ``7d``, ``2w`` in seconds. Exits 1 with the reason otherwise."""
+    match = _SPAN.match(text.strip())
+    if not match:
+        fail(f"{text!r}: give a span like 30m, 24h, 7d or 2w")
+    return float(match.group(1)) * _SPAN_S[match.group(2)]
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``mitmflare`` app."""
+    app.command("stats")(stats)
+    app.command("tail")(tail)
+    app.command("prune")(prune)
+    app.command("vacuum")(vacuum)
+
+
+def stats(since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
+          by: Annotated[str, typer.Option(help=f"Group by: {', '.join(GROUPS)}.")] = "account",
+          as_json: Json = False, db: Db = DB_DEFAULT) -> None:
+    """Totals per account, model, user or day (the dashboard's `stats` query).
+
+    Requests, tokens, cost, error rate and p50 latency.
+
+    Example: mitmflare stats --since 24h --by model
+    """
+    if by not in GROUPS:
+        fail(f"--by must be one of {', '.join(GROUPS)}")
+    start = retention.cutoff(span_seconds(since) / 86400.0)
+    conn = read_db(db)
+    try:
+        rows = [dict(r) for r in conn.execute(canned_sql("stats"), {"since": start, "by": by})]
+    except sqlite3.OperationalError as exc:
+        fail(f"{db}: {exc}")
+    finally:
+        conn.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(by, "requests", "input", "output", "cache read", "cache write", "cost",
+                  "errors", "p50 ms", title=f"since {start[:16].replace('T', ' ')} UTC")
+    for r in rows:
+        table.add_row(str(r["group"]), str(r["requests"]), f"{r['input_tokens']:,}",
+                      f"{r['output_tokens']:,}", f"{r['cache_read_tokens']:,}",
+                      f"{r['cache_write_tokens']:,}", f"${r['cost_usd']:.4f}",
+                      f"{r['error_rate_pct']:.1f} %", str(r["p50_ms"] or "-"))
+    Console(width=160).print(table)
+
+
+def tail(last: Annotated[int, typer.Option(help="Show this many recent rows first.")] = 10,
+         count: Annotated[int, typer.Option(
+             help="Stop after this many new rows (0: until Ctrl-C).")] = 0,
+         as_json: Json = False, db: Db = DB_DEFAULT) -> None:
+    """Follow requests live, one line each, until Ctrl-C.
+
+    Each line: time, account, model, status, tokens, cost, ms, failover.
+
+    Example: mitmflare tail --last 20
+    """
+    conn = read_db(db)
+    seen = 0
+    try:
+        newest = conn.execute("select coalesce(max(rowid), 0) from requests").fetchone()[0]
+        cursor = max(newest - last, 0)
+        while True:
+            rows = conn.execute("select rowid, * from requests where rowid > ? order by rowid",
+                                [cursor]).fetchall()
+            for row in rows:
+                cursor = row["rowid"]
+                data = dict(zip(row.keys(), row, strict=True))
+                data.pop("rowid")
+                typer.echo(json.dumps(data) if as_json else
+                           f"{(data['started_at'] or '')[11:19]} {request_line(data)}")
+                if row["rowid"] > newest:
+                    seen += 1
+                    if count and seen >= count:
+                        return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except sqlite3.OperationalError as exc:
+        fail(f"{db}: {exc}")
+    finally:
+        conn.close()
+
+
+def prune(older_than: Annotated[str, typer.Option(
+              "--older-than", help="Delete rows older than this: 30d, 2w, 12h.")] = "30d",
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
+          db: Db = DB_DEFAULT) -> None:
+    """Delete old rows in small batches while the proxy keeps writing.
+
+    Requests, attempts, account events and payloads go; the hourly rollup stays (long-range
+    charts stay right); then the WAL's space is given back.
+
+    Example: mitmflare prune --older-than 90d --dry-run
+    """
+    before = retention.cutoff(span_seconds(older_than) / 86400.0)
+    read_db(db).close()  # exits when the file is missing
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        counts = retention.count_older(conn, before)
+        total = sum(counts.values())
+        summary = ", ".join(f"{n:,} {t}" for t, n in counts.items())
+        if dry_run:
+            typer.echo(f"would delete rows before {before}: {summary}")
+            return
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"deleting rows before {before[:10]}", total=total or 1)
+            deleted = retention.prune(conn, before, progress=lambda n: bar.advance(task, n))
+        conn.execute("pragma wal_checkpoint(TRUNCATE)")
+        typer.echo(f"deleted rows before {before}: "
+                   + ", ".join(f"{n:,} {t}" for t, n in deleted.items())
+                   + " (usage_hourly kept). `mitmflare vacuum` returns the space to the disk.")
+    except sqlite3.OperationalError as exc:
+        fail(f"{db}: {exc}")
+    finally:
+        conn.close()
+
+
+def vacuum(db: Db = DB_DEFAULT) -> None:
+    """Rebuild the database file to return free space to the disk.
+
+    Blocks the proxy's writer while it runs (rows queue in memory meanwhile), then
+    truncates the WAL.
+
+    Example: mitmflare vacuum
+    """
+    read_db(db).close()
+    conn = sqlite3.connect(db, timeout=60)
+    try:
+        size = conn.execute("pragma page_count").fetchone()[0] * \
+            conn.execute("pragma page_size").fetchone()[0]
+        conn.execute("vacuum")
+        conn.execute("pragma wal_checkpoint(TRUNCATE)")
+        after = conn.execute("pragma page_count").fetchone()[0] * \
+            conn.execute("pragma page_size").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        fail(f"{db}: {exc}")
+    finally:
+        conn.close()
+    typer.echo(f"vacuumed {db}: {size / 1e6:.1f} MB -> {after / 1e6:.1f} MB")

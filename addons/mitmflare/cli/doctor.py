@@ -1,0 +1,149 @@
+"""``mitmflare doctor``: checks an install and says what to fix, one line per check."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from .. import schema
+from ..config import ConfigError, load_accounts
+from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State
+
+SKEW_WARN_S = 5.0
+WAL_WARN_BYTES = 256 * 1024 * 1024
+
+
+def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: State = STATE_DEFAULT,
+           port: Annotated[int, typer.Option(envvar="MITMFLARE_PORT", help="Proxy port.")] = 8080,
+           dashboard_port: Annotated[int, typer.Option(
+               envvar="MITMFLARE_DASHBOARD_PORT", help="Datasette port.")] = 8001,
+           as_json: Json = False) -> None:
+    """Check the install and say what to fix (exit 1 when something must be fixed).
+
+    Python, the virtual environment, the accounts file, both databases (integrity, size,
+    WAL size, schema), the ports, the clock against the upstreams' Date headers, and that the
+    state database is private (mode 0600).
+
+    Example: mitmflare doctor
+    """
+    checks: list[tuple[str, str, str]] = []  # (ok | warn | fail, check, detail / what to do)
+
+    def add(level: str, name: str, detail: str) -> None:
+        checks.append((level, name, detail))
+
+    version = sys.version.split()[0]
+    add("ok" if sys.version_info >= (3, 12) else "fail", "python",
+        version if sys.version_info >= (3, 12) else f"{version}: mitmflare needs 3.12 or newer")
+    in_venv = sys.prefix != sys.base_prefix
+    add("ok" if in_venv else "warn", "virtual environment",
+        sys.prefix if in_venv else "not in a venv: run ./scripts/run once to create .venv")
+    _accounts(accounts, add)
+    _database(db, "analytics database", schema.ANALYTICS_TABLES, add)
+    _database(state, "state database", schema.STATE_TABLES, add)
+    if Path(state).exists():
+        mode = stat.S_IMODE(os.stat(state).st_mode)
+        add("ok" if mode & 0o077 == 0 else "fail", "state database mode",
+            f"{mode:o}" if mode & 0o077 == 0 else f"{mode:o}: it holds secrets; chmod 600 {state}")
+    for name, number in (("proxy port", port), ("dashboard port", dashboard_port)):
+        add(*_port(name, number))
+    _clock(db, add)
+    failed = any(level == "fail" for level, _, _ in checks)
+    if as_json:
+        typer.echo(json.dumps([{"level": lv, "check": c, "detail": d} for lv, c, d in checks],
+                              indent=2))
+    else:
+        for level, name, detail in checks:
+            typer.echo(f"{level.upper():<4}  {name}: {detail}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _accounts(path: str, add) -> None:
+    if not Path(path).exists():
+        add("fail", "accounts file", f"{path} is missing: ./scripts/run creates it from "
+                                     f"config/accounts.example.yaml, or `mitmflare accounts add`")
+        return
+    try:
+        loaded = load_accounts(path)
+    except ConfigError as exc:
+        add("fail", "accounts file", str(exc))
+        return
+    for error in loaded.errors:
+        add("fail", "accounts file", error)
+    count = len(loaded.accounts)
+    add("ok" if count else "warn", "accounts file",
+        f"{count} account(s) in {path}" if count else f"{path} has no account yet")
+
+
+def _database(path: str, name: str, tables: dict, add) -> None:
+    if not Path(path).exists():
+        add("warn", name, f"{path} does not exist yet (the proxy creates it)")
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            result = conn.execute("pragma quick_check").fetchone()[0]
+            present = {t: {c[1] for c in conn.execute(f"pragma table_info({t})")} for t in tables}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        add("fail", name, f"{path} cannot be read: {exc}")
+        return
+    size = os.stat(path).st_size
+    wal = Path(path + "-wal").stat().st_size if Path(path + "-wal").exists() else 0
+    add("ok" if result == "ok" else "fail", f"{name} integrity",
+        f"{path}: {result}" if result == "ok" else f"{path}: {result}; restore a backup")
+    add("ok" if wal < WAL_WARN_BYTES else "warn", f"{name} size",
+        f"{size / 1e6:.1f} MB, WAL {wal / 1e6:.1f} MB" + (
+            "" if wal < WAL_WARN_BYTES else "; a long-lived reader blocks checkpoints: restart "
+                                            "Datasette, or run `mitmflare vacuum`"))
+    missing = [f"{t}.{c}" for t, (columns, _) in tables.items() for c in columns
+               if c not in present[t]]
+    add("ok" if not missing else "warn", f"{name} schema",
+        "current" if not missing else f"{len(missing)} column(s) missing ({', '.join(missing[:4])}"
+                                      "…): the proxy adds them when it starts")
+
+
+def _port(name: str, number: int) -> tuple[str, str, str]:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", number))
+            return "ok", name, f"{number} is free"
+        except OSError:
+            pass
+    try:
+        if httpx.get(f"http://127.0.0.1:{number}/health", timeout=2).json().get("version"):
+            return "ok", name, f"{number}: a mitmflare proxy is running there"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        pass
+    return "warn", name, f"{number} is taken by another program (set another port)"
+
+
+def _clock(db: str, add) -> None:
+    if not Path(db).exists():
+        return
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        skews = [r[0] for r in conn.execute(
+            "select clock_skew_s from accounts where clock_skew_s is not null")]
+    except sqlite3.OperationalError:
+        skews = []
+    finally:
+        conn.close()
+    if not skews:
+        add("ok", "clock", "no upstream Date header recorded yet")
+        return
+    worst = max(skews, key=abs)
+    add("ok" if abs(worst) < SKEW_WARN_S else "warn", "clock",
+        f"{worst:+.0f} s against the upstreams" + (
+            "" if abs(worst) < SKEW_WARN_S else ": cooldowns end at the wrong time; sync the "
+                                                "clock (NTP)"))
