@@ -4,7 +4,7 @@ mitmflare (passing Anthropic Messages through, and converting them for an OpenAI
 account), measured side by side in one run.
 
     .venv/bin/python scripts/bench.py [--requests 300] [--concurrency 1,8] [--rounds 3]
-                                      [--soak 10000] [--json]
+                                      [--soak 10000] [--payloads] [--json]
 
 For each of JSON and SSE answers and each concurrency, the targets take turns in every
 round (direct, bare, mitmflare, converted, then the next round), so drifts of the machine hit
@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--soak", type=int, default=10_000, help="streamed requests (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--payloads", action="store_true",
+                        help="add a mitmflare with flare_payloads=all (cost of payload capture)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -217,15 +220,23 @@ def main() -> int:
         quiet = ["-q", "--set", "connection_strategy=lazy"]
         bare = spawn([str(BIN / "mitmdump"), *quiet, "-s", str(tmp / "bare.py"), "--mode",
                       f"reverse:{sim}@127.0.0.1:{bare_port}"], "bare.log")
-        flare = spawn([str(BIN / "mitmdump"), *quiet, "-s", str(ROOT / "addons" / "bundle.py"),
-                       "--mode", f"reverse:https://api.anthropic.com@127.0.0.1:{flare_port}",
-                       "--set", f"flare_accounts={tmp / 'accounts.yaml'}",
-                       "--set", f"flare_db={tmp / 'bench.db'}",
-                       "--set", f"flare_state={tmp / 'state.db'}"], "flare.log")
+        def mitmflare(name: str, port: int, *options: str) -> subprocess.Popen:
+            sets = [f"flare_accounts={tmp / 'accounts.yaml'}", f"flare_db={tmp / name}.db",
+                    f"flare_state={tmp / name}-state.db", *options]
+            return spawn([str(BIN / "mitmdump"), *quiet, "-s", str(ROOT / "addons" / "bundle.py"),
+                          "--mode", f"reverse:https://api.anthropic.com@127.0.0.1:{port}",
+                          *[a for s in sets for a in ("--set", s)]], f"{name}.log")
+
+        flare = mitmflare("mitmflare", flare_port)
         targets = {"direct": sim, "bare": f"http://127.0.0.1:{bare_port}",
                    "mitmflare": f"http://127.0.0.1:{flare_port}",
                    "converted": f"http://127.0.0.1:{flare_port}/v1/mitmflare"
                                 "#openai-compatible/claude-sonnet-4-6"}
+        if args.payloads:
+            payload_port = free_port()
+            mitmflare("payloads", payload_port, "flare_payloads=all")
+            targets["payloads"] = f"http://127.0.0.1:{payload_port}"
+            wait_http(targets["payloads"] + "/health")
         wait_http(targets["bare"] + "/v1/models")
         wait_http(targets["mitmflare"] + "/health")
         rss_start = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
@@ -260,10 +271,25 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    return report(results, levels, rss_start, rss_after, soak, rate, args.json)
+    growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
+              if (tmp / f"{name}.db").exists()}
+    return report(results, levels, rss_start, rss_after, soak, rate, growth, args.json)
 
 
-def report(results, levels, rss_start, rss_after, soak, rate, as_json: bool) -> int:
+def db_growth(path: Path) -> float:
+    """Bytes of the analytics database per 1,000 recorded requests (after the proxy closed
+    it, so the WAL is checkpointed)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("select count(*) from requests").fetchone()[0]
+    finally:
+        conn.close()
+    size = path.stat().st_size + (path.with_name(path.name + "-wal").stat().st_size
+                                  if path.with_name(path.name + "-wal").exists() else 0)
+    return size / max(rows, 1) * 1000
+
+
+def report(results, levels, rss_start, rss_after, soak, rate, growth, as_json: bool) -> int:
     figures = []
     for (kind, level, name), r in results.items():
         figures.append({"kind": kind, "concurrency": level, "target": name,
@@ -294,6 +320,7 @@ def report(results, levels, rss_start, rss_after, soak, rate, as_json: bool) -> 
     check("database writer >= 5000 rows/s", rate, rate >= 5000)
     out = {"figures": figures, "rss_mb": {"start": rss_start, "after_load": rss_after},
            "soak": soak, "writer_rows_per_s": round(rate), "checks": checks,
+           "db_bytes_per_1000_requests": {k: round(v) for k, v in growth.items()},
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     if as_json:
         print(json.dumps(out, indent=2))
@@ -312,6 +339,8 @@ def report(results, levels, rss_start, rss_after, soak, rate, as_json: bool) -> 
         if soak:
             print(f"soak: {soak}")
         print(f"writer: {rate:,.0f} rows/s")
+        for name, size in growth.items():
+            print(f"database growth ({name}): {size / 1e6:.2f} MB per 1,000 requests")
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
     return 0 if all(c["ok"] for c in checks) else 1

@@ -230,3 +230,14 @@ def test_the_proxy_applies_flare_retention_days_itself(sim, proxy):
     wait_for(lambda: p.query("select count(*) as n from attempts where account = 'old'")[0][
         "n"] == 0, timeout=10)
     assert httpx.get(p.url + "/health").json()["write_errors"] == 0
+
+
+def test_json_logs_carry_the_request_fields(sim, proxy):
+    p = proxy(accounts_yaml(sim.url, {"name": "key-a", "api_key": KEY_A}),
+              flare_log_format="json", flare_request_log="true")
+    ask(p)
+    line = wait_for(lambda: next((json.loads(x) for x in p.log_text().splitlines()
+                                  if x.startswith("{") and '"flow_id"' in x), None))
+    row = p.wait_rows(1)[0]
+    assert (line["flow_id"], line["account"], line["status"]) == (row["id"], "key-a", 200)
+    assert line["level"] == "info" and line["ms"] > 0 and KEY_A not in p.log_text()

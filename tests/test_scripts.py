@@ -3,11 +3,20 @@ would otherwise start a half-working setup."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
+import time
 
-from conftest import ROOT, free_port
+import httpx
+from datasette_auth_passwords.utils import hash_password
+
+from conftest import MITMDUMP, ROOT, free_port
+
+BIN = MITMDUMP.parent
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -50,3 +59,52 @@ def test_dashboard_beyond_loopback_needs_a_password():
     assert done.returncode == 1
     assert "refusing to serve the dashboard beyond 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def dockerfile_entry() -> tuple[list[str], dict[str, str]]:
+    """The image's CMD and its ENV settings, read from the Dockerfile."""
+    text = (ROOT / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    block = re.search(r"^ENV (.*?)\n\n", text, re.M | re.S).group(1).replace("\\\n", " ")
+    env = dict(pair.split("=", 1) for pair in block.split() if "=" in pair)
+    return cmd, env
+
+
+def test_the_container_entry_command_runs_as_a_plain_process(tmp_path):
+    cmd, image_env = dockerfile_entry()
+    assert cmd[:2] == ["mitmflare", "run"] and image_env["MITMFLARE_HOST"] == "0.0.0.0"
+    port, ds_port = free_port(), free_port()
+    env = {**os.environ, **image_env, "MITMFLARE_PORT": str(port),
+           "MITMFLARE_DASHBOARD_PORT": str(ds_port),
+           "MITMFLARE_ACCOUNTS": str(tmp_path / "config" / "accounts.yaml"),
+           "MITMFLARE_DB": str(tmp_path / "data" / "mitmflare.db"),
+           "MITMFLARE_STATE": str(tmp_path / "data" / "mitmflare-state.db"),
+           "MITMFLARE_DASHBOARD_HASH": hash_password("secret")}
+    (tmp_path / "data").mkdir()
+    proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=tmp_path / "data", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        health = wait_http(f"http://127.0.0.1:{port}/health")
+        assert health.json() == {"status": "degraded"}  # keys required: no account data
+        wait_http(f"http://127.0.0.1:{ds_port}/-/login")
+        anonymous = httpx.get(f"http://127.0.0.1:{ds_port}/mitmflare/requests")
+        assert anonymous.status_code == 403  # the dashboard asks for the password
+        assert (tmp_path / "config" / "accounts.yaml").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    for number in (port, ds_port):  # both children are gone
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", number))
+
+
+def wait_http(url: str, timeout: float = 30.0) -> httpx.Response:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer")

@@ -7,6 +7,7 @@ from .account_health import AccountHealth
 from .accounts_file import AccountsFile
 from .core import Core
 from .guard import Guard
+from .log_format import LogFormat
 from .operations import Operations
 from .recorder import Recorder
 from .refresher import TokenRefresher
@@ -14,9 +15,9 @@ from .router import Router
 
 
 def make_addons() -> list[object]:
-    """Addons in hook order: the fail-closed guard, accounts, access keys, token refresh,
+    """Addons in hook order: the fail-closed guard, the log format, accounts, access keys, token refresh,
     account health (budgets, window start), operations (``/health``, probes, commands),
     routing/failover, then recording."""
     core = Core()
-    return [Guard(core), AccountsFile(core), AccessKeys(core), TokenRefresher(core),
+    return [Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core), TokenRefresher(core),
             AccountHealth(core), Operations(core), Router(core), Recorder(core)]

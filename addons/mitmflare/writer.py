@@ -171,7 +171,7 @@ class DatabaseWriter(threading.Thread):
         self._count_spend(requests)
         if self.request_log:
             for row in requests:
-                log.info("%s", request_line(row))
+                log.info("%s", request_line(row), extra=_log_fields(row))
         if grouped.get("accounts"):
             self._guarded("accounts", _write_accounts, analytics, grouped["accounts"][-1])
         if grouped.get("windows"):
@@ -236,6 +236,15 @@ class DatabaseWriter(threading.Thread):
         except Exception:
             self.write_errors += 1
             log.exception("database writer: %s not written", what)
+
+
+def _log_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a request for a structured log line (see :mod:`.log_format`)."""
+    return {"flow_id": row.get("id"), "account": row.get("account"), "model": row.get("model"),
+            "status": row.get("status"), "ms": row.get("duration_ms"),
+            "input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens"),
+            "cost_usd": row.get("cost_usd"), "failover": row.get("failover"),
+            "user": row.get("user"), "error": row.get("error")}
 
 
 def _size(path: str) -> int:

@@ -8,11 +8,15 @@ error.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from dotenv import load_dotenv
 
 from . import data
 from .accounts import accounts_app
 from .doctor import doctor
+from .run import ENVIRONMENT, run
 from .users import users_app
 
 app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
@@ -22,8 +26,12 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
 data.register(app)
 app.command("doctor")(doctor)
+app.command("run", epilog=ENVIRONMENT, context_settings={
+    "allow_extra_args": True, "ignore_unknown_options": True})(run)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. ``MITMFLARE_*`` settings may also come from a ``.env``
+    file in the working directory (the environment wins)."""
+    load_dotenv(Path.cwd() / ".env", override=False)
     app()

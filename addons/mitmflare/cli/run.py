@@ -1,0 +1,181 @@
+"""``mitmflare run``: the proxy (mitmdump, or mitmweb with ``--web``) and the Datasette
+dashboard, started together and stopped together (Ctrl-C or SIGTERM). ``./scripts/run`` and
+the container image call it.
+
+It fails fast, one line each, on what would start a half-working setup: a port already
+taken, a non-loopback address without access keys (unless ``--insecure-open``), a dashboard
+beyond loopback without a password hash. With ``--demo`` it adds a simulated upstream (with
+rate-limit and overload errors on purpose), five demo accounts and steady SDK traffic, all
+in ``.demo/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import dashboard, demo
+from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+LOOPBACK = ("127.", "localhost", "::1")
+KEYS_ON = ("flare_require_access_keys=true", "flare_require_access_keys=1")
+
+ENVIRONMENT = """\
+Environment (also read from a .env file in the working directory):
+  MITMFLARE_HOST            listen address (127.0.0.1)
+  MITMFLARE_PORT            proxy port, Anthropic format (8080);
+                            with --demo the OpenAI listener is +10
+  MITMFLARE_DASHBOARD_PORT  Datasette port (8001)
+  MITMFLARE_WEB_PORT        mitmweb port, with --web (8081)
+  MITMFLARE_SIM_PORT        simulated upstream, with --demo (9099)
+  MITMFLARE_DASHBOARD_HASH  password hash (datasette hash-password):
+                            the dashboard asks for user root and it;
+                            required beyond a loopback address
+  MITMFLARE_ACCOUNTS        accounts file (config/accounts.yaml,
+                            created on first run)
+  MITMFLARE_DB              analytics database (mitmflare.db)
+  MITMFLARE_STATE           secrets and state (mitmflare-state.db)"""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    if not value.isdigit():
+        raise SystemExit(f"{name} must be a port number, not {value!r}")
+    return int(value)
+
+
+def run(ctx: typer.Context,
+        demo_mode: Annotated[bool, typer.Option(
+            "--demo", help="Simulated upstream, five demo accounts and a little traffic (files "
+                           "in .demo/); its rate-limit and overload errors are on purpose.")] = False,
+        web: Annotated[bool, typer.Option(
+            "--web", help="mitmweb (flow inspector) instead of mitmdump.")] = False,
+        insecure_open: Annotated[bool, typer.Option(
+            "--insecure-open", help="Allow a non-loopback MITMFLARE_HOST without access keys "
+                                    "(anyone who reaches the port spends your accounts).")] = False,
+        ) -> None:
+    """Start the proxy and the dashboard; Ctrl-C stops both.
+
+    Anything else goes to mitmdump/mitmweb.
+
+    Example: mitmflare run --web --set flare_strategy=round-robin
+    """
+    passthrough = list(ctx.args)
+    host = os.environ.get("MITMFLARE_HOST") or "127.0.0.1"
+    port = _env_int("MITMFLARE_PORT", 8080)
+    ds_port = _env_int("MITMFLARE_DASHBOARD_PORT", 8001)
+    web_port = _env_int("MITMFLARE_WEB_PORT", 8081)
+    sim_port = _env_int("MITMFLARE_SIM_PORT", 9099)
+    keys = any(arg.endswith(KEYS_ON) for arg in passthrough)
+
+    ports = [f"proxy (MITMFLARE_PORT)={port}", f"dashboard (MITMFLARE_DASHBOARD_PORT)={ds_port}"]
+    if web:
+        ports.append(f"mitmweb (MITMFLARE_WEB_PORT)={web_port}")
+    if demo_mode:
+        ports.append(f"OpenAI listener (MITMFLARE_PORT+10)={port + 10}")
+    if demo.check_ports(host, *ports) or (demo_mode and demo.check_ports(
+            "127.0.0.1", f"simulated upstream (MITMFLARE_SIM_PORT)={sim_port}")):
+        raise typer.Exit(1)
+    loopback = host.startswith(LOOPBACK)
+    if not loopback and not keys and not insecure_open:
+        typer.echo(f"refusing to listen on {host} without access keys: anyone who reaches it "
+                   f"would spend your accounts. Add --set flare_require_access_keys=true (and "
+                   f"create keys with 'mitmflare users add NAME'), or pass --insecure-open.",
+                   err=True)
+        raise typer.Exit(1)
+    meta = ".mitmflare/datasette-metadata.yml"
+    if dashboard.main([meta] + ([] if loopback else ["--require-auth"])):
+        raise typer.Exit(1)
+
+    procs: list[subprocess.Popen] = []
+
+    def spawn(args: list[str], log: str | None = None) -> subprocess.Popen:
+        out = open(log, "ab") if log else None  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None)
+        procs.append(proc)
+        return proc
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
+    py = str(BIN / "python")
+    modes = [f"reverse:https://api.anthropic.com@{host}:{port}"]
+    try:
+        if demo_mode:
+            Path(".demo").mkdir(exist_ok=True)
+            accounts, db, state = (".demo/accounts.yaml", ".demo/mitmflare.db",
+                                   ".demo/mitmflare-state.db")
+            ds_log = ".demo/datasette.log"
+            spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
+                   "40", "--chaos", "0.08", "--windows"], ".demo/simulator.log")
+            demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
+            modes.append(f"reverse:https://api.openai.com@{host}:{port + 10}")
+            typer.echo(f"Demo: a simulated upstream on 127.0.0.1:{sim_port} answers 8 % of "
+                       f"requests with a rate-limit or overload error on purpose, so you can "
+                       f"watch failover.", err=True)
+        else:
+            accounts = os.environ.get("MITMFLARE_ACCOUNTS") or ACCOUNTS_PATH
+            db = os.environ.get("MITMFLARE_DB") or DB_PATH
+            state = os.environ.get("MITMFLARE_STATE") or STATE_PATH
+            ds_log = "mitmflare-dashboard.log"
+            if not Path(accounts).exists():
+                Path(accounts).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / "config" / "accounts.example.yaml", accounts)
+                typer.echo(f"Created {accounts} with no account yet: add one (its comments show "
+                           f"how; API keys via ${{VARS}} or a .env file beside it, or `mitmflare "
+                           f"accounts add`) and it is picked up within 2 s. Or try --demo.",
+                           err=True)
+        demo.init_db(db)
+        dash = spawn([str(BIN / "datasette"), "serve", db, "-m", meta, "--static",
+                      f"assets:{ROOT / 'datasette-assets'}", "--host", host, "--port",
+                      str(ds_port), "--setting", "sql_time_limit_ms", "3000", "--setting",
+                      "default_cache_ttl", "0"], ds_log)
+        typer.echo(f"Dashboard: http://{host}:{ds_port}/-/dashboards/overview (log: {ds_log})",
+                   err=True)
+        typer.echo(f"Proxy:     ANTHROPIC_BASE_URL=http://{host}:{port}", err=True)
+        if demo_mode:
+            spawn([py, "-m", "mitmflare.demo", "traffic", f"http://{host}:{port}",
+                   f"http://{host}:{port + 10}"])
+        tool = ["mitmweb", "--set", f"web_host={host}", "--set", f"web_port={web_port}",
+                "--set", "web_open_browser=false"] if web else ["mitmdump"]
+        if web:
+            typer.echo("mitmweb:   open the URL printed below (it carries the access token)",
+                       err=True)
+        options = {"flare_accounts": accounts, "flare_db": db, "flare_state": state,
+                   "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1"}
+        if demo_mode:
+            options["flare_request_log"] = "true"
+        args = [str(BIN / tool[0]), *tool[1:], "-s", str(ROOT / "addons" / "bundle.py")]
+        for mode in modes:
+            args += ["--mode", mode]
+        for key, value in options.items():
+            args += ["--set", f"{key}={value}"]
+        proxy = spawn(args + passthrough)
+        time.sleep(3)
+        if dash.poll() is not None:
+            typer.echo(f"The dashboard stopped: see {ds_log}", err=True)
+        code = proxy.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    raise typer.Exit(code)
