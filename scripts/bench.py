@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
-"""Overhead benchmark: the simulated upstream direct, behind a bare mitmdump, and behind
+"""Overhead benchmark: the simulated upstream direct, behind a bare mitmdump, behind
 mitmflare (passing Anthropic Messages through, and converting them for an OpenAI-compatible
-account), measured side by side in one run.
+account) and, with ``--peer better-ccflare``, behind the product mitmflare replaces, measured
+side by side in one run.
 
-    .venv/bin/python scripts/bench.py [--requests 300] [--concurrency 1,8] [--rounds 3]
-                                      [--soak 10000] [--payloads] [--json]
+    ./scripts/bench [--requests 200] [--concurrency 1,8] [--rounds 3] [--soak 10000]
+                    [--payloads] [--peer better-ccflare] [--json]
 
 For each of JSON and SSE answers and each concurrency, the targets take turns in every
-round (direct, bare, mitmflare, converted, then the next round), so drifts of the machine hit
-all alike. ``converted`` is the same mitmflare on its compatibility route, served by an
-``openai-compatible`` account: the request is converted to Chat Completions and every
-upstream chunk back to Anthropic events. Printed per target: p50 / p90 / p99 latency and
-time to first byte (ms), requests/s, the added delay per SSE chunk (ms), and the ratio to
-bare. Then the proxies' RSS before and after, an RSS soak over ``--soak`` streamed requests,
-and the database writer's rate. Exit status 1 when a target below is missed:
+round (direct, bare, mitmflare, converted, [payloads], [better-ccflare], then the next round),
+so drifts of the machine hit all alike. ``converted`` is the same mitmflare on its
+compatibility route, served by an ``openai-compatible`` account. ``--peer better-ccflare``
+installs better-ccflare 3.5.4 with npm into ``.tools/peer`` (gitignored) on first use, starts
+it with a temporary HOME and database and one ``anthropic-compatible`` account pointed at the
+simulator (added through its REST API), and stops it afterwards. Printed per target: p50 /
+p90 / p99 latency and time to first byte (ms), requests/s, the added delay per SSE chunk (ms);
+then each ratio per round as min / median / max; RSS before and after, an RSS soak over
+``--soak`` streamed requests, the database writer's rate (rows with varied usage) and the
+database's growth. Progress shows only on a terminal. Exit status 1 when a target below is
+missed (ratios: the median of the rounds):
 
-* p50 mitmflare / bare <= 1.15 at concurrency 1, JSON and SSE
-* throughput mitmflare >= 0.85 x bare at the highest concurrency
+* p50 mitmflare / bare <= 1.10 and p99 <= 1.5 at concurrency 1, JSON and SSE
+* throughput at the highest concurrency >= 0.90 x bare and >= 1.0 x better-ccflare
 * added delay per SSE chunk < 1 ms, passed through and converted
 * RSS growth < 20 MB over the soak
-* the writer sustains >= 5,000 rows/s
+* the writer sustains >= 10,000 rows/s
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -161,9 +167,11 @@ class Progress:
 
 
 def writer_rate(rows: int = 50_000) -> float:
-    """Rows/s the database writer inserts (with cost computation and the hourly rollup)."""
+    """Rows/s the database writer inserts (with cost computation and the hourly rollup), on
+    rows whose token counts vary as real traffic's do (no two usages alike)."""
     from mitmflare.writer import DatabaseWriter
 
+    models = ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5", "gpt-4o"]
     with tempfile.TemporaryDirectory() as folder:
         writer = DatabaseWriter(f"{folder}/a.db", f"{folder}/s.db")
         writer.start()
@@ -172,34 +180,79 @@ def writer_rate(rows: int = 50_000) -> float:
         for i in range(rows):
             writer.put("request", {
                 "id": f"w{i}", "started_at": "2026-11-21T20:00:00.000Z", "provider": "anthropic",
-                "account": f"acct-{i % 4}", "model": "claude-sonnet-4-6", "status": 200,
-                "streamed": 1, "duration_ms": 812.5, "ttfb_ms": 91.0, "input_tokens": 1200,
-                "output_tokens": 300, "cache_read_input_tokens": 40_000,
-                "cache_creation_input_tokens": 0, "attempts": 1, "failover": 0})
-        writer.flush(120)
+                "account": f"acct-{i % 4}", "model": models[i % 4], "status": 200,
+                "streamed": 1, "duration_ms": 812.5, "ttfb_ms": 91.0, "input_tokens": 1200 + i,
+                "output_tokens": 300 + i % 977, "cache_read_input_tokens": 40_000 + i % 5003,
+                "cache_creation_input_tokens": i % 7 * 100, "attempts": 1, "failover": 0})
+        writer.flush(300)
         elapsed = time.perf_counter() - start
         writer.stop()
     return rows / elapsed
 
 
+PEER_VERSION = "better-ccflare@3.5.4"
+PEER_DIR = ROOT / ".tools" / "peer"
+PEER_BIN = PEER_DIR / "node_modules" / "better-ccflare" / "dist" / "better-ccflare"
+
+
+def peer_binary() -> Path | None:
+    """better-ccflare's binary, installed with npm into .tools/peer on first use; None (with
+    a message) where npm or the registry is missing."""
+    if not PEER_BIN.exists():
+        if not shutil.which("npm"):
+            print("--peer better-ccflare: npm is not installed; measuring without the peer",
+                  file=sys.stderr)
+            return None
+        print(f"installing {PEER_VERSION} into {PEER_DIR} (npm)", file=sys.stderr)
+        done = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund",
+                               "--prefix", str(PEER_DIR), PEER_VERSION], capture_output=True,
+                              text=True, timeout=600)
+        if done.returncode or not PEER_BIN.exists():
+            print(f"--peer better-ccflare: npm install failed: {done.stderr.strip()[-300:]}",
+                  file=sys.stderr)
+            return None
+    PEER_BIN.chmod(0o755)
+    return PEER_BIN
+
+
+def start_peer(binary: Path, home: Path, port: int, sim: str, spawn) -> str:
+    """Start better-ccflare (temporary HOME and database) with one anthropic-compatible
+    account pointed at the simulator, added through its REST API; returns its URL."""
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    proc = subprocess.Popen([str(binary), "--serve", "--port", str(port)], cwd=home, env=env,
+                            stdout=(home / "peer.log").open("wb"), stderr=subprocess.STDOUT)
+    spawn(proc)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/api/accounts", timeout=60)
+    added = httpx.post(url + "/api/accounts/anthropic-compatible", timeout=10, json={
+        "name": "bench-sim", "apiKey": "sk-ant-api03-PEER", "priority": 0,
+        "customEndpoint": sim})
+    added.raise_for_status()
+    return url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="per target, kind and round")
+    parser.add_argument("--requests", type=int, default=200, help="per target, kind and round")
     parser.add_argument("--concurrency", default="1,8")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each ratio is reported as min/median/max")
     parser.add_argument("--soak", type=int, default=10_000, help="streamed requests (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--payloads", action="store_true",
                         help="add a mitmflare with flare_payloads=all (cost of payload capture)")
+    parser.add_argument("--peer", choices=["better-ccflare"],
+                        help="add the product mitmflare replaces as a column")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="mitmflare-bench-"))
     procs: list[subprocess.Popen] = []
 
-    def spawn(cmd: list[str], log: str) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=(tmp / log).open("wb"), stderr=subprocess.STDOUT,
-                                cwd=tmp)
+    def spawn(cmd: list[str] | subprocess.Popen, log: str = "") -> subprocess.Popen:
+        proc = cmd if isinstance(cmd, subprocess.Popen) else subprocess.Popen(
+            cmd, stdout=(tmp / log).open("wb"), stderr=subprocess.STDOUT, cwd=tmp)
         procs.append(proc)
         return proc
 
@@ -220,6 +273,7 @@ def main() -> int:
         quiet = ["-q", "--set", "connection_strategy=lazy"]
         bare = spawn([str(BIN / "mitmdump"), *quiet, "-s", str(tmp / "bare.py"), "--mode",
                       f"reverse:{sim}@127.0.0.1:{bare_port}"], "bare.log")
+
         def mitmflare(name: str, port: int, *options: str) -> subprocess.Popen:
             sets = [f"flare_accounts={tmp / 'accounts.yaml'}", f"flare_db={tmp / name}.db",
                     f"flare_state={tmp / name}-state.db", *options]
@@ -237,20 +291,25 @@ def main() -> int:
             mitmflare("payloads", payload_port, "flare_payloads=all")
             targets["payloads"] = f"http://127.0.0.1:{payload_port}"
             wait_http(targets["payloads"] + "/health")
+        binary = peer_binary() if args.peer else None
+        if binary is not None:
+            targets["better-ccflare"] = start_peer(binary, tmp / "peer-home", free_port(), sim,
+                                                   spawn)
         wait_http(targets["bare"] + "/v1/models")
         wait_http(targets["mitmflare"] + "/health")
         rss_start = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
 
-        results: dict[tuple[str, int, str], Result] = {}
+        rounds: dict[tuple[str, int, str], list[Result]] = {}
         total = 2 * len(levels) * args.rounds * len(targets) * args.requests
         progress = Progress(total, args.json)
         for kind in ("json", "sse"):
             for level in levels:
                 for _ in range(args.rounds):
                     for name, url in targets.items():
-                        result = results.setdefault((kind, level, name), Result())
+                        result = Result()
                         asyncio.run(run_load(url, kind == "sse", args.requests, level, result,
                                              progress))
+                        rounds.setdefault((kind, level, name), []).append(result)
         rss_after = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
 
         soak = None
@@ -273,7 +332,7 @@ def main() -> int:
 
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}
-    return report(results, levels, rss_start, rss_after, soak, rate, growth, args.json)
+    return report(rounds, levels, rss_start, rss_after, soak, rate, growth, args.json)
 
 
 def db_growth(path: Path) -> float:
@@ -289,52 +348,94 @@ def db_growth(path: Path) -> float:
     return size / max(rows, 1) * 1000
 
 
-def report(results, levels, rss_start, rss_after, soak, rate, growth, as_json: bool) -> int:
+def merged(results: list[Result]) -> Result:
+    return Result([s for r in results for s in r.samples], sum(r.seconds for r in results))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+
+
+def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bool) -> int:
     figures = []
-    for (kind, level, name), r in results.items():
+    for (kind, level, name), results in rounds.items():
+        r = merged(results)
         figures.append({"kind": kind, "concurrency": level, "target": name,
                         "requests": len(r.samples), "rps": round(r.rps, 1),
                         **{f"{a}_p{int(q * 100)}": round(r.pct(a, q), 3)
                            for a in ("latency_ms", "ttfb_ms") for q in (0.5, 0.9, 0.99)},
                         "sse_chunk_gap_ms": round(r.chunk_gap_ms, 3) if kind == "sse" else None})
     by = {(f["kind"], f["concurrency"], f["target"]): f for f in figures}
+    top = max(levels)
+    ratios: dict[str, dict[str, float]] = {}
+
+    def ratio(label: str, kind: str, level: int, target: str, other: str, measure) -> None:
+        if (kind, level, target) in rounds and (kind, level, other) in rounds:
+            pairs = zip(rounds[(kind, level, target)], rounds[(kind, level, other)], strict=True)
+            ratios[label] = spread([measure(a) / measure(b) for a, b in pairs])
+
+    def p50(r: Result) -> float:
+        return r.pct("latency_ms", 0.5)
+
+    def p99(r: Result) -> float:
+        return r.pct("latency_ms", 0.99)
+
+    def rps(r: Result) -> float:
+        return r.rps
+
+    for kind in ("json", "sse"):
+        if 1 in levels:
+            ratio(f"{kind} c=1 p50 mitmflare/bare", kind, 1, "mitmflare", "bare", p50)
+            ratio(f"{kind} c=1 p99 mitmflare/bare", kind, 1, "mitmflare", "bare", p99)
+        ratio(f"{kind} c={top} req/s mitmflare/bare", kind, top, "mitmflare", "bare", rps)
+        ratio(f"{kind} c={top} req/s mitmflare/better-ccflare", kind, top, "mitmflare",
+              "better-ccflare", rps)
+        ratio(f"{kind} c={top} req/s payloads/mitmflare", kind, top, "payloads", "mitmflare", rps)
     checks = []
 
     def check(label: str, value: float, ok: bool) -> None:
         checks.append({"check": label, "value": round(value, 3), "ok": ok})
 
-    for kind in ("json", "sse"):
-        if 1 in levels:
-            ratio = by[(kind, 1, "mitmflare")]["latency_ms_p50"] / by[(kind, 1, "bare")]["latency_ms_p50"]
-            check(f"{kind} p50 mitmflare/bare at concurrency 1 <= 1.15", ratio, ratio <= 1.15)
-        top = max(levels)
-        ratio = by[(kind, top, "mitmflare")]["rps"] / by[(kind, top, "bare")]["rps"]
-        check(f"{kind} throughput mitmflare/bare at concurrency {top} >= 0.85", ratio, ratio >= 0.85)
+    limits = {"c=1 p50 mitmflare/bare": ("<=", 1.10), "c=1 p99 mitmflare/bare": ("<=", 1.5),
+              f"c={top} req/s mitmflare/bare": (">=", 0.90),
+              f"c={top} req/s mitmflare/better-ccflare": (">=", 1.0)}
+    for label, spread_ in ratios.items():
+        for suffix, (op, limit) in limits.items():
+            if label.endswith(suffix):
+                value = spread_["median"]
+                check(f"{label} (median of rounds) {op} {limit}", value,
+                      value <= limit if op == "<=" else value >= limit)
     for target in ("mitmflare", "converted"):
-        added = by[("sse", levels[0], target)]["sse_chunk_gap_ms"] - \
-            by[("sse", levels[0], "direct")]["sse_chunk_gap_ms"]
-        check(f"added delay per SSE chunk, {target}, < 1 ms", added, added < 1.0)
+        if ("sse", levels[0], target) in by:
+            added = by[("sse", levels[0], target)]["sse_chunk_gap_ms"] - \
+                by[("sse", levels[0], "direct")]["sse_chunk_gap_ms"]
+            check(f"added delay per SSE chunk, {target}, < 1 ms", added, added < 1.0)
     if soak:
-        growth = soak["rss_after_mb"] - soak["rss_before_mb"]
-        check(f"RSS growth over {soak['requests']} streamed requests < 20 MB", growth, growth < 20)
-    check("database writer >= 5000 rows/s", rate, rate >= 5000)
-    out = {"figures": figures, "rss_mb": {"start": rss_start, "after_load": rss_after},
+        growth_mb = soak["rss_after_mb"] - soak["rss_before_mb"]
+        check(f"RSS growth over {soak['requests']} streamed requests < 20 MB", growth_mb,
+              growth_mb < 20)
+    check("database writer >= 10000 rows/s", rate, rate >= 10_000)
+    out = {"figures": figures, "ratios": ratios,
+           "rss_mb": {"start": rss_start, "after_load": rss_after},
            "soak": soak, "writer_rows_per_s": round(rate), "checks": checks,
            "db_bytes_per_1000_requests": {k: round(v) for k, v in growth.items()},
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     if as_json:
         print(json.dumps(out, indent=2))
     else:
-        head = (f"{'kind':<5} {'c':>2} {'target':<10} {'p50':>7} {'p90':>7} {'p99':>7} "
-                f"{'ttfb50':>7} {'ttfb99':>7} {'req/s':>7} {'gap':>6} {'x bare':>7}")
-        print(head)
+        print(f"{'kind':<5} {'c':>2} {'target':<15} {'p50':>7} {'p90':>7} {'p99':>7} "
+              f"{'ttfb50':>7} {'req/s':>7} {'gap':>6} {'x bare':>7}")
         for f in figures:
             bare = by[(f["kind"], f["concurrency"], "bare")]
-            ratio = f["latency_ms_p50"] / bare["latency_ms_p50"]
             gap = f"{f['sse_chunk_gap_ms']:6.2f}" if f["sse_chunk_gap_ms"] is not None else "     -"
-            print(f"{f['kind']:<5} {f['concurrency']:>2} {f['target']:<10} "
-                  f"{f['latency_ms_p50']:7.2f} {f['latency_ms_p90']:7.2f} {f['latency_ms_p99']:7.2f} "
-                  f"{f['ttfb_ms_p50']:7.2f} {f['ttfb_ms_p99']:7.2f} {f['rps']:7.1f} {gap} {ratio:7.2f}")
+            print(f"{f['kind']:<5} {f['concurrency']:>2} {f['target']:<15} "
+                  f"{f['latency_ms_p50']:7.2f} {f['latency_ms_p90']:7.2f} "
+                  f"{f['latency_ms_p99']:7.2f} {f['ttfb_ms_p50']:7.2f} {f['rps']:7.1f} {gap} "
+                  f"{f['latency_ms_p50'] / bare['latency_ms_p50']:7.2f}")
+        print("ratios per round (min / median / max):")
+        for label, v in ratios.items():
+            print(f"  {label:<45} {v['min']:6.3f} / {v['median']:6.3f} / {v['max']:6.3f}")
         print(f"RSS MB: start {rss_start}, after load {rss_after}")
         if soak:
             print(f"soak: {soak}")

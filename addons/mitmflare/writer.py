@@ -145,6 +145,7 @@ class DatabaseWriter(threading.Thread):
             grouped[kind].append(payload)
         requests, payloads = [], []
         for row in grouped.get("request", []):
+            time.sleep(0)  # let the event loop thread take the GIL between rows (short tail)
             captured = row.pop(rows.PAYLOAD, None)
             try:
                 requests.append(rows.complete(row))

@@ -91,18 +91,29 @@ def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secr
             headers.pop("anthropic-beta", None)
 
 
+_CREDENTIAL_NAMES = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
+_REDACTED_NAMES = frozenset(name.encode() for name in REDACTED_HEADERS)
+
+
 def strip_client_credentials(headers: http.Headers) -> None:
-    """Remove every credential header (:data:`CLIENT_CREDENTIAL_HEADERS`)."""
-    for name in CLIENT_CREDENTIAL_HEADERS:
-        if name in headers:
-            del headers[name]
+    """Remove every credential header (:data:`CLIENT_CREDENTIAL_HEADERS`), in one pass over
+    the raw header fields (this runs at least twice per request)."""
+    fields = headers.fields
+    kept = tuple(f for f in fields if f[0].lower() not in _CREDENTIAL_NAMES)
+    if len(kept) != len(fields):
+        headers.fields = kept
 
 
 def redact_credentials(headers: http.Headers, account: str) -> None:
-    """Replace credential header values with ``<account>`` so flows keep no secret."""
-    for name in REDACTED_HEADERS:
-        if name in headers:
-            headers[name] = f"Bearer <{account}>" if name == "authorization" else f"<{account}>"
+    """Replace credential header values with ``<account>`` so flows keep no secret (one
+    pass over the raw header fields)."""
+    fields = headers.fields
+    if not any(f[0].lower() in _REDACTED_NAMES for f in fields):
+        return
+    bearer, plain = f"Bearer <{account}>".encode(), f"<{account}>".encode()
+    headers.fields = tuple(
+        (f[0], bearer if f[0].lower() == b"authorization" else plain)
+        if f[0].lower() in _REDACTED_NAMES else f for f in fields)
 
 
 # Synthesized-error kinds → (Anthropic error.type, OpenAI error.type, OpenAI error.code)
