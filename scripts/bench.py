@@ -78,10 +78,15 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its child processes (mitmflare's writer process), MB."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 @dataclass
@@ -167,26 +172,34 @@ class Progress:
 
 
 def writer_rate(rows: int = 50_000) -> float:
-    """Rows/s the database writer inserts (with cost computation and the hourly rollup), on
-    rows whose token counts vary as real traffic's do (no two usages alike)."""
-    from mitmflare.writer import DatabaseWriter
+    """Rows/s the database writer process takes from the proxy's side and writes (pickled
+    over its pipe, usage parsed, cost computed, hourly rollup), on rows whose token counts
+    vary as real traffic's do (no two usages alike)."""
+    from mitmflare.writer_process import WriterProcess
 
-    models = ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5", "gpt-4o"]
+    models = ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5", "gpt-4o",
+              "claude-sonnet-4-5"]  # the last one has long-context tiers
     with tempfile.TemporaryDirectory() as folder:
-        writer = DatabaseWriter(f"{folder}/a.db", f"{folder}/s.db")
+        writer = WriterProcess(f"{folder}/a.db", f"{folder}/s.db")
         writer.start()
-        writer.ready.wait(10)
+        writer.ready.wait(30)
         start = time.perf_counter()
         for i in range(rows):
             writer.put("request", {
                 "id": f"w{i}", "started_at": "2026-11-21T20:00:00.000Z", "provider": "anthropic",
-                "account": f"acct-{i % 4}", "model": models[i % 4], "status": 200,
-                "streamed": 1, "duration_ms": 812.5, "ttfb_ms": 91.0, "input_tokens": 1200 + i,
+                "account": f"acct-{i % 4}", "model": models[i % 5], "status": 200,
+                "streamed": 1, "duration_ms": 812.5, "ttfb_ms": 91.0, "input_tokens": 1200 + i * 7,
                 "output_tokens": 300 + i % 977, "cache_read_input_tokens": 40_000 + i % 5003,
                 "cache_creation_input_tokens": i % 7 * 100, "attempts": 1, "failover": 0})
         writer.flush(300)
         elapsed = time.perf_counter() - start
+        lost = writer.write_errors
         writer.stop()
+        conn = sqlite3.connect(f"{folder}/a.db")
+        written = conn.execute("select count(*) from requests").fetchone()[0]
+        conn.close()
+    if written != rows or lost:
+        raise RuntimeError(f"writer bench: {written} of {rows} rows written, {lost} errors")
     return rows / elapsed
 
 

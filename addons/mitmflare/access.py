@@ -27,6 +27,7 @@ from mitmproxy import ctx, http
 from .core import Core
 from .times import iso_utc
 from .users import User, find_user, read_users
+from .wire import header
 
 log = logging.getLogger("mitmflare")
 
@@ -46,10 +47,10 @@ class Refusal:
 
 def presented_key(headers: http.Headers) -> str | None:
     """The client's credential: ``x-api-key``, else the token of ``Authorization: Bearer``."""
-    key = headers.get("x-api-key")
+    key = header(headers, b"x-api-key")
     if key:
         return key.strip()
-    auth = headers.get("authorization", "")
+    auth = header(headers, b"authorization") or ""
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
 
 

@@ -115,7 +115,7 @@ class Operations:
             body["config_errors"] = self.core.config_errors
         writer = self.core.writer
         body["write_errors"] = writer.write_errors if writer else 0
-        if writer is not None:  # sizes measured by the writer thread (no file I/O here)
+        if writer is not None:  # sizes measured by the writer process (no file I/O here)
             body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes}
         return body
 

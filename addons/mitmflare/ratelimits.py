@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -25,6 +25,8 @@ from mitmproxy.http import Headers
 from .times import parse_iso
 
 UNIFIED = "anthropic-ratelimit-unified-"
+ANTHROPIC_PREFIX = "anthropic-ratelimit-"
+OPENAI_PREFIX = "x-ratelimit-"
 WINDOWS = ("5h", "7d", "7d_oi", "overage")
 ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
 OPENAI_LIMITS = ("requests", "tokens")
@@ -73,8 +75,15 @@ class Limits:
                     or self.overage_disabled_reason)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {k: v for k, v in data.items() if v not in (None, {}, [])}
+        """JSON-ready snapshot: the fields that are set; windows and buckets as dicts of
+        their fields (what :func:`dataclasses.asdict` gives, without its deep copy)."""
+        data: dict[str, Any] = {k: v for k, v in vars(self).items()
+                                if v is not None and k not in ("windows", "buckets")}
+        if self.windows:
+            data["windows"] = {n: dict(vars(w)) for n, w in self.windows.items()}
+        if self.buckets:
+            data["buckets"] = {n: dict(vars(b)) for n, b in self.buckets.items()}
+        return data
 
     def rejected_windows(self) -> dict[str, Window]:
         return {n: w for n, w in self.windows.items() if w.status == "rejected"}
@@ -111,7 +120,8 @@ _PREFIXES = (b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")
 
 def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
     """Parse every limit header of a response received at ``now`` (epoch s). One pass over
-    the raw headers; nothing more is done for a response that carries none."""
+    the raw headers, then one over the limit headers found; nothing more is done for a
+    response that carries none."""
     found = {k.lower().decode(): v.decode("latin-1") for k, v in headers.fields
              if k.lower().startswith(_PREFIXES)}
     limits = Limits(observed_at=now)
@@ -119,37 +129,57 @@ def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
         return limits
     limits.retry_after_s = parse_retry_after(found, now)
     if provider == "anthropic":
-        _parse_unified(found, limits)
-        for name in ANTHROPIC_LIMITS:
-            prefix = f"anthropic-ratelimit-{name}-"
-            bucket = Bucket(_num(found.get(prefix + "limit")),
-                            _num(found.get(prefix + "remaining")),
-                            parse_iso(found.get(prefix + "reset")))
-            if bucket != Bucket():
-                limits.buckets[name] = bucket
+        for key, value in found.items():
+            if key.startswith(UNIFIED):
+                _unified_field(limits, key[len(UNIFIED):], value)
+            elif key.startswith(ANTHROPIC_PREFIX):
+                name, _, part = key[len(ANTHROPIC_PREFIX):].rpartition("-")  # requests-limit
+                if name in ANTHROPIC_LIMITS and part in _BUCKET_PARTS:
+                    _bucket_field(limits, name, part, parse_iso(value) if part == "reset"
+                                  else _num(value))
     else:
-        for name in OPENAI_LIMITS:
-            reset = parse_duration(found.get(f"x-ratelimit-reset-{name}"))
-            bucket = Bucket(_num(found.get(f"x-ratelimit-limit-{name}")),
-                            _num(found.get(f"x-ratelimit-remaining-{name}")),
-                            now + reset if reset is not None else None)
-            if bucket != Bucket():
-                limits.buckets[name] = bucket
+        for key, value in found.items():
+            if key.startswith(OPENAI_PREFIX):
+                part, _, name = key[len(OPENAI_PREFIX):].partition("-")  # limit-requests
+                if name in OPENAI_LIMITS and part in _BUCKET_PARTS:
+                    if part == "reset":
+                        reset = parse_duration(value)
+                        _bucket_field(limits, name, part, now + reset if reset is not None
+                                      else None)
+                    else:
+                        _bucket_field(limits, name, part, _num(value))
     return limits
 
 
-def _parse_unified(found: Mapping[str, str], limits: Limits) -> None:
-    limits.unified_status = found.get(UNIFIED + "status")
-    limits.unified_reset = _num(found.get(UNIFIED + "reset"))
-    limits.representative_claim = found.get(UNIFIED + "representative-claim")
-    limits.overage_disabled_reason = found.get(UNIFIED + "overage-disabled-reason")
-    for name in WINDOWS:
-        prefix = f"{UNIFIED}{name}-"
-        window = Window(found.get(prefix + "status"), _num(found.get(prefix + "utilization")),
-                        _num(found.get(prefix + "reset")),
-                        _num(found.get(prefix + "surpassed-threshold")))
-        if window != Window():
-            limits.windows[name] = window
+_BUCKET_PARTS = ("limit", "remaining", "reset")
+_WINDOW_FIELDS = {"status": "status", "utilization": "utilization", "reset": "reset",
+                  "surpassed-threshold": "surpassed_threshold"}
+
+
+def _bucket_field(limits: Limits, name: str, part: str, value: float | None) -> None:
+    """Set one field of a bucket; a bucket exists only once one of its values parsed."""
+    if value is not None:
+        setattr(limits.buckets.setdefault(name, Bucket()), part, value)
+
+
+def _unified_field(limits: Limits, rest: str, value: str) -> None:
+    """One ``anthropic-ratelimit-unified-*`` header, ``rest`` being the part after the
+    prefix (``status``, ``5h-utilization``, ``overage-disabled-reason``, …)."""
+    if rest == "status":
+        limits.unified_status = value
+    elif rest == "reset":
+        limits.unified_reset = _num(value)
+    elif rest == "representative-claim":
+        limits.representative_claim = value
+    elif rest == "overage-disabled-reason":
+        limits.overage_disabled_reason = value
+    else:
+        name, _, part = rest.partition("-")
+        field_name = _WINDOW_FIELDS.get(part)
+        if name in WINDOWS and field_name:
+            parsed = value if field_name == "status" else _num(value)
+            if parsed is not None:
+                setattr(limits.windows.setdefault(name, Window()), field_name, parsed)
 
 
 def parse_retry_after(found: Mapping[str, str], now: float) -> float | None:

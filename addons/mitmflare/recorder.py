@@ -1,8 +1,8 @@
 """Addon: records every client request as a `requests` row (``flare_db``).
 
 On the event loop it only collects facts: timings, the account, and usage from the SSE tap.
-Bodies that still need parsing, and the cost, are handled in the writer thread
-(:mod:`.rows`).
+Bodies that still need parsing, and the cost, are handled in the writer process
+(:mod:`.rows`, :mod:`.writer_process`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .providers import CLIENT_CREDENTIAL_HEADERS
 from .providers.messages_to_chat import StreamConverter
 from .rows import BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from .sse import UsageTap
-from .writer import DatabaseWriter
+from .writer_process import WriterProcess
 
 log = logging.getLogger("mitmflare")
 
@@ -34,7 +34,7 @@ def _headers(headers: http.Headers) -> list[tuple[str, str]]:
 
 
 class Recorder:
-    """Owns the database writer thread and turns finished flows into rows."""
+    """Owns the database writer process and turns finished flows into rows."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -82,9 +82,10 @@ class Recorder:
             for path in (ctx.options.flare_db, ctx.options.flare_state):
                 folder = os.path.dirname(os.path.abspath(path))
                 os.makedirs(folder, exist_ok=True)
-            writer = DatabaseWriter(ctx.options.flare_db, ctx.options.flare_state)
+            writer = WriterProcess(ctx.options.flare_db, ctx.options.flare_state)
             writer.start()
-            writer.ready.wait(10)
+            if not writer.ready.wait(30):
+                log.error("the database writer process did not start within 30 s")
             self.core.writer = writer
             self.core.snapshot_accounts(force=True)
         if self.core.writer is not None:

@@ -15,9 +15,9 @@ from typing import Any
 
 from mitmproxy import http
 
-from .wire import MAX_TEXT, json_object, text
+from .wire import MAX_TEXT, header, json_object, text
 
-SESSION_HEADER = "x-claude-code-session-id"
+SESSION_HEADER = b"x-claude-code-session-id"
 _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 
 
@@ -36,7 +36,7 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     """Read the request. For an OpenAI streamed chat completion without
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
-    info = RequestInfo(client_session=text(request.headers.get(SESSION_HEADER)))
+    info = RequestInfo(client_session=text(header(request.headers, SESSION_HEADER)))
     body = info.body = _json_body(request)
     if body is None:
         return info

@@ -1,5 +1,5 @@
 """Deleting old rows of the analytics database in small batches, for ``flare_retention_days``
-(the proxy's writer thread, once an hour) and ``mitmflare prune``. The hourly rollup
+(the proxy's writer process, once an hour) and ``mitmflare prune``. The hourly rollup
 (``usage_hourly``) is never pruned, so long-range charts stay right."""
 
 from __future__ import annotations

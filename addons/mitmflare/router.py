@@ -25,6 +25,7 @@ from .providers import (
     detect_route,
     error_response,
     redact_credentials,
+    retarget,
     set_credentials,
     strip_client_credentials,
 )
@@ -33,6 +34,7 @@ from .providers.presets import ANTHROPIC
 from .ratelimits import parse_limits
 from .request_info import inspect_request
 from .selection import STRATEGIES
+from .wire import header
 
 log = logging.getLogger("mitmflare")
 
@@ -143,7 +145,7 @@ class Router:
             return
         headers = request.headers
         headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
-        fc.user_agent = headers.get("user-agent")
+        fc.user_agent = header(headers, b"user-agent")
         fc.excluded = self._excluded_for_retry(flow)
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
@@ -199,7 +201,7 @@ class Router:
         request = flow.request
         cfg = account.config
         scheme, host, port, prefix = account.target
-        request.scheme, request.host, request.port = scheme, host, port
+        retarget(request, scheme, host, port)
         fc.converted = fc.provider != account.wire
         path = "/v1/chat/completions" if fc.converted else fc.path
         if cfg.preset.versioned_base and path.startswith("/v1/"):
@@ -224,7 +226,7 @@ class Router:
         response = flow.response
         redact_credentials(flow.request.headers, fc.account.name)
         fc.ttfb = now
-        fc.account.state.last_date = (response.headers.get("date"), now)  # for clock skew
+        fc.account.state.last_date = (header(response.headers, b"date"), now)  # clock skew
         fc.limits = parse_limits(fc.account.wire, response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
 
@@ -275,8 +277,10 @@ class Router:
         self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S)
 
     def _excluded_for_retry(self, flow: http.HTTPFlow) -> set[str]:
+        if not self._retry_exclusions:
+            return set()
         count = flow.request.headers.get(RETRY_COUNT_HEADER, "0")
-        if count in ("", "0") or not self._retry_exclusions:
+        if count in ("", "0"):
             return set()
         tried, expires = self._retry_exclusions.get(_digest(flow), (set(), 0.0))
         return set(tried) if expires > time.time() else set()

@@ -1,5 +1,6 @@
-"""Finishing `requests` rows in the database writer thread, off the event loop: usage and
-model from a kept response body, the error text of an error body, and the cost in USD."""
+"""Finishing `requests` rows in the database writer (its own process), off the event loop:
+usage and model from a kept response body, the error text of an error body, and the cost in
+USD."""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mitmproxy.http import Headers
+
 MAX_TEXT = 200  # characters kept of a text field (model names, session ids)
 
 
@@ -24,6 +26,16 @@ def json_object(data: bytes | str | None) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def header(headers: Headers, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes), or None: one pass over the raw
+    fields, cheaper than ``Headers.get`` on the hot path. Decoded as mitmproxy decodes
+    header values (UTF-8, undecodable bytes kept as surrogates)."""
+    for key, value in headers.fields:
+        if key.lower() == name:
+            return value.decode("utf-8", "surrogateescape")
+    return None
 
 
 def count(value: Any) -> int | None:

@@ -1,9 +1,11 @@
-"""The database writer thread: the only code that touches SQLite while the proxy runs.
+"""The database writer: the only code that writes the SQLite files while the proxy runs.
 
-Hooks on the event loop call the ``put_*`` methods, which only append to a queue. The thread
-gathers items for up to ``FLUSH_S`` after the first one arrives (at most ``BATCH_MAX``), computes
-costs, and writes each batch in one transaction per database with prepared statements. Time
-columns may be given as epoch seconds (float); they are formatted here, off the event loop.
+The proxy runs it in a child process (:mod:`.writer_process`), fed over a pipe; it can also
+run as a thread of the caller's process (tests, benchmarks). :meth:`DatabaseWriter.put` only
+appends to a deque (no lock, no wake-up). The thread wakes every ``FLUSH_S`` (at once for a
+flush or stop), takes what has arrived (at most ``BATCH_MAX``), computes costs, and writes each
+batch in one transaction per database with prepared statements. Time columns may be given as
+epoch seconds (float); they are formatted here.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import sqlite_utils
@@ -26,8 +28,7 @@ from .times import iso_utc
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
-FLUSH_S = 0.5
-IDLE_WAKE_S = 1.0    # an idle writer still wakes this often for upkeep
+FLUSH_S = 0.5        # the thread wakes this often (items wait at most this long)
 UPKEEP_S = 10.0      # file sizes refreshed this often
 PRUNE_EVERY_S = 3600.0
 
@@ -64,7 +65,8 @@ class DatabaseWriter(threading.Thread):
         super().__init__(name="mitmflare-db-writer", daemon=True)
         self.analytics_path = analytics_path
         self.state_path = state_path
-        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._items: deque[tuple[str, Any] | None] = deque()  # append/popleft are atomic
+        self._urgent = threading.Event()  # a flush or stop is waiting: wake now
         self.ready = threading.Event()
         self.write_errors = 0  # rows (or snapshots) that could not be written
         self.request_log = False  # log one line per written `requests` row
@@ -78,19 +80,24 @@ class DatabaseWriter(threading.Thread):
         self._next_upkeep = 0.0
         self._next_prune = 0.0
         self._prune_plan: list[tuple[str, str]] = []  # (table, cutoff) still to prune
+        self.after_batch: Callable[[], None] | None = None  # called after each cycle
 
     # -- producer side (event loop) ---------------------------------------------------------
     def put(self, kind: str, payload: Any) -> None:
-        self._queue.put((kind, payload))
+        """Queue one item (see the class docstring); never blocks."""
+        self._items.append((kind, payload))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything queued so far is written (for shutdown and tests)."""
         done = threading.Event()
         self.put("flush", done)
+        self._urgent.set()
         return done.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
+        """Write what is queued, close the databases and end the thread."""
+        self._items.append(None)
+        self._urgent.set()
         self.join(timeout)
 
     # -- consumer side (this thread) --------------------------------------------------------
@@ -114,6 +121,8 @@ class DatabaseWriter(threading.Thread):
             except Exception:  # never let a surprise kill the writer
                 self.write_errors += 1
                 log.exception("database writer: a batch of %d items failed", len(batch))
+            if self.after_batch is not None:
+                self._guarded_call(self.after_batch)
             for kind, payload in batch:
                 if kind == "flush":
                     payload.set()
@@ -121,20 +130,16 @@ class DatabaseWriter(threading.Thread):
         state.conn.close()
 
     def _collect(self) -> list[tuple[str, Any] | None]:
-        """Wait for an item, then gather more for up to ``FLUSH_S`` (or ``BATCH_MAX`` items,
-        or a flush/stop request): one transaction then covers many rows."""
-        try:
-            batch: list[tuple[str, Any] | None] = [self._queue.get(timeout=IDLE_WAKE_S)]
-        except queue.Empty:
-            return []  # idle: time for upkeep
-        deadline = time.monotonic() + FLUSH_S
-        while len(batch) < BATCH_MAX and batch[-1] is not None and batch[-1][0] != "flush":
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
+        """Sleep ``FLUSH_S`` (less for a flush or stop; not at all with ``BATCH_MAX`` items
+        waiting), then take up to ``BATCH_MAX`` items, ending at a stop: one transaction then
+        covers many rows. An empty list when nothing came (time for upkeep)."""
+        if len(self._items) < BATCH_MAX:
+            self._urgent.wait(FLUSH_S)
+        self._urgent.clear()  # a flush queued after this sets it again: no wake-up is lost
+        batch: list[tuple[str, Any] | None] = []
+        while len(batch) < BATCH_MAX and self._items:
+            batch.append(self._items.popleft())
+            if batch[-1] is None:
                 break
         return batch
 
@@ -145,7 +150,6 @@ class DatabaseWriter(threading.Thread):
             grouped[kind].append(payload)
         requests, payloads = [], []
         for row in grouped.get("request", []):
-            time.sleep(0)  # let the event loop thread take the GIL between rows (short tail)
             captured = row.pop(rows.PAYLOAD, None)
             try:
                 requests.append(rows.complete(row))
@@ -225,6 +229,13 @@ class DatabaseWriter(threading.Thread):
                 if name:
                     for key in ((kind, name, started[:10]), (kind, name, started[:7])):
                         spend[key] = spend.get(key, 0.0) + cost
+
+    @staticmethod
+    def _guarded_call(function: Callable[[], None]) -> None:
+        try:
+            function()
+        except Exception:
+            log.exception("database writer: after-batch callback failed")
 
     def _lost(self, table: str, flow_id: str | None) -> None:
         self.write_errors += 1

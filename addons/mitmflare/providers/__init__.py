@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from mitmproxy import http
+from mitmproxy.net.http.url import hostport
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 KNOWN_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
@@ -64,7 +65,8 @@ def detect_provider(flow: http.HTTPFlow) -> str | None:
 
 def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secret: str,
                     converted: bool = False) -> None:
-    """Remove every client credential from ``headers`` and set the account's.
+    """Remove every client credential from ``headers`` and set the account's, in one pass
+    over the raw header fields (this runs on every request).
 
     ``wire``: the upstream's format; ``kind``: ``api_key`` or ``oauth``; ``auth``:
     ``x-api-key`` or ``bearer`` (how an API key is sent). Anthropic OAuth:
@@ -72,23 +74,42 @@ def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secr
     client's other betas; an Anthropic-format API key drops that beta. ``converted``: the
     request was converted to the OpenAI format, so the ``anthropic-*`` headers go.
     """
-    strip_client_credentials(headers)
+    kept: list[tuple[bytes, bytes]] = []
+    betas: list[str] = []
+    for field in headers.fields:
+        name = field[0].lower()
+        if name in _CREDENTIAL_NAMES:
+            continue
+        if name == b"anthropic-beta" and (converted or wire == "anthropic"):
+            betas += [b.strip() for b in field[1].decode("latin-1").split(",")]
+        elif not (converted and name == b"anthropic-version"):
+            kept.append(field)
     if kind == "oauth" or auth == "bearer":
-        headers["authorization"] = f"Bearer {secret}"
+        kept.append((b"authorization", b"Bearer " + secret.encode()))
     else:
-        headers["x-api-key"] = secret
-    if converted:
-        headers.pop("anthropic-beta", None)
-        headers.pop("anthropic-version", None)
-    elif wire == "anthropic":
-        betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
-        betas = [b for b in betas if b != OAUTH_BETA]
+        kept.append((b"x-api-key", secret.encode()))
+    if not converted and wire == "anthropic":
+        betas = [b for b in betas if b and b != OAUTH_BETA]
         if kind == "oauth":
             betas.append(OAUTH_BETA)
         if betas:
-            headers["anthropic-beta"] = ",".join(betas)
-        else:
-            headers.pop("anthropic-beta", None)
+            kept.append((b"anthropic-beta", ",".join(betas).encode("latin-1")))
+    headers.fields = tuple(kept)
+
+
+def retarget(request: http.Request, scheme: str, host: str, port: int) -> None:
+    """Point ``request`` at ``scheme://host:port``, updating its Host header (if it has one)
+    and HTTP/2 authority, as mitmproxy's ``host``/``port`` setters do, in one step."""
+    data = request.data
+    data.scheme, data.host, data.port = scheme.encode(), host, port
+    value = hostport(scheme, host, port)
+    if data.authority:
+        request.authority = value
+    fields = data.headers.fields
+    if any(f[0].lower() == b"host" for f in fields):
+        encoded = value.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers do
+        data.headers.fields = tuple((f[0], encoded) if f[0].lower() == b"host" else f
+                                    for f in fields)
 
 
 _CREDENTIAL_NAMES = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
