@@ -44,6 +44,7 @@ START_TIMEOUT_S = 30.0
 FRAME = struct.Struct("!I")
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ("request_log", "retention_days", "payload_retention_days")
+NICE = 10             # scheduling priority the child lowers itself by (POSIX)
 
 
 def write_frame(stream: IO[bytes], message: Any) -> None:
@@ -288,6 +289,8 @@ def child_main(analytics_path: str, state_path: str) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)  # the proxy decides when this process ends
+    if hasattr(os, "nice"):
+        os.nice(NICE)  # background work: the proxy gets the CPU first when both want it
     channel = _Channel(sys.stdout.buffer)
     root = logging.getLogger()
     root.handlers[:] = [_ForwardLogs(channel)]
