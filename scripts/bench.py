@@ -16,7 +16,8 @@ it with a temporary HOME and database and one ``anthropic-compatible`` account p
 simulator (added through its REST API), and stops it afterwards. Printed per target: p50 /
 p90 / p99 latency and time to first byte (ms), requests/s, the added delay per SSE chunk (ms);
 then each ratio per round as min / median / max; RSS before and after, an RSS soak over
-``--soak`` streamed requests, the database writer's rate (rows with varied usage) and the
+``--soak`` streamed requests (RSS counts the proxy and its writer process), the database
+writer process's rate (rows with varied usage, through its pipe) and the
 database's growth. Progress shows only on a terminal. Exit status 1 when a target below is
 missed (ratios: the median of the rounds):
 
