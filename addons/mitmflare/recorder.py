@@ -20,6 +20,7 @@ from .providers import CLIENT_CREDENTIAL_HEADERS
 from .providers.messages_to_chat import StreamConverter
 from .rows import BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from .sse import UsageTap
+from .wire import header
 from .writer_process import WriterProcess
 
 log = logging.getLogger("mitmflare")
@@ -173,8 +174,9 @@ class Recorder:
             row["upstream_model"] = fc.tap.model or fc.upstream_model
             row["error"] = error or fc.tap.error
         elif response.raw_content:
-            row[BODY] = response.content
-            row[BODY_IS_SSE] = response.headers.get("content-type", "").startswith(SSE)
+            encoded = header(response.headers, b"content-encoding") is not None
+            row[BODY] = response.content if encoded else response.raw_content
+            row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)
         failed = row["error"] is not None or (row["status"] or 0) >= 400 or response is None
         if self.payloads == "all" or (self.payloads == "errors" and failed):
             row[PAYLOAD] = self._payload(flow, fc)

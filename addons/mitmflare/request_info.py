@@ -54,8 +54,11 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
 
 
 def _json_body(request: http.Request) -> dict[str, Any] | None:
-    if request.method != "POST" or not request.raw_content:
+    raw = request.raw_content
+    if not raw or request.data.method.upper() != b"POST":
         return None
+    if header(request.headers, b"content-encoding") is None:
+        return json_object(raw)  # the common case: no decoding step
     return json_object(request.get_content(strict=False))
 
 

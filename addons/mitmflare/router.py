@@ -113,10 +113,12 @@ class Router:
         replay = bool(flow.is_replay)
         if replay:  # a replayed flow goes through the router again, from the client's path
             request.path = flow.metadata.get(CLIENT_PATH, request.path)
-        flow.metadata[CLIENT_PATH] = request.path
-        provider, request.path, compat = detect_route(flow)
-        path = request.path.split("?", 1)[0]
-        fc = FlowContext(provider=provider or "", started=time.time(), path=request.path,
+        client_path = flow.metadata[CLIENT_PATH] = request.path
+        provider, full_path, compat = detect_route(flow)
+        if full_path != client_path:
+            request.path = full_path
+        path = full_path.split("?", 1)[0]
+        fc = FlowContext(provider=provider or "", started=time.time(), path=full_path,
                          client_session=None, model=None, user_agent=None, flow_id=flow.id,
                          replay=replay)
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
