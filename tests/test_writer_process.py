@@ -31,7 +31,7 @@ def test_rows_spend_and_request_log_cross_the_pipe(tmp_path, caplog):
     writer = WriterProcess(str(tmp_path / "a.db"), str(tmp_path / "s.db"))
     writer.start()
     assert writer.ready.wait(30)
-    writer.request_log = True
+    writer.configure(request_log=True)
     with caplog.at_level(logging.INFO):
         for i in range(200):
             writer.put("request", request_row(i))

@@ -20,7 +20,7 @@ from .providers import CLIENT_CREDENTIAL_HEADERS
 from .providers.messages_to_chat import StreamConverter
 from .rows import BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from .sse import UsageTap
-from .wire import header
+from .wire import content, header
 from .writer_process import WriterProcess
 
 log = logging.getLogger("mitmflare")
@@ -90,11 +90,12 @@ class Recorder:
             self.core.writer = writer
             self.core.snapshot_accounts(force=True)
         if self.core.writer is not None:
-            self.core.writer.request_log = ctx.options.flare_request_log
-            self.core.writer.retention_days = decimal(
-                "flare_retention_days", ctx.options.flare_retention_days, 0, low_inclusive=True)
-            self.core.writer.payload_retention_days = decimal(
-                "flare_payload_retention_days", ctx.options.flare_payload_retention_days, 0)
+            self.core.writer.configure(
+                request_log=ctx.options.flare_request_log,
+                retention_days=decimal("flare_retention_days", ctx.options.flare_retention_days,
+                                       0, low_inclusive=True),
+                payload_retention_days=decimal("flare_payload_retention_days",
+                                               ctx.options.flare_payload_retention_days, 0))
 
     def done(self) -> None:
         self.core.snapshot_accounts(force=True)
@@ -174,8 +175,7 @@ class Recorder:
             row["upstream_model"] = fc.tap.model or fc.upstream_model
             row["error"] = error or fc.tap.error
         elif response.raw_content:
-            encoded = header(response.headers, b"content-encoding") is not None
-            row[BODY] = response.content if encoded else response.raw_content
+            row[BODY] = content(response)
             row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)
         failed = row["error"] is not None or (row["status"] or 0) >= 400 or response is None
         if self.payloads == "all" or (self.payloads == "errors" and failed):

@@ -15,7 +15,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .wire import MAX_TEXT, header, json_object, text
+from .wire import MAX_TEXT, content, header, json_object, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
 _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
@@ -54,12 +54,9 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
 
 
 def _json_body(request: http.Request) -> dict[str, Any] | None:
-    raw = request.raw_content
-    if not raw or request.data.method.upper() != b"POST":
+    if not request.raw_content or request.data.method.upper() != b"POST":
         return None
-    if header(request.headers, b"content-encoding") is None:
-        return json_object(raw)  # the common case: no decoding step
-    return json_object(request.get_content(strict=False))
+    return json_object(content(request, strict=False))
 
 
 def _session_from_metadata(metadata: Any) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mitmproxy.http import Headers
+from mitmproxy.http import Headers, Message
 
 MAX_TEXT = 200  # characters kept of a text field (model names, session ids)
 
@@ -36,6 +36,14 @@ def header(headers: Headers, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("utf-8", "surrogateescape")
     return None
+
+
+def content(message: Message, strict: bool = True) -> bytes | None:
+    """The body of ``message`` as mitmproxy's ``get_content`` gives it, without its decoding
+    step for the common body that has no ``content-encoding``."""
+    if header(message.headers, b"content-encoding") is None:
+        return message.raw_content
+    return message.get_content(strict=strict)
 
 
 def count(value: Any) -> int | None:

@@ -122,7 +122,10 @@ class DatabaseWriter(threading.Thread):
                 self.write_errors += 1
                 log.exception("database writer: a batch of %d items failed", len(batch))
             if self.after_batch is not None:
-                self._guarded_call(self.after_batch)
+                try:
+                    self.after_batch()
+                except Exception:
+                    log.exception("database writer: after-batch callback failed")
             for kind, payload in batch:
                 if kind == "flush":
                     payload.set()
@@ -229,13 +232,6 @@ class DatabaseWriter(threading.Thread):
                 if name:
                     for key in ((kind, name, started[:10]), (kind, name, started[:7])):
                         spend[key] = spend.get(key, 0.0) + cost
-
-    @staticmethod
-    def _guarded_call(function: Callable[[], None]) -> None:
-        try:
-            function()
-        except Exception:
-            log.exception("database writer: after-batch callback failed")
 
     def _lost(self, table: str, flow_id: str | None) -> None:
         self.write_errors += 1

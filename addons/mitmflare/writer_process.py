@@ -68,10 +68,10 @@ def read_frame(stream: IO[bytes]) -> tuple[bool, Any]:
 
 
 class WriterProcess:
-    """Proxy-side handle of the writer child process; same attributes and methods as
+    """Proxy-side handle of the writer child process; what the proxy uses of
     :class:`~.writer.DatabaseWriter` (``start``, ``ready``, ``put``, ``flush``, ``stop``,
-    ``spend``, ``write_errors``, ``db_bytes``, ``wal_bytes`` and the settings
-    ``request_log``, ``retention_days``, ``payload_retention_days``)."""
+    ``spend``, ``write_errors``, ``db_bytes``, ``wal_bytes``), with its settings passed by
+    :meth:`configure`."""
 
     def __init__(self, analytics_path: str, state_path: str) -> None:
         self.analytics_path = analytics_path
@@ -97,17 +97,15 @@ class WriterProcess:
         """Rows (or snapshots) that were not written: by the child, or lost on the way."""
         return self.child_errors + self.lost
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in SETTINGS:  # forwarded to the child's writer
-            self._settings[name] = value
-            self.put("settings", {name: value})
-            return
-        super().__setattr__(name, value)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in SETTINGS:
-            return self._settings.get(name)
-        raise AttributeError(name)
+    def configure(self, **settings: Any) -> None:
+        """Set writer attributes in the child (:data:`SETTINGS`: ``request_log`` bool,
+        ``retention_days`` and ``payload_retention_days`` days); kept for a replaced child.
+        Raises ValueError for any other name."""
+        unknown = set(settings) - set(SETTINGS)
+        if unknown:
+            raise ValueError(f"not a writer setting: {', '.join(sorted(unknown))}")
+        self._settings.update(settings)
+        self.put("settings", settings)
 
     def start(self) -> None:
         """Start the child and the sender thread; ``ready`` is set once the child has opened
