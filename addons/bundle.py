@@ -3,6 +3,6 @@
 Options are listed by ``mitmdump -s addons/bundle.py --options | grep flare_``.
 """
 
-from mitmflare.bundle import make_addons
+from mitmflare.bundle import Bundle, make_addons
 
-addons = make_addons()
+addons = [Bundle(make_addons())]

@@ -39,6 +39,8 @@ def test_non_streamed_request_uses_account_key_and_records_exact_usage(sim, prox
     assert seen.credential == "sk-ant-api03-AAA"
     assert CLIENT_KEY not in str(seen.headers)
     assert "authorization" not in seen.headers
+    assert seen.headers["host"] == sim.url.removeprefix("http://")
+    assert seen.headers["accept-encoding"] == "identity"  # usage is read from the raw bytes
 
     (row,) = p.wait_rows(1)
     assert row["account"] == "key-a" and row["provider"] == "anthropic"
@@ -108,7 +110,7 @@ def test_openai_chat_and_responses_streaming_and_json(sim, proxy):
     assert all(r["provider"] == "openai" and r["account"] == "oa" for r in rows)
 
 
-def test_two_listeners_route_by_reverse_target(sim, proxy):
+def test_two_listeners_route_by_reverse_target_over_http_and_tls(sim, proxy):
     oa_port = free_port()
     yaml = accounts_yaml(sim.url, {"name": "an", "api_key": "sk-ant-api03-AN"},
                          {"name": "oa", "provider": "openai", "api_key": "sk-proj-OA"})
@@ -117,7 +119,11 @@ def test_two_listeners_route_by_reverse_target(sim, proxy):
     # /v1/models exists on both APIs: the listener decides
     httpx.get(f"{p.url}/v1/models", headers={"x-api-key": CLIENT_KEY})
     httpx.get(f"http://127.0.0.1:{oa_port}/v1/models", headers={"authorization": "Bearer x"})
-    assert sim.credentials_seen() == ["sk-ant-api03-AN", "sk-proj-OA"]
+    # a client speaking TLS to the listener keeps mitmproxy's layers (see mitmflare.listener)
+    answer = httpx.get(f"https://127.0.0.1:{p.port}/v1/models", verify=False,
+                       headers={"x-api-key": CLIENT_KEY})
+    assert answer.status_code == 200
+    assert sim.credentials_seen() == ["sk-ant-api03-AN", "sk-proj-OA", "sk-ant-api03-AN"]
 
 
 def test_unknown_model_gets_null_cost_not_zero(sim, proxy):

@@ -26,8 +26,8 @@ from .providers import (
     error_response,
     redact_credentials,
     retarget,
-    set_credentials,
     strip_client_credentials,
+    upstream_headers,
 )
 from .providers.messages_to_chat import answer_to_anthropic, request_to_chat
 from .providers.presets import ANTHROPIC
@@ -78,10 +78,6 @@ class Router:
         self.core.strategy = o.flare_strategy
         self.core.max_cooldown_s = float(o.flare_max_cooldown_s)
         self.failover.configure(updated)
-        if "connection_strategy" in o and o.connection_strategy != "lazy":
-            # A health check or a re-routed request must not open a connection to the
-            # listener's reverse target first.
-            o.connection_strategy = "lazy"
 
     def running(self) -> None:
         self.failover.running()
@@ -145,9 +141,7 @@ class Router:
             flow.response = error_response(provider, refusal.status, refusal.kind,
                                            refusal.message, extra)
             return
-        headers = request.headers
-        headers["accept-encoding"] = "identity"  # usage is parsed from the raw bytes
-        fc.user_agent = header(headers, b"user-agent")
+        fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded = self._excluded_for_retry(flow)
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
@@ -203,7 +197,7 @@ class Router:
         request = flow.request
         cfg = account.config
         scheme, host, port, prefix = account.target
-        retarget(request, scheme, host, port)
+        host_header = retarget(request, scheme, host, port)
         fc.converted = fc.provider != account.wire
         path = "/v1/chat/completions" if fc.converted else fc.path
         if cfg.preset.versioned_base and path.startswith("/v1/"):
@@ -211,8 +205,8 @@ class Router:
         request.path = prefix + path
         fc.upstream_model = cfg.upstream_model(fc.model) if fc.model else None
         _set_body(request, fc)
-        set_credentials(request.headers, account.wire, cfg.credential_kind, cfg.auth_style,
-                        secret, fc.converted)
+        upstream_headers(request.headers, host_header, account.wire, cfg.credential_kind,
+                         cfg.auth_style, secret, fc.converted)
         fc.account = account
         fc.attempt_started = now
         account.state.in_flight += 1

@@ -7,7 +7,7 @@ OpenAI, whose ``prompt_tokens`` include cached tokens, the cached part is moved 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .wire import count, json_object, text
@@ -25,7 +25,8 @@ class Usage:
     cache_creation_1h_input_tokens: int | None = None
 
     def as_row(self) -> dict[str, int | None]:
-        return asdict(self)
+        """The counts by column name (a copy of the fields, cheaper than ``asdict``)."""
+        return dict(self.__dict__)
 
     def merge_anthropic(self, usage: dict[str, Any]) -> None:
         """Overwrite fields with every non-null value of an Anthropic ``usage`` object

@@ -281,7 +281,7 @@ def _insert(conn: sqlite3.Connection, items: list[tuple[str, dict[str, Any]]]) -
     for table, row in items:
         by_table[table].append(row)
     for table, table_rows in by_table.items():
-        conn.executemany(_INSERT[table], [_values(r, _COLUMNS[table]) for r in table_rows])
+        conn.executemany(_INSERT[table], [_values(r, table) for r in table_rows])
     if by_table.get("requests"):
         schema.add_to_rollup(conn, [r["id"] for r in by_table["requests"]])
 
@@ -320,13 +320,18 @@ _COLUMNS = {
 _INSERT = {table: f"insert or replace into {table} ({', '.join(cols)}) "
                   f"values ({', '.join('?' * len(cols))})"
            for table, cols in _COLUMNS.items()}
-_TIME_COLUMNS = ("started_at", "at", "until")
+_TIMES = {table: [i for i, c in enumerate(cols) if c in ("started_at", "at", "until")]
+          for table, cols in _COLUMNS.items()}  # positions of the time columns
 
 
-def _values(row: dict[str, Any], columns: list[str]) -> tuple:
-    """The row's values in column order; epoch-second times become ISO 8601 text."""
-    return tuple(iso_utc(row.get(c)) if c in _TIME_COLUMNS and isinstance(row.get(c), float)
-                 else row.get(c) for c in columns)
+def _values(row: dict[str, Any], table: str) -> list:
+    """The row's values in ``table``'s column order; epoch-second times become ISO 8601
+    text."""
+    values = [row.get(c) for c in _COLUMNS[table]]
+    for i in _TIMES[table]:
+        if isinstance(values[i], float):
+            values[i] = iso_utc(values[i])
+    return values
 
 
 def load_state(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:

@@ -63,10 +63,12 @@ def detect_provider(flow: http.HTTPFlow) -> str | None:
     return format_of_path(flow.request.path)
 
 
-def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secret: str,
-                    converted: bool = False) -> None:
-    """Remove every client credential from ``headers`` and set the account's, in one pass
-    over the raw header fields (this runs on every request).
+def upstream_headers(headers: http.Headers, host: str, wire: str, kind: str, auth: str,
+                     secret: str, converted: bool = False) -> None:
+    """Make ``headers`` what one attempt sends upstream, in one pass over the raw header
+    fields (this runs on every request): every client credential removed and the account's
+    set, ``Host`` (if present) set to ``host`` (``host[:port]``, as mitmproxy's ``host``
+    setter writes it), ``accept-encoding: identity`` (usage is parsed from the raw bytes).
 
     ``wire``: the upstream's format; ``kind``: ``api_key`` or ``oauth``; ``auth``:
     ``x-api-key`` or ``bearer`` (how an API key is sent). Anthropic OAuth:
@@ -78,12 +80,15 @@ def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secr
     betas: list[str] = []
     for field in headers.fields:
         name = field[0].lower()
-        if name in _CREDENTIAL_NAMES:
+        if name in _REPLACED_NAMES:
+            if name == b"host":
+                kept.append((field[0], host.encode("utf-8", "surrogateescape")))
             continue
         if name == b"anthropic-beta" and (converted or wire == "anthropic"):
             betas += [b.strip() for b in field[1].decode("latin-1").split(",")]
         elif not (converted and name == b"anthropic-version"):
             kept.append(field)
+    kept.append((b"accept-encoding", b"identity"))
     if kind == "oauth" or auth == "bearer":
         kept.append((b"authorization", b"Bearer " + secret.encode()))
     else:
@@ -97,23 +102,21 @@ def set_credentials(headers: http.Headers, wire: str, kind: str, auth: str, secr
     headers.fields = tuple(kept)
 
 
-def retarget(request: http.Request, scheme: str, host: str, port: int) -> None:
-    """Point ``request`` at ``scheme://host:port``, updating its Host header (if it has one)
-    and HTTP/2 authority, as mitmproxy's ``host``/``port`` setters do, in one step."""
+def retarget(request: http.Request, scheme: str, host: str, port: int) -> str:
+    """Point ``request`` at ``scheme://host:port`` (and its HTTP/2 authority), as mitmproxy's
+    ``host``/``port`` setters do, in one step; returns the ``Host`` header value for
+    :func:`upstream_headers`."""
     data = request.data
     data.scheme, data.host, data.port = scheme.encode(), host, port
     value = hostport(scheme, host, port)
     if data.authority:
         request.authority = value
-    fields = data.headers.fields
-    if any(f[0].lower() == b"host" for f in fields):
-        encoded = value.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers do
-        data.headers.fields = tuple((f[0], encoded) if f[0].lower() == b"host" else f
-                                    for f in fields)
+    return value
 
 
 _CREDENTIAL_NAMES = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
 _REDACTED_NAMES = frozenset(name.encode() for name in REDACTED_HEADERS)
+_REPLACED_NAMES = _CREDENTIAL_NAMES | {b"host", b"accept-encoding"}
 
 
 def strip_client_credentials(headers: http.Headers) -> None:
