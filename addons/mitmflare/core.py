@@ -29,7 +29,7 @@ log = logging.getLogger("mitmflare")
 ACCOUNTS_SNAPSHOT_S = 5.0  # the `accounts` table is refreshed at most this often
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowContext:
     """What mitmflare knows about one client request while it is in flight.
 
