@@ -1,13 +1,14 @@
-"""Addon, first in the bundle: no request leaves the proxy unless the router finished with it.
+"""Addon, the bundle's first part with flow hooks: no request leaves the proxy unless the
+router finished with it.
 
 Fail closed by default: in ``requestheaders`` (before any ``request`` hook runs) every flow gets
 a placeholder answer, a 500 ``api_error`` in the Anthropic error shape, and is marked unrouted
 (``flow.metadata[ROUTED] = False``). Only the router takes the placeholder away, when it has
 routed the flow or answered it itself. If the router's hook raises, never runs, or is skipped
-(mitmproxy stops calling a script's addons after one of them raises), the placeholder is what
-the client gets (made per flow in ``responseheaders``, naming the flow id), and the flow is
-recorded with the error; mitmproxy never forwards it. The placeholder set in
-``requestheaders`` is one shared object (building a response costs ~50 µs and every flow
+(the bundle, like mitmproxy for a script's addons, calls no further part once one raised), the
+placeholder is what the client gets (made per flow in ``responseheaders``, naming the flow
+id), and the flow is recorded with the error; mitmproxy never forwards it. The placeholder set
+in ``requestheaders`` is one shared object (building a response costs ~50 µs and every flow
 passes this hook); it is sent as it is only if this addon's ``responseheaders`` cannot run.
 """
 
