@@ -3,8 +3,6 @@ a running proxy, and serving clients over TLS with the operator's own certificat
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -18,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Proxy, accounts_yaml, free_port
+from conftest import Proxy, accounts_yaml, free_port, self_signed
 
 MSG = [{"role": "user", "content": "hello"}]
 MODEL = "claude-sonnet-4-6"
@@ -147,34 +145,6 @@ def test_users_commands_apply_to_the_running_proxy_within_2_s(sim, keyed):
     assert all(len(u["key_prefix"]) == 8 for u in listed)
     assert not any(k in json.dumps(listed) for k in [*keys.values(), dave, fresh])
     assert users(p.state, "remove", "nobody").returncode == 1
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """(PEM with key and certificate for localhost/127.0.0.1, PEM of the certificate)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    both, ca = folder / "server.pem", folder / "ca.pem"
-    both.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()) + cert_pem)
-    ca.write_bytes(cert_pem)
-    return both, ca
 
 
 def test_clients_over_tls_with_the_operators_certificate(sim, proxy, tmp_path):

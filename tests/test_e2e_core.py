@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import itertools
 import os
 import stat
@@ -13,12 +11,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from conftest import accounts_yaml, free_port
+from conftest import accounts_yaml, free_port, self_signed
 from mitmflare.pricing import cost_usd
 from mitmflare.simulator import SimulatedUpstream
 
@@ -133,34 +127,13 @@ def test_two_listeners_route_by_reverse_target_over_http_and_tls(sim, proxy):
     assert sim.credentials_seen() == ["sk-ant-api03-AN", "sk-proj-OA", "sk-ant-api03-AN"]
 
 
-def self_signed(folder) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key (PEM files in ``folder``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "upstream.pem", folder / "upstream-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
-
 def test_https_upstream_is_reached_over_verified_tls(proxy, tmp_path):
-    cert, key = self_signed(tmp_path)
+    server_pem, ca = self_signed(tmp_path)
     upstream = SimulatedUpstream(chunk_delay_s=0.0)
-    url = upstream.start(certfile=cert, keyfile=key)
+    url = upstream.start(certfile=str(server_pem))
     try:
         p = proxy(accounts_yaml(url, {"name": "tls", "api_key": "sk-ant-api03-TLS"}),
-                  ssl_verify_upstream_trusted_ca=cert)  # verification stays on
+                  ssl_verify_upstream_trusted_ca=str(ca))  # verification stays on
         client = anthropic.Anthropic(base_url=p.url, api_key=CLIENT_KEY, max_retries=0)
         message = client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG)
         with client.messages.stream(model="claude-sonnet-4-6", max_tokens=5,

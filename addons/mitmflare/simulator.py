@@ -120,17 +120,16 @@ class SimulatedUpstream:
         return [r.credential for r in self.requests if r.path.startswith(path_prefix)]
 
     # -- serving ----------------------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1", port: int = 0, certfile: str | None = None,
-              keyfile: str | None = None) -> str:
+    def start(self, host: str = "127.0.0.1", port: int = 0, certfile: str | None = None) -> str:
         """Serve in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``, or
-        ``https://`` with ``certfile``/``keyfile``, PEM files)."""
+        ``https://`` with ``certfile``, a PEM file with the key and the certificate)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # no Nagle: small SSE events go out at once (accepted sockets inherit this on Linux)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False,
-                                ssl_certfile=certfile, ssl_keyfile=keyfile)
+                                ssl_certfile=certfile)
         self._server = uvicorn.Server(config)
         thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                   daemon=True, name="simulated-upstream")
