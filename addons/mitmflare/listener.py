@@ -23,7 +23,6 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
-from mitmproxy.proxy.mode_specs import ReverseMode
 
 
 class Listener:
@@ -41,8 +40,7 @@ class Listener:
         if nextlayer.layer is not None or len(context.layers) != 1 \
                 or not isinstance(context.layers[0], modes.ReverseProxy):
             return
-        mode = context.client.proxy_mode
-        if not isinstance(mode, ReverseMode) or mode.scheme != "https" \
+        if context.client.proxy_mode.scheme != "https" \
                 or context.client.transport_protocol != "tcp" \
                 or ctx.options.ignore_hosts or ctx.options.allow_hosts \
                 or starts_like_tls_record(nextlayer.data_client()):
