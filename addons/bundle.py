@@ -1,4 +1,4 @@
-"""mitmproxy entry script: ``mitmdump -s addons/bundle.py --mode reverse:https://api.anthropic.com@8080``.
+"""mitmproxy entry script: ``mitmdump -s addons/bundle.py --mode reverse:https://anthropic.mitmflare.invalid@8080``.
 
 Options are listed by ``mitmdump -s addons/bundle.py --options | grep flare_``.
 """

@@ -294,7 +294,7 @@ def main() -> int:
             sets = [f"flare_accounts={tmp / 'accounts.yaml'}", f"flare_db={tmp / name}.db",
                     f"flare_state={tmp / name}-state.db", *options]
             return spawn([str(BIN / "mitmdump"), *quiet, "-s", str(ROOT / "addons" / "bundle.py"),
-                          "--mode", f"reverse:https://api.anthropic.com@127.0.0.1:{port}",
+                          "--mode", f"reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}",
                           *[a for s in sets for a in ("--set", s)]], f"{name}.log")
 
         flare = mitmflare("mitmflare", flare_port)

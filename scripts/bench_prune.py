@@ -61,7 +61,7 @@ def main() -> int:
             f"http://127.0.0.1:{sim_port}}}\n")
         procs.append(subprocess.Popen(
             [str(BIN / "mitmdump"), "-q", "-s", str(ROOT / "addons" / "bundle.py"), "--mode",
-             f"reverse:https://api.anthropic.com@127.0.0.1:{port}", "--set",
+             f"reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}", "--set",
              f"flare_accounts={tmp / 'accounts.yaml'}", "--set", f"flare_db={db}", "--set",
              f"flare_state={tmp / 'state.db'}"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))

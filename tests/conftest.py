@@ -64,7 +64,7 @@ class Proxy:
         self.log = tmp / "proxy.log"
         self.port = free_port()
         self.accounts.write_text(textwrap.dedent(accounts_yaml))
-        modes = modes or ["reverse:https://api.anthropic.com@127.0.0.1:{port}"]
+        modes = modes or ["reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}"]
         self.modes = [m.format(port=self.port) for m in modes]
         self.options = {"flare_accounts": str(self.accounts), "flare_db": str(self.db),
                         "flare_state": str(self.state), "flare_retry_delay_ms": "50",

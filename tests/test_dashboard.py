@@ -32,7 +32,7 @@ def filled_db(sim_server, tmp_path_factory) -> Path:
     (folder / "oa").mkdir()
     p = Proxy(folder, yaml_text, {}, None)
     oa_proxy = Proxy(folder / "oa", yaml_text, {"flare_db": str(p.db), "flare_state": str(p.state)},
-                     ["reverse:https://api.openai.com@127.0.0.1:{port}"])
+                     ["reverse:https://openai.mitmflare.invalid@127.0.0.1:{port}"])
     try:
         p.start()
         claude = anthropic.Anthropic(base_url=p.url, api_key="c", max_retries=2,

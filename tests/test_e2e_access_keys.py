@@ -45,8 +45,8 @@ def keyed(sim_server, tmp_path_factory) -> Iterator[tuple[Proxy, int, dict[str, 
                          {"name": "oa", "provider": "openai", "api_key": OPENAI_KEY})
     p = Proxy(folder, yaml, {"flare_require_access_keys": "true",
                              "save_stream_file": str(folder / "flows.mitm")},
-              ["reverse:https://api.anthropic.com@127.0.0.1:{port}",
-               f"reverse:https://api.openai.com@127.0.0.1:{openai_port}"])
+              ["reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}",
+               f"reverse:https://openai.mitmflare.invalid@127.0.0.1:{openai_port}"])
     keys = {"alice": new_key(p.state, "alice"),
             "bob": new_key(p.state, "bob", "--daily-cap", "0.0001"),
             "carol": new_key(p.state, "carol", "--models", "claude-haiku-*",

@@ -82,7 +82,7 @@ def test_streamed_chunks_arrive_as_sent_and_usage_is_recorded(sim, proxy):
 
 def test_openai_chat_and_responses_streaming_and_json(sim, proxy):
     yaml = accounts_yaml(sim.url, {"name": "oa", "provider": "openai", "api_key": "sk-proj-OA"})
-    p = proxy(yaml, modes=["reverse:https://api.openai.com@127.0.0.1:{port}"])
+    p = proxy(yaml, modes=["reverse:https://openai.mitmflare.invalid@127.0.0.1:{port}"])
     client = openai.OpenAI(base_url=f"{p.url}/v1", api_key="sk-client",
                            max_retries=0)
     sim.script("sk-proj-OA", {"usage": {"input_tokens": 40, "cache_read_input_tokens": 60,
@@ -115,8 +115,8 @@ def test_two_listeners_route_by_reverse_target_over_http_and_tls(sim, proxy):
     oa_port = free_port()
     yaml = accounts_yaml(sim.url, {"name": "an", "api_key": "sk-ant-api03-AN"},
                          {"name": "oa", "provider": "openai", "api_key": "sk-proj-OA"})
-    p = proxy(yaml, modes=["reverse:https://api.anthropic.com@127.0.0.1:{port}",
-                           f"reverse:https://api.openai.com@127.0.0.1:{oa_port}"])
+    p = proxy(yaml, modes=["reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}",
+                           f"reverse:https://openai.mitmflare.invalid@127.0.0.1:{oa_port}"])
     # /v1/models exists on both APIs: the listener decides
     httpx.get(f"{p.url}/v1/models", headers={"x-api-key": CLIENT_KEY})
     httpx.get(f"http://127.0.0.1:{oa_port}/v1/models", headers={"authorization": "Bearer x"})

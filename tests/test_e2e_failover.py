@@ -168,7 +168,7 @@ def test_client_errors_are_returned_untouched(sim, proxy, status):
 def test_openai_insufficient_quota_benches_account(sim, proxy):
     yaml = accounts_yaml(sim.url, {"name": "oa1", "provider": "openai", "api_key": "sk-1"},
                          {"name": "oa2", "provider": "openai", "api_key": "sk-2"})
-    p = proxy(yaml, modes=["reverse:https://api.openai.com@127.0.0.1:{port}"])
+    p = proxy(yaml, modes=["reverse:https://openai.mitmflare.invalid@127.0.0.1:{port}"])
     sim.script("sk-1", {"status": 429, "body": {"error": {
         "message": "You exceeded your current quota", "type": "insufficient_quota",
         "param": None, "code": "insufficient_quota"}}})
@@ -256,7 +256,7 @@ def test_streamed_failover_answer_is_a_retryable_overloaded_error(sim, proxy):
 def test_openai_sdk_streamed_windowless_429_retry_goes_elsewhere(sim, proxy):
     yaml = accounts_yaml(sim.url, {"name": "oa1", "provider": "openai", "api_key": "sk-1"},
                          {"name": "oa2", "provider": "openai", "api_key": "sk-2", "priority": 1})
-    p = proxy(yaml, modes=["reverse:https://api.openai.com@127.0.0.1:{port}"])
+    p = proxy(yaml, modes=["reverse:https://openai.mitmflare.invalid@127.0.0.1:{port}"])
     sim.script("sk-1", {"status": 429})
     oa = openai.OpenAI(base_url=p.url + "/v1", api_key="sk-client", max_retries=2)
     chunks = list(oa.chat.completions.create(model="gpt-4o", messages=MSG, stream=True))

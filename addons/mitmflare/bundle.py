@@ -8,27 +8,37 @@ one object dispatching to them in a fixed order does not. The parts stay addon c
 (``load``/``configure``/hooks) and can be loaded one by one (the in-process tests do). Once
 running, the bundle moves the objects made at startup out of the garbage collector's sight
 (:func:`gc.freeze`), which keeps full collections short.
+
+Fail closed at start: ``flare_*`` values given on the command line are deferred by mitmproxy
+until the script has added its options; if one cannot be applied (a value given twice, a bad
+value), mitmproxy drops the error and leaves the script unconfigured (its issue #8013). The
+bundle applies them itself in ``load`` and, on an error, logs it (mitmdump and mitmweb then
+exit at startup with status 1) and serves nothing but a 503 to every request meanwhile.
 """
 
 from __future__ import annotations
 
 import gc
 import inspect
+import logging
 
-from mitmproxy import hooks, http
+from mitmproxy import exceptions, hooks, http
 from mitmproxy.proxy import layer
 
 from .access import AccessKeys
 from .account_health import AccountHealth
 from .accounts_file import AccountsFile
 from .core import Core
-from .guard import Guard
+from .guard import Guard, Refusal
 from .listener import Listener
 from .log_format import LogFormat
 from .operations import Operations
 from .recorder import Recorder
 from .refresher import TokenRefresher
 from .router import Router
+from .timeouts import Timeouts
+
+log = logging.getLogger("mitmflare")
 
 LIFECYCLE = ("load", "configure", "running", "done")
 SYNC_HOOKS = ("requestheaders", "responseheaders", "error", "next_layer")
@@ -38,11 +48,12 @@ ASYNC_HOOKS = ("request", "response")
 def make_addons() -> list[object]:
     """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
     log format, accounts, access keys, token refresh, account health (budgets, window start),
-    operations (``/health``, probes, commands), routing/failover, then recording."""
+    operations (``/health``, probes, commands), routing/failover, recording, then the
+    per-attempt timeouts (after the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
             TokenRefresher(core), AccountHealth(core), Operations(core), Router(core),
-            Recorder(core)]
+            Recorder(core), Timeouts(core)]
 
 
 class Bundle:
@@ -61,7 +72,12 @@ class Bundle:
             for name in (*LIFECYCLE, *SYNC_HOOKS):
                 if inspect.iscoroutinefunction(getattr(part, name, None)):
                     raise TypeError(f"{type(part).__name__}.{name} must not be async")
+        self.refusal: str | None = None  # why the bundle serves no request (see the module)
+        self._dispatch(parts)
+
+    def _dispatch(self, parts: list[object]) -> None:
         # parts by hook; the method is looked up at each call (a patched method takes effect)
+        handled = {*LIFECYCLE, *SYNC_HOOKS, *ASYNC_HOOKS}
         self._parts = {name: [p for p in parts if hasattr(p, name)] for name in handled}
 
     def _call(self, name: str, *args) -> None:
@@ -79,12 +95,20 @@ class Bundle:
         self._call("load", loader)
         for part in self.parts:  # mitmproxy collects commands only from addons it visits
             loader.master.commands.collect_commands(part)
+        self.refusal = apply_deferred(loader.master.options)
+        if self.refusal is not None:
+            log.error("mitmflare cannot start: %s. Nothing will be routed; fix the command line "
+                      "(each --set flare_… once, with a valid value).", self.refusal)
+            self._dispatch([p for p in self.parts if isinstance(p, Listener)]
+                           + [Refusal(self.refusal)])
 
     def configure(self, updated: set[str]) -> None:
         self._call("configure", updated)
 
     def running(self) -> None:
         self._call("running")
+        if self.refusal is not None:
+            return
         # What startup made lives as long as the process: out of the collector's sight, a full
         # collection scans only what came later (measured: a 43 ms pause becomes < 7 ms).
         gc.collect()
@@ -111,3 +135,18 @@ class Bundle:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._call("error", flow)
+
+
+def apply_deferred(options) -> str | None:
+    """Apply the option values mitmproxy deferred until now (``--set flare_…`` given before the
+    script added its options) and return the error text if that fails, else None. On an error
+    the ``flare_*`` values are dropped from the deferred set (mitmproxy would otherwise fail on
+    them again, silently), so every ``flare_*`` option keeps its default: the caller must not
+    serve with them."""
+    try:
+        options.process_deferred()
+    except exceptions.OptionsError as exc:
+        for name in [n for n in options.deferred if n.startswith("flare_")]:
+            del options.deferred[name]
+        return str(exc)
+    return None

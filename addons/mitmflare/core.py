@@ -27,6 +27,7 @@ from .writer import DatabaseWriter
 log = logging.getLogger("mitmflare")
 
 ACCOUNTS_SNAPSHOT_S = 5.0  # the `accounts` table is refreshed at most this often
+OUTLIER_ERRORS = 3  # transient errors in a row, of unknown cause, that cool an account
 
 
 @dataclass(slots=True)
@@ -74,6 +75,15 @@ class FlowContext:
     row_id: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    # transient upstream errors of this request, not yet charged to their accounts (see
+    # .failover): charged when the request then succeeds elsewhere, counted toward the outlier
+    # threshold when it ends without, never when the error followed it to a second account
+    transient_errors: list[tuple[Account, Verdict]] = field(default_factory=list)
+    had_transient: bool = False     # a transient error, here or before the client's retry
+    request_fault: bool = False     # the same kind of error followed the request: its fault
+    attempt_mono: float = 0.0       # monotonic s: when the current attempt was sent
+    last_byte_mono: float = 0.0     # monotonic s: the streamed answer's latest piece
+    timed_out: str | None = None    # which limit of .timeouts ended the attempt
 
     def __post_init__(self) -> None:
         self.row_id = self.row_id or self.flow_id
@@ -100,6 +110,8 @@ class Core:
         self._accounts_dirty = True
         self._accounts_written = 0.0
         self.burn = BurnTracker()  # utilization history per account and window (forecasts)
+        # per-attempt limits, s: connect, headers, stream headers, stream idle (see .timeouts)
+        self.timeouts: tuple[int, int, int, int] = (10, 600, 60, 60)
 
     # -- credentials ------------------------------------------------------------------------
     def secret(self, account: Account) -> str | None:
@@ -248,10 +260,25 @@ class Core:
         """A good answer: the exponential cooldowns (account, and the model's) start again
         from their base."""
         st = account.state
+        st.consecutive_errors = 0
         model_backoff = st.model_backoff_s.pop(model, None) if model else None
         if st.backoff_s or model_backoff:
             st.backoff_s = 0.0
             self.persist(account)
+
+    def count_error(self, account: Account, verdict: Verdict, model: str | None,
+                    limits: Limits | None, now: float) -> None:
+        """A transient upstream error (5xx, 529, 408, a dropped connection) that is not known
+        to be the account's: the request did not go on to succeed elsewhere. It counts toward
+        the account's outlier threshold (as Envoy's outlier detection counts consecutive 5xx);
+        the account cools down as ``verdict`` says only at the ``OUTLIER_ERRORS``-th such error
+        in a row with no good answer between. An error that followed the request to another
+        account is the request's fault and is never counted (see :mod:`.failover`)."""
+        st = account.state
+        st.consecutive_errors += 1
+        if st.consecutive_errors >= OUTLIER_ERRORS:
+            st.consecutive_errors = 0
+            self.apply(account, verdict, model, limits, now)
 
     def apply(self, account: Account, verdict: Verdict, model: str | None, limits: Limits | None,
               now: float) -> None:

@@ -85,7 +85,14 @@ class Failover:
     # -- the loop ---------------------------------------------------------------------------
     async def handle(self, flow: http.HTTPFlow, fc: FlowContext, route: Route) -> Verdict:
         """Judge the answer in ``flow.response`` and fail over as needed; leaves the answer for
-        the client in ``flow.response``. Returns the verdict on the last upstream answer."""
+        the client in ``flow.response``. Returns the verdict on the last upstream answer.
+
+        A transient error (529, 5xx, 408) is retried once on the same account, then on another
+        one. If the request then succeeds elsewhere, the first account is charged (it cools
+        down); if a second account fails it the same way, the error follows the request: it is
+        the request's fault, the client gets the answer and no account is charged; otherwise
+        (nothing else to try) the error counts toward the account's outlier threshold
+        (:meth:`.core.Core.count_error`)."""
         verdict = self._judge(flow, fc)
         retries = 0
         while verdict.action in (FAILOVER, TRANSIENT):
@@ -100,7 +107,13 @@ class Failover:
                 continue
             same = verdict.action == TRANSIENT and not fc.same_account_retried
             if not same:
-                self.core.apply(account, verdict, fc.model, fc.limits, now)
+                if verdict.action == TRANSIENT:
+                    if fc.transient_errors or fc.had_transient:
+                        self._request_fault(flow, fc)
+                        break
+                    fc.transient_errors.append((account, verdict))
+                else:
+                    self.core.apply(account, verdict, fc.model, fc.limits, now)
                 fc.excluded.add(account.name)
             if retries >= self.attempts:
                 self._give_up(flow, fc)
@@ -123,10 +136,33 @@ class Failover:
             fc.failover = True
             await self._send(flow, fc)
             verdict = self._judge(flow, fc)
+        self._charge_transient(fc, proven=verdict.action == OK)
         if verdict.action == OK:
             self._after_stream(fc)
         self._comment(flow, fc)
         return verdict
+
+    def _charge_transient(self, fc: FlowContext, proven: bool) -> None:
+        """Charge the request's transient errors to their accounts (see :meth:`handle`)."""
+        errors, fc.transient_errors = fc.transient_errors, []
+        fc.had_transient = fc.had_transient or bool(errors)
+        if fc.request_fault:
+            return
+        now = time.time()
+        for account, verdict in errors:
+            if proven:
+                self.core.apply(account, verdict, fc.model, None, now)
+            else:
+                self.core.count_error(account, verdict, fc.model, None, now)
+
+    def _request_fault(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """A second account failed the request as the first did: hand the answer to the
+        client, tell it not to retry, charge no account."""
+        fc.request_fault = True
+        fc.notes.append("the same error followed the request to a second account: the "
+                        "request's fault, no account charged")
+        flow.response.headers["x-mitmflare-error"] = "request_fault"
+        self._give_up(flow, fc)
 
     def _after_stream(self, fc: FlowContext) -> None:
         """A 200 whose stream carried an error event: nothing can be retried once bytes went
@@ -176,9 +212,12 @@ class Failover:
         headers = [(k, v) for k, v in request.headers.items(multi=True)
                    if k.lower() not in HOP_HEADERS]
         fc.limits = None
+        connect, answer, stream_answer, idle = self.core.timeouts
+        wait = max(stream_answer, idle) if fc.stream else answer
         try:
             up = await self.client.request(request.method, request.url, headers=headers,
-                                           content=request.raw_content or b"")
+                                           content=request.raw_content or b"",
+                                           timeout=httpx.Timeout(wait, connect=connect))
         except httpx.HTTPError as exc:
             log.warning("failover to %s: %s", fc.account.name, exc)
             flow.response = error_response(fc.provider, 502, "unavailable",

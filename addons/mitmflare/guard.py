@@ -60,6 +60,23 @@ class Guard:
         flow.response = _not_routed(flow.id)
 
 
+class Refusal:
+    """Stands in for every part of the bundle when its options could not be applied (see
+    :mod:`.bundle`): each request is answered with a 503 ``api_error`` (Anthropic shape) that
+    says why, before any other hook runs; nothing is sent upstream or recorded."""
+
+    def __init__(self, reason: str) -> None:
+        self.answer = error_response(None, 503, "unavailable",
+                                     f"mitmflare is not configured ({reason}); nothing is "
+                                     f"routed until the proxy is started again with valid "
+                                     f"options.")
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        strip_client_credentials(flow.request.headers)
+        flow.metadata[ROUTED] = True
+        flow.response = self.answer.copy()
+
+
 def _not_routed(flow_id: str) -> http.Response:
     return error_response(None, 500, "internal", f"mitmflare did not route this request; it was "
                           f"not sent upstream. Flow id {flow_id} (see the proxy's log).")

@@ -1,8 +1,18 @@
 """Addon: what mitmflare changes in mitmproxy's proxy core, because it never uses the
-listener's reverse target (``--mode reverse:https://api.anthropic.com@8080`` only names the
-format its clients speak): every request goes to its account's upstream, over a connection
-mitmproxy's HTTP layer opens for that address itself (with TLS when the account's URL is
-``https``).
+listener's reverse target (``--mode reverse:https://anthropic.mitmflare.invalid@8080`` only
+names the format its clients speak): every request goes to its account's upstream, over a
+connection mitmproxy's HTTP layer opens for that address itself (with TLS when the account's
+URL is ``https``).
+
+* Reverse targets that cannot be reached: a listener whose target is a real host would
+  forward raw requests (with the client's credentials, unrecorded) whenever mitmflare is not
+  running in it: the script failed to load or was reloaded broken, or mitmproxy dropped its
+  options (mitmproxy issue #8013). The documented targets are names under the ``.invalid``
+  top-level domain, which never resolves (RFC 6761, section 6.4): without mitmflare such a
+  listener answers 502 and sends nothing anywhere. A reverse target on any other host is
+  rewritten to the ``.invalid`` name of its client format (``api.anthropic.com`` →
+  ``anthropic.mitmflare.invalid``; hosts of no known format → ``mitmflare.invalid``, the format
+  then follows the path), with a warning, so old command lines keep working and are safe too.
 
 * ``connection_strategy=lazy``: no connection to the reverse target is opened up front (a
   health check or a re-routed request would otherwise open one first).
@@ -18,15 +28,30 @@ mitmproxy's HTTP layer opens for that address itself (with TLS when the account'
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from mitmproxy import ctx
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+from mitmproxy.utils import asyncio_utils
+
+from .providers import ANTHROPIC_TARGET, KNOWN_HOSTS, OPENAI_TARGET
+
+log = logging.getLogger("mitmflare")
+
+UNREACHABLE = ".invalid"  # RFC 6761: never resolves
 
 
 class Listener:
     """Sets the proxy-core options above and picks the layer under a reverse listener."""
+
+    def __init__(self) -> None:
+        self._rewritten = False
+        self._servers_task: asyncio.Task | None = None
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
@@ -34,6 +59,26 @@ class Listener:
             o.connection_strategy = "lazy"
         if "onboarding" in o and o.onboarding:
             o.onboarding = False
+        if "mode" in updated and "mode" in o:
+            safe = [unreachable_mode(spec) for spec in o.mode]
+            if safe != list(o.mode):
+                for old, new in zip(o.mode, safe, strict=True):
+                    if old != new:
+                        log.warning("listener %s: its reverse target is a real host, which a "
+                                    "listener without mitmflare would forward raw requests to; "
+                                    "serving it as %s (mitmflare never uses the target)", old, new)
+                o.mode = safe
+                self._rewritten = True
+
+    def running(self) -> None:
+        # mitmproxy may have set up its servers from the old modes while the script was still
+        # loading (scripts load from a task): set them up again from the rewritten ones.
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if self._rewritten and proxyserver is not None:
+            self._servers_task = asyncio_utils.create_task(
+                proxyserver.setup_servers(), name="mitmflare: listeners with unreachable targets",
+                keep_ref=True)
+            self._rewritten = False
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         context = nextlayer.context
@@ -46,3 +91,21 @@ class Listener:
                 or starts_like_tls_record(nextlayer.data_client()):
             return
         nextlayer.layer = HttpLayer(context, HTTPMode.transparent)
+
+
+def unreachable_mode(spec: str) -> str:
+    """``spec`` (a ``--mode`` value) with a reverse target that cannot be reached: unchanged
+    when it is not a reverse mode or its host is already under ``.invalid``; else the same
+    listener and scheme with the ``.invalid`` host of its client format (see the module
+    docstring). Raises nothing: a spec mitmproxy cannot parse is returned as it is (mitmproxy
+    reports it)."""
+    try:
+        mode = ProxyMode.parse(spec)
+    except ValueError:
+        return spec
+    if not isinstance(mode, ReverseMode) or mode.address[0].endswith(UNREACHABLE):
+        return spec
+    host = {"anthropic": ANTHROPIC_TARGET, "openai": OPENAI_TARGET}.get(
+        KNOWN_HOSTS.get(mode.address[0], ""), "mitmflare" + UNREACHABLE)
+    listen = spec[len("reverse:") + len(mode.data):]  # "" or "@host:port" / "@port"
+    return f"reverse:{mode.scheme}://{host}{listen}"

@@ -63,6 +63,7 @@ class AccountState:
     window_started_for: float = 0.0  # the 5h reset (epoch s) a window start was sent after
     window_started_at: float = 0.0   # when that request was sent (epoch s)
     last_date: tuple[str | None, float] = (None, 0.0)  # upstream Date header, local epoch s
+    consecutive_errors: int = 0  # transient upstream errors since its last good answer
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
@@ -78,6 +79,7 @@ class AccountState:
         no model cooldowns or backoffs (``flare.resume``, ``mitmflare accounts reset``)."""
         self.cooldown_until, self.cooldown_reason, self.backoff_s = 0.0, "", 0.0
         self.benched, self.benched_reason, self.needs_reauth = False, "", False
+        self.constrained_until, self.consecutive_errors = 0.0, 0
         self.model_cooldowns.clear()
         self.model_backoff_s.clear()
         self.model_reasons.clear()

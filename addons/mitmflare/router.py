@@ -13,9 +13,10 @@ import logging
 import time
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy import flow as mitmproxy_flow
 
 from .access import presented_key
-from .classify import TRANSIENT_COOLDOWN_S, Verdict
+from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
 from .guard import ROUTED, take_placeholder
@@ -52,7 +53,7 @@ class Router:
         self.core = core
         self.failover = Failover(core)
         self._ticker: asyncio.Task | None = None
-        self._retry_exclusions: dict[bytes, tuple[set[str], float]] = {}
+        self._retry_exclusions: dict[bytes, tuple[set[str], float, bool]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -119,6 +120,11 @@ class Router:
                          replay=replay)
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
         self.core.flows[flow.id] = fc
+        unfit = unfit_request(request)
+        if unfit is not None:  # answered here: never sent, so never charged to an account
+            status, fc.error = unfit
+            flow.response = error_response(provider, status, "invalid_request", fc.error)
+            return
         access = self.core.access
         user, refusal = access.authenticate(presented) if access else (None, None)
         fc.user = user.name if user else None
@@ -142,7 +148,7 @@ class Router:
                                            refusal.message, extra)
             return
         fc.user_agent = header(request.headers, b"user-agent")
-        fc.excluded = self._excluded_for_retry(flow)
+        fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
             flow.response = self.failover.no_account_response(fc)
@@ -209,6 +215,7 @@ class Router:
                          cfg.auth_style, secret, fc.converted)
         fc.account = account
         fc.attempt_started = now
+        fc.attempt_mono = time.monotonic()
         account.state.in_flight += 1
         account.state.requests += 1
         account.state.last_used = now
@@ -244,12 +251,22 @@ class Router:
         if fc is None or fc.account is None:
             return
         redact_credentials(flow.request.headers, fc.account.name)
-        if flow.response is None and fc.ttfb is None and not _client_left(flow):
-            # The upstream could not be reached or dropped the connection before answering.
+        if fc.timed_out:  # the row says which limit (see .timeouts)
+            flow.error = mitmproxy_flow.Error(f"{fc.timed_out}: mitmflare closed the upstream "
+                                              f"connection")
+        elif flow.response is None and fc.ttfb is None \
+                and not _client_left(flow):
             now = time.time()
-            verdict = Verdict("transient", "connect_error",
-                              cooldown_until=now + TRANSIENT_COOLDOWN_S)
-            self.core.apply(fc.account, verdict, fc.model, None, now)
+            server = flow.server_conn
+            if server.error or server.timestamp_tcp_setup is None:
+                # The upstream could not be reached: the account's (its address, its network).
+                self.core.apply(fc.account, Verdict(TRANSIENT, "connect_error",
+                                                    cooldown_until=now + TRANSIENT_COOLDOWN_S),
+                                fc.model, None, now)
+            else:  # it dropped the connection before answering: maybe the request's doing
+                self.core.count_error(fc.account, Verdict(
+                    TRANSIENT, "upstream_closed", cooldown_until=now + TRANSIENT_COOLDOWN_S),
+                    fc.model, None, now)
         self._release(fc)
 
     @staticmethod
@@ -270,16 +287,18 @@ class Router:
         if usable <= tried:  # nothing left to steer to: the retry starts over on every account
             self._retry_exclusions.pop(_digest(flow), None)
             return
-        self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S)
+        self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S, fc.had_transient)
 
-    def _excluded_for_retry(self, flow: http.HTTPFlow) -> set[str]:
+    def _excluded_for_retry(self, flow: http.HTTPFlow) -> tuple[set[str], bool]:
+        """(accounts the client's earlier try of this request failed on, whether one of those
+        failures was a transient error) for a client's own retry, else (empty, False)."""
         if not self._retry_exclusions:
-            return set()
+            return set(), False
         count = flow.request.headers.get(RETRY_COUNT_HEADER, "0")
         if count in ("", "0"):
-            return set()
-        tried, expires = self._retry_exclusions.get(_digest(flow), (set(), 0.0))
-        return set(tried) if expires > time.time() else set()
+            return set(), False
+        tried, expires, transient = self._retry_exclusions.get(_digest(flow), (set(), 0.0, False))
+        return (set(tried), transient) if expires > time.time() else (set(), False)
 
     # -- periodic work ----------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -320,6 +339,27 @@ def _set_body(request: http.Request, fc: FlowContext) -> None:
                                      separators=(",", ":")).encode()
     elif request.raw_content is not fc.raw_body:
         request.raw_content = fc.raw_body
+
+
+API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
+"""Methods the Anthropic and OpenAI APIs use (``upstream-apis.md``); others are refused here."""
+
+
+def unfit_request(request: http.Request) -> tuple[int, str] | None:
+    """(status, message) when ``request`` cannot be an API request and is answered locally,
+    before any account is chosen, else None: a method the APIs do not use (e.g. ``PRI``, the
+    HTTP/2 connection preface sent to an HTTP/1 listener, or ``CONNECT``/``TRACE``) → 405;
+    a target that is not a path (``*``, absolute- or authority-form) or a protocol upgrade
+    (``Upgrade: h2c``, WebSocket) → 400. The point: nothing a client sends may reach an
+    upstream in a form that makes the proxy fail there and blame the account."""
+    if request.method not in API_METHODS:
+        return 405, f"mitmflare: method {request.method[:20]!r} is not used by the API"
+    if not request.path.startswith("/") or (request.authority and not request.is_http2):
+        return 400, "mitmflare: the request target must be a path (origin form)"
+    if "upgrade" in request.headers or request.http_version not in ("HTTP/1.1", "HTTP/1.0",
+                                                                    "HTTP/2.0"):
+        return 400, "mitmflare: protocol upgrades and other HTTP versions are not supported"
+    return None
 
 
 def _digest(flow: http.HTTPFlow) -> bytes:

@@ -10,7 +10,8 @@ Each request's credential (``x-api-key`` or ``Authorization: Bearer``) selects a
 scripted answers (:meth:`SimulatedUpstream.script`); with none queued it answers successfully.
 A scripted answer is a dict: ``status``, ``headers``, ``body`` (JSON error body),
 ``usage`` (Anthropic-style token counts for a success), ``error_event`` (an SSE error sent
-after the first text delta), ``delay_s`` (before answering).
+after the first text delta), ``delay_s`` (before answering), ``stall_after`` (silent for an hour
+after that many SSE events).
 
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
@@ -273,7 +274,8 @@ class SimulatedUpstream:
             await _send_json(send, 200, {"input_tokens": usage["input_tokens"]}, headers)
         elif path.startswith("/v1/messages"):
             if stream:
-                await self._stream(send, headers, _anthropic_events(model, usage, answer))
+                await self._stream(send, headers, _anthropic_events(model, usage, answer),
+                                   answer.get("stall_after"))
             else:
                 await _send_json(send, 200, _anthropic_message(model, usage), headers)
         elif path.startswith("/v1/chat/completions"):
@@ -327,11 +329,16 @@ class SimulatedUpstream:
                     "anthropic-ratelimit-tokens-reset": reset}
         return {}
 
-    async def _stream(self, send, headers: dict[str, str], events: list[bytes]) -> None:
+    async def _stream(self, send, headers: dict[str, str], events: list[bytes],
+                      stall_after: int | None = None) -> None:
+        """Send ``events`` as an SSE answer; with ``stall_after`` (a scripted answer's key),
+        fall silent for an hour after that many events (a hung upstream, for timeouts)."""
         await send({"type": "http.response.start", "status": 200,
                     "headers": _headers({"content-type": "text/event-stream",
                                          "cache-control": "no-cache", **headers})})
         for i, event in enumerate(events):
+            if i == stall_after:
+                await asyncio.sleep(3600)
             if i and self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
             await send({"type": "http.response.body", "body": event, "more_body": True})

@@ -111,7 +111,7 @@ def run(ctx: typer.Context,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
     py = str(BIN / "python")
-    modes = [f"reverse:https://api.anthropic.com@{host}:{port}"]
+    modes = [f"reverse:https://anthropic.mitmflare.invalid@{host}:{port}"]
     try:
         if demo_mode:
             Path(".demo").mkdir(exist_ok=True)
@@ -121,7 +121,7 @@ def run(ctx: typer.Context,
             spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
                    "40", "--chaos", "0.08", "--windows"], ".demo/simulator.log")
             demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
-            modes.append(f"reverse:https://api.openai.com@{host}:{port + 10}")
+            modes.append(f"reverse:https://openai.mitmflare.invalid@{host}:{port + 10}")
             typer.echo(f"Demo: a simulated upstream on 127.0.0.1:{sim_port} answers 8 % of "
                        f"requests with a rate-limit or overload error on purpose, so you can "
                        f"watch failover.", err=True)

@@ -12,7 +12,11 @@ from mitmproxy import http
 from mitmproxy.net.http.url import hostport
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-KNOWN_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
+ANTHROPIC_TARGET = "anthropic.mitmflare.invalid"  # the documented listeners' reverse targets
+OPENAI_TARGET = "openai.mitmflare.invalid"        # (see .listener: never resolvable)
+KNOWN_HOSTS = {ANTHROPIC_TARGET: "anthropic", OPENAI_TARGET: "openai",
+               "api.anthropic.com": "anthropic", "api.openai.com": "openai"}
+"""Reverse-target host -> the client format its listener takes."""
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings",
                 "/v1/models")
 OAUTH_BETA = "oauth-2025-04-20"  # required in anthropic-beta with an OAuth bearer token
