@@ -21,8 +21,9 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+from collections.abc import Sequence
 
-from mitmproxy import exceptions, hooks, http
+from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.proxy import layer
 
 from .access import AccessKeys
@@ -73,6 +74,7 @@ class Bundle:
                 if inspect.iscoroutinefunction(getattr(part, name, None)):
                     raise TypeError(f"{type(part).__name__}.{name} must not be async")
         self.refusal: str | None = None  # why the bundle serves no request (see the module)
+        self.choices: dict[str, Sequence[str]] = {}  # option -> its allowed values
         self._dispatch(parts)
 
     def _dispatch(self, parts: list[object]) -> None:
@@ -92,7 +94,7 @@ class Bundle:
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self, loader) -> None:
-        self._call("load", loader)
+        self._call("load", _ChoiceRecorder(loader, self.choices))
         for part in self.parts:  # mitmproxy collects commands only from addons it visits
             loader.master.commands.collect_commands(part)
         self.refusal = apply_deferred(loader.master.options)
@@ -103,6 +105,13 @@ class Bundle:
                            + [Refusal(self.refusal)])
 
     def configure(self, updated: set[str]) -> None:
+        # mitmproxy checks an option's choices only when its own command line parser reads it
+        # (not for a script's deferred --set, nor for :set in mitmweb): checked here
+        for name in updated & self.choices.keys():
+            value = getattr(ctx.options, name)
+            if value not in self.choices[name]:
+                raise exceptions.OptionsError(f"{name}={value!r}: choose one of "
+                                              f"{', '.join(self.choices[name])}")
         self._call("configure", updated)
 
     def running(self) -> None:
@@ -135,6 +144,22 @@ class Bundle:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._call("error", flow)
+
+
+class _ChoiceRecorder:
+    """The loader the parts see: mitmproxy's, noting each option's ``choices``."""
+
+    def __init__(self, loader, choices: dict[str, Sequence[str]]) -> None:
+        self.loader, self.choices, self.master = loader, choices, loader.master
+
+    def add_option(self, name: str, typespec: type, default, help: str,
+                   choices: Sequence[str] | None = None) -> None:
+        if choices:
+            self.choices[name] = choices
+        self.loader.add_option(name, typespec, default, help, choices)
+
+    def add_command(self, path: str, func) -> None:
+        self.loader.add_command(path, func)
 
 
 def apply_deferred(options) -> str | None:

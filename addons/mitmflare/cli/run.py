@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,11 +23,11 @@ import typer
 
 from .. import dashboard, demo
 from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
+from . import startup
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 LOOPBACK = ("127.", "localhost", "::1")
-KEYS_ON = ("flare_require_access_keys=true", "flare_require_access_keys=1")
 
 ENVIRONMENT = """\
 Environment (also read from a .env file in the working directory):
@@ -45,6 +44,13 @@ Environment (also read from a .env file in the working directory):
                             created on first run)
   MITMFLARE_DB              analytics database (mitmflare.db)
   MITMFLARE_STATE           secrets and state (mitmflare-state.db)"""
+
+
+def _client_host(host: str) -> str:
+    """The address to reach a listener bound to ``host`` from this machine."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _env_int(name: str, default: int) -> int:
@@ -70,13 +76,17 @@ def run(ctx: typer.Context,
 
     Example: mitmflare run --web --set flare_strategy=round-robin
     """
-    passthrough = list(ctx.args)
+    try:
+        own_sets, passthrough = startup.merge_sets({}, list(ctx.args))
+    except ValueError as exc:
+        typer.echo(f"refusing to start: {exc}", err=True)
+        raise typer.Exit(1) from None
     host = os.environ.get("MITMFLARE_HOST") or "127.0.0.1"
     port = _env_int("MITMFLARE_PORT", 8080)
     ds_port = _env_int("MITMFLARE_DASHBOARD_PORT", 8001)
     web_port = _env_int("MITMFLARE_WEB_PORT", 8081)
     sim_port = _env_int("MITMFLARE_SIM_PORT", 9099)
-    keys = any(arg.endswith(KEYS_ON) for arg in passthrough)
+    keys = own_sets.get("flare_require_access_keys") in ("true", "1")
 
     ports = [f"proxy (MITMFLARE_PORT)={port}", f"dashboard (MITMFLARE_DASHBOARD_PORT)={ds_port}"]
     if web:
@@ -157,13 +167,18 @@ def run(ctx: typer.Context,
                    "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1"}
         if demo_mode:
             options["flare_request_log"] = "true"
+        options.update(own_sets)  # the user's --set wins, and each option goes once
         args = [str(BIN / tool[0]), *tool[1:], "-s", str(ROOT / "addons" / "bundle.py")]
         for mode in modes:
             args += ["--mode", mode]
         for key, value in options.items():
             args += ["--set", f"{key}={value}"]
         proxy = spawn(args + passthrough)
-        time.sleep(3)
+        not_ready = startup.wait_ready(f"http://{_client_host(host)}:{port}", proxy)
+        if not_ready is not None:
+            typer.echo(f"mitmflare did not start: {not_ready}. Stopping everything.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"Ready: the proxy answers on http://{host}:{port}", err=True)
         if dash.poll() is not None:
             typer.echo(f"The dashboard stopped: see {ds_log}", err=True)
         code = proxy.wait()
