@@ -117,7 +117,7 @@ def test_one_claude_session_fails_over_from_max_to_zai_to_openrouter(sim, proxy)
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_w1", "content": "sunny, 21 C"}
     assert sent[-2]["tool_calls"][0]["id"] == "call_w1"
 
-    rows = [r for r in p.wait_rows(4) if r["status"] == 200]
+    rows = p.wait_rows(4, "select * from requests where status = 200 order by started_at")
     assert [(r["account"], r["provider"], r["model"], r["upstream_model"]) for r in rows] == [
         ("max", "anthropic", "claude-sonnet-4-6", "claude-sonnet-4-6"),
         ("zai", "zai", "claude-sonnet-4-6", "glm-4.6"),

@@ -60,6 +60,7 @@ class FlowContext:
     attempt_started: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it was not tried
     tap: UsageTap | None = None
     stream_copy: bytearray | None = None
     ttfb: float | None = None

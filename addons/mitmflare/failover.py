@@ -29,7 +29,7 @@ from mitmproxy import ctx, http
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
 from .option_types import decimal
-from .pool import AVAILABLE, COOLING_DOWN, Account
+from .pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from .providers import error_response
 from .ratelimits import parse_limits
 from .times import iso_utc
@@ -266,50 +266,53 @@ class Failover:
             headers.pop("retry-after-ms", None)
 
     def no_account_response(self, fc: FlowContext) -> http.Response:
-        """The answer when no account can take the request (provider's error shape).
+        """The answer when no account can take the request (provider's error shape). The
+        message names each account's reason; the status fits the reasons:
 
-        * Some account is usable but this request already tried it and got a retryable
-          failure (e.g. a 429 without any limit header): 429 ``rate_limit_error`` with a short
-          ``retry-after`` and ``x-should-retry: true``; the retry tries every account again.
-        * Otherwise, some account is cooling down: 429 with ``retry-after`` = time until the
-          soonest is free, ``x-should-retry: false``.
-        * Otherwise (paused, needs login, benched, none configured): 503 ``api_error``; no
-          account can serve the requested model at all: 404 naming it."""
+        * No account of the format (or the compatibility route's family) is configured, or
+          none can serve the model: 404 ``not_found_error`` naming it (a client's or an
+          operator's mistake, not worth a retry).
+        * Every account that is not paused, benched or logged out is held only by rate limits
+          (a limit's cooldown, a model limit, or it refused this request for now): 429
+          ``rate_limit_error`` with ``retry-after`` = time until the soonest is free (a short
+          one and ``x-should-retry: true`` when a retry may go to an account this request
+          already tried).
+        * Otherwise some account is out for an outage (unreachable, timed out, 5xx, its token
+          could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
+          back at a known time; none at all (paused, needs login, benched): 503 without."""
         now = time.time()
         accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible)
                     if fc.family is None or a.in_family(fc.family)]
         if not accounts:
             where = f"{fc.family} " if fc.family else ""
-            return error_response(fc.provider, 503, "unavailable",
+            return error_response(fc.provider, 404, "not_found",
                                   f"mitmflare: no {where}account for {fc.provider} requests "
-                                  f"is configured")
+                                  f"is configured (model {fc.model!r})")
         accounts = [a for a in accounts if a.serves(fc.model)]
         if not accounts:
             return error_response(fc.provider, 404, "not_found",
                                   f"mitmflare: no account serves model {fc.model!r}")
-        tried = [a for a in accounts if a.name in fc.excluded and a.status(now) == AVAILABLE
-                 and _free_at(a, fc.model, now) <= now]
-        if tried:
-            names = ", ".join(a.name for a in tried)
-            return error_response(
-                fc.provider, 429, "rate_limit",
-                f"mitmflare: every usable {fc.provider} account ({names}) was tried for this "
-                f"request and refused it for now; retry in {RETRY_SOON_S} s",
-                {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"})
-        frees = [(_free_at(a, fc.model, now), a) for a in accounts
-                 if a.status(now) in (AVAILABLE, COOLING_DOWN)]
-        frees = [(t, a) for t, a in frees if t > now]
-        if frees:
-            at, account = min(frees, key=lambda x: x[0])
-            wait = max(1, math.ceil(at - now))
-            return error_response(
-                fc.provider, 429, "rate_limit",
-                f"mitmflare: all {len(accounts)} {fc.provider} accounts are rate limited; "
-                f"{account.name} is free again in {wait} s (at {iso_utc(at)})",
-                {"retry-after": str(wait)})
-        states = ", ".join(f"{a.name} ({a.status(now)})" for a in accounts)
+        held = [_held(a, fc, now) for a in accounts]
+        reasons = "; ".join(f"{a.name} ({why})" for a, (_, why, _) in zip(accounts, held,
+                                                                          strict=True))
+        waits = [(at, limit, a) for a, (at, _, limit) in zip(accounts, held, strict=True)
+                 if at is not None]
+        soonest, _, first = min(waits, key=lambda w: w[0], default=(None, False, None))
+        headers, then = {}, ""
+        if soonest is not None and first is not None:
+            wait = max(1, math.ceil(soonest - now))
+            headers = {"retry-after": str(wait)}
+            then = f"; {first.name} is free again in {wait} s (at {iso_utc(soonest)})"
+        if waits and all(limit for _, limit, _ in waits):
+            if soonest is not None and soonest <= now:  # refused only for now: retry anew
+                headers = {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"}
+                then = f"; retry in {RETRY_SOON_S} s"
+            return error_response(fc.provider, 429, "rate_limit",
+                                  f"mitmflare: every {fc.provider} account is rate limited "
+                                  f"({reasons}){then}", headers)
         return error_response(fc.provider, 503, "unavailable",
-                              f"mitmflare: no usable {fc.provider} account: {states}")
+                              f"mitmflare: no {fc.provider} account can serve now "
+                              f"({reasons}){then}", headers)
 
     def _comment(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
         """The flow's comment, shown in mitmweb's flow list: ``[account] tried …; skipped …``
@@ -332,3 +335,35 @@ def _free_at(account: Account, model: str | None, now: float) -> float:
     if model:
         at = max(at, account.state.model_cooldowns.get(model, 0.0))
     return at if at > now else now
+
+
+OUTAGE_PREFIXES = ("http_", "connect_", "upstream_", "stream_overloaded", "refresh_failed",
+                   "no_credential")
+"""Cooldown reasons that mean an outage, not a rate limit (see :mod:`.classify`)."""
+
+
+def _held(account: Account, fc: FlowContext, now: float) -> tuple[float | None, str, bool]:
+    """Why ``account`` cannot take ``fc``'s request now: (epoch s it can again, or None when
+    unknown or never by itself; the reason in words; True when a rate limit holds it)."""
+    status = account.status(now)
+    if status == PAUSED:
+        return None, "paused", False
+    if status == NEEDS_REAUTH:
+        return None, f"needs a new login (mitmflare accounts login {account.name})", False
+    if status == BENCHED:
+        return None, f"benched: {account.state.benched_reason}", False
+    if status == OVER_BUDGET:
+        return account.state.over_budget_until, "over its budget", False
+    free = _free_at(account, fc.model, now)
+    if free > now:
+        st = account.state
+        reason = st.cooldown_reason if st.cooldown_until >= free else \
+            st.model_reasons.get(fc.model or "", "model limit")
+        return free, f"cooling down until {iso_utc(free)} ({reason})", \
+            not reason.startswith(OUTAGE_PREFIXES)
+    skipped = fc.skipped.get(account.name)
+    if skipped:
+        return None, skipped, False
+    if account.name in fc.excluded:
+        return now, "refused this request for now", True
+    return None, "not usable", False

@@ -186,11 +186,14 @@ class Router:
             if core.oauth and core.oauth.needs_refresh(account, time.time()) \
                     and not await core.oauth.refresh(account):
                 fc.excluded.add(account.name)
+                fc.skipped[account.name] = "refresh_failed: its OAuth token could not be " \
+                                           "refreshed (see the proxy's log)"
                 account = None
                 continue
             secret = core.secret(account)
             if secret is None:
                 fc.excluded.add(account.name)
+                fc.skipped[account.name] = "no_credential: it has no credential in force"
                 account = None
                 continue
             self._apply(flow, fc, account, secret)
