@@ -88,3 +88,32 @@ def test_mitmweb_as_inspector_options_stream_copy_replay_and_commands(sim, proxy
     why = web.post("/commands/flare.why", json={"arguments": ["claude-sonnet-4-6"]}).json()
     assert any(line.startswith("key-a") and "yes:" in line for line in why["value"])
     assert any(line.startswith("key-b") and "not next" in line for line in why["value"])
+
+
+def test_replay_of_a_keyed_request_is_served_as_its_user(sim, proxy):
+    from test_e2e_access_keys import new_key
+
+    web_port = free_port()
+    yaml = accounts_yaml(sim.url, {"name": "key-a", "api_key": "sk-ant-api03-SECRET-A"})
+    p = proxy(yaml, tool="mitmweb", web_port=web_port, web_host="127.0.0.1",
+              web_open_browser="false", web_password="test-password",
+              flare_require_access_keys="true")
+    key = new_key(p.state, "alice")
+    deadline = time.time() + 10
+    while "accounts" not in httpx.get(p.url + "/health", headers={"x-api-key": key}).json():
+        assert time.time() < deadline  # the proxy reads new users within 2 s
+        time.sleep(0.2)
+    client = anthropic.Anthropic(base_url=p.url, api_key=key, max_retries=0)
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=5,
+                           messages=[{"role": "user", "content": "hi"}])
+    (row,) = p.wait_rows(1)
+    web = httpx.Client(base_url=f"http://127.0.0.1:{web_port}",
+                       headers={"authorization": "Bearer test-password"})
+    token = "5f" * 16
+    web.cookies.set("_mitmproxy_xsrf", token, domain="127.0.0.1")
+    web.headers["x-xsrftoken"] = token
+    assert web.post(f"/flows/{row['id']}/replay").status_code == 200
+    rows = p.wait_rows(2)
+    assert [(r["replay"], r["status"], r["user"]) for r in rows] == [(0, 200, "alice"),
+                                                                     (1, 200, "alice")]
+    assert sim.credentials_seen() == ["sk-ant-api03-SECRET-A"] * 2

@@ -43,6 +43,7 @@ TICK_S = 1.0
 RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
 RETRY_COUNT_HEADER = "x-stainless-retry-count"
 CLIENT_PATH = "mitmflare.path"            # flow.metadata: the client's own path (for replays)
+USER = "mitmflare.user"                   # flow.metadata: the user its access key named
 REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay must use
 
 
@@ -127,6 +128,10 @@ class Router:
             return
         access = self.core.access
         user, refusal = access.authenticate(presented) if access else (None, None)
+        if replay and refusal is not None:  # its key was removed when it was first sent
+            user, refusal = self._replayed_user(flow, user, refusal)
+        if user is not None and refusal is None:
+            flow.metadata[USER] = user.name
         fc.user = user.name if user else None
         if refusal is None and provider is None:
             fc.error = "no provider serves this path"
@@ -152,6 +157,15 @@ class Router:
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
             flow.response = self.failover.no_account_response(fc)
+
+    def _replayed_user(self, flow: http.HTTPFlow, user, refusal):
+        """A replay (mitmweb, ``flare.replay``) is authorised as the user of the original
+        request, if that user still exists and is enabled; else the refusal stands."""
+        name = flow.metadata.get(USER)
+        prior = next((u for u in self.core.users.values() if u.name == name), None)
+        if prior is None or prior.disabled:
+            return user, refusal
+        return prior, None
 
     def _internal_error(self, flow: http.HTTPFlow, exc: Exception) -> None:
         """Answer a flow whose routing raised: 500 ``api_error`` in the provider's shape, the
