@@ -76,6 +76,8 @@ class AccountConfig(BaseModel):
     family (``opus``/``sonnet``/``haiku``) → upstream model; with a mapping the account serves
     only models it can map, unless ``default_model`` is set. ``budget_usd``: see
     :class:`Budget`; an account over it is skipped until the day or month ends.
+    ``sticky``: conversations stay on it while their prompt cache lives (see
+    :mod:`.cache_affinity`); pay-as-you-go accounts may turn it off.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,6 +95,7 @@ class AccountConfig(BaseModel):
     models: dict[str, str] | None = None
     default_model: str | None = None
     budget_usd: Budget | None = None
+    sticky: bool = True  # keep conversations here while their prompt cache lives
 
     @field_validator("provider")
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .cache_affinity import CacheAffinity, CacheContext
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
 from .oauth import OAuthManager, TokenSet
 from .pool import AVAILABLE, Account, AccountPool
@@ -82,6 +83,7 @@ class FlowContext:
     transient_errors: list[tuple[Account, Verdict]] = field(default_factory=list)
     had_transient: bool = False     # a transient error, here or before the client's retry
     request_fault: bool = False     # the same kind of error followed the request: its fault
+    cache: CacheContext = field(default_factory=CacheContext)  # its prompt cache's history
     attempt_mono: float = 0.0       # monotonic s: when the current attempt was sent
     last_byte_mono: float = 0.0     # monotonic s: the streamed answer's latest piece
     timed_out: str | None = None    # which limit of .timeouts ended the attempt
@@ -111,6 +113,7 @@ class Core:
         self._accounts_dirty = True
         self._accounts_written = 0.0
         self.burn = BurnTracker()  # utilization history per account and window (forecasts)
+        self.affinity = CacheAffinity()  # conversations' prompt caches, by account
         # per-attempt limits, s: connect, headers, stream headers, stream idle (see .timeouts)
         self.timeouts: tuple[int, int, int, int] = (10, 600, 60, 60)
 
@@ -235,11 +238,13 @@ class Core:
 
     def choose(self, fc: FlowContext) -> Account | None:
         """The account for the request in ``fc`` now, by ``strategy``; None if none is usable."""
-        return self.selector.choose(self.pool, fc.provider, self.strategy, time.time(),
+        now = time.time()
+        return self.selector.choose(self.pool, fc.provider, self.strategy, now,
                                     session_hours=self.session_hours,
                                     client_session=fc.client_session, model=fc.model,
                                     exclude=fc.excluded, convertible=fc.convertible,
-                                    family=fc.family)
+                                    family=fc.family,
+                                    warm=self.affinity.warm(fc.cache.conversation, now))
 
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:

@@ -16,6 +16,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy import flow as mitmproxy_flow
 
 from .access import presented_key
+from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover
@@ -142,6 +143,10 @@ class Router:
             info = inspect_request(provider, request)
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
             fc.body, fc.raw_body = info.body, request.raw_content or b""
+            ttl = cache_ttl(fc.body) if provider == ANTHROPIC else 0.0  # cache_control
+            if ttl:
+                fc.cache = self.core.affinity.context(
+                    conversation_key(fc.client_session, fc.body), ttl, fc.started)
             fc.convertible = provider == ANTHROPIC and path == "/v1/messages"
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
@@ -255,6 +260,9 @@ class Router:
         if fc is None or fc.account is None:
             return
         verdict = await self.failover.handle(flow, fc, self.route)
+        if verdict is not None and verdict.action == "ok" and fc.account is not None:
+            self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
+                                      time.time())
         if fc.converted and flow.response is not None and not flow.response.stream:
             answer_to_anthropic(flow.response, fc.upstream_model or fc.model or "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:

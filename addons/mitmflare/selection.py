@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from .pool import Account, AccountPool
 
@@ -35,18 +35,27 @@ class Selector:
     def choose(self, pool: AccountPool, provider: str, strategy: str, now: float, *,
                session_hours: float, client_session: str | None = None,
                model: str | None = None, exclude: Collection[str] = (),
-               convertible: bool = False, family: str | None = None) -> Account | None:
+               convertible: bool = False, family: str | None = None,
+               warm: Sequence[str] = ()) -> Account | None:
         """The account for one request at ``now`` (epoch s), or None when none is usable.
 
         ``provider``: the client's format (``anthropic``/``openai``); ``convertible``: an
         Anthropic Messages request that OpenAI-format accounts may serve converted;
-        ``family``: the compatibility route's model prefix, limiting the candidates."""
+        ``family``: the compatibility route's model prefix, limiting the candidates;
+        ``warm``: accounts where the request's conversation has a live prompt cache, best
+        first (:mod:`.cache_affinity`): the first of them that can serve is chosen, whatever
+        the strategy, unless it opted out (``sticky: false``)."""
         candidates = [a for a in pool.available(provider, now, convertible)
                       if a.name not in exclude and a.serves(model)
                       and (family is None or a.in_family(family))
                       and not _model_cooling(a, model, now)]
         if not candidates:
             return None
+        if warm:
+            usable = {a.name: a for a in candidates if a.config.sticky}
+            for name in warm:
+                if name in usable:
+                    return usable[name]
         ranked = sorted(candidates, key=lambda a: (_rank(a, now), a.order))
         best = _rank(ranked[0], now)
         tier = [a for a in ranked if _rank(a, now) == best]

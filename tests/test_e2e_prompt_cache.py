@@ -1,0 +1,45 @@
+"""End to end: a conversation stays on the account where its prompt cache lives, under any
+strategy, and moves only when that account cannot serve."""
+
+from __future__ import annotations
+
+import httpx
+
+from conftest import accounts_yaml
+
+KEYS = ["sk-ant-api03-PC-A", "sk-ant-api03-PC-B", "sk-ant-api03-PC-C"]
+
+
+def turn_body(n: int) -> dict:
+    messages = []
+    for i in range(n):
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"step {i}"}]})
+        messages.append({"role": "assistant", "content": f"done {i}"})
+    messages.append({"role": "user", "content": [{"type": "text", "text": f"step {n}",
+                                                  "cache_control": {"type": "ephemeral"}}]})
+    return {"model": "claude-sonnet-4-6", "max_tokens": 5, "system": "you code",
+            "messages": messages}
+
+
+def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(sim, proxy):
+    p = proxy(accounts_yaml(sim.url, *({"name": f"k{i}", "api_key": key}
+                                       for i, key in enumerate(KEYS))),
+              flare_strategy="round-robin")
+    session = {"x-claude-code-session-id": "conv-1", "x-api-key": "client"}
+    for n in range(4):
+        assert httpx.post(p.url + "/v1/messages", json=turn_body(n), headers=session,
+                          timeout=30).status_code == 200
+    first = sim.credentials_seen()
+    assert len(set(first)) == 1  # four turns, one account (round-robin would rotate)
+    # requests without cache_control are not held: round-robin rotates them
+    for _ in range(3):
+        httpx.post(p.url + "/v1/messages", json={"model": "claude-sonnet-4-6", "max_tokens": 5,
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    assert len(set(sim.credentials_seen()[4:])) == 3
+    # its account hits a limit: the conversation moves once, then stays
+    sim.script(first[0], {"status": 429, "headers": {"retry-after": "600"}})
+    for n in range(4, 7):
+        assert httpx.post(p.url + "/v1/messages", json=turn_body(n), headers=session,
+                          timeout=30).status_code == 200
+    moved = sim.credentials_seen()[7:]
+    assert moved[0] == first[0] and len(set(moved[1:])) == 1 and moved[1] != first[0]
