@@ -292,3 +292,26 @@ def test_account_near_its_limit_is_used_only_when_nothing_better_is_free(sim, pr
     assert sim.credentials_seen() == [A, B]
     limits = p.wait_rows(1, "select limits from accounts where name='key-a' and limits is not null")
     assert '"utilization": 0.97' in limits[0]["limits"]
+
+
+def test_a_short_all_cooling_gap_is_held_instead_of_answered_429(sim, proxy):
+    p = proxy(two_keys(sim))
+    sim.script(A, {"status": 429, "headers": {"retry-after": "3"}})
+    sim.script(B, {"status": 429, "headers": {"retry-after": "2"}})
+    started = time.monotonic()
+    message = ask(p)
+    waited = time.monotonic() - started
+    assert message.content and 1.5 < waited < 6
+    assert sim.credentials_seen() == [A, B, B]  # held until key-b's 2 s were over
+    (row,) = p.wait_rows(1)
+    assert row["status"] == 200 and row["account"] == "key-b"
+
+
+def test_a_long_all_cooling_gap_is_answered_at_once_without_a_retry(sim, proxy):
+    p = proxy(two_keys(sim), flare_queue_s="1")
+    sim.script(A, {"status": 429, "headers": {"retry-after": "3"}})
+    sim.script(B, {"status": 429, "headers": {"retry-after": "2"}})
+    response = httpx.post(p.url + "/v1/messages", json={"model": MODEL, "max_tokens": 5,
+                                                        "messages": MSG})
+    assert response.status_code == 429 and response.headers["x-should-retry"] == "false"
+    assert response.headers["retry-after"] in ("2", "3")

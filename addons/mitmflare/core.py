@@ -104,6 +104,7 @@ class Core:
         self.session_hours = 5.0
         self.headroom = 0.95
         self.max_cooldown_s = 6 * 3600.0
+        self.queue_s = 10.0  # hold a request this long (s) for a cooling account (flare_queue_s)
         self.config_errors: list[str] = []  # why the accounts file (or entries) were rejected
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None

@@ -329,7 +329,7 @@ class Failover:
         flow.comment = text
 
 
-def _free_at(account: Account, model: str | None, now: float) -> float:
+def free_at(account: Account, model: str | None, now: float) -> float:
     """When ``account`` can take a request for ``model`` again (epoch s; ``now`` if it can)."""
     at = account.state.cooldown_until
     if model:
@@ -354,7 +354,7 @@ def _held(account: Account, fc: FlowContext, now: float) -> tuple[float | None, 
         return None, f"benched: {account.state.benched_reason}", False
     if status == OVER_BUDGET:
         return account.state.over_budget_until, "over its budget", False
-    free = _free_at(account, fc.model, now)
+    free = free_at(account, fc.model, now)
     if free > now:
         st = account.state
         reason = st.cooldown_reason if st.cooldown_until >= free else \

@@ -19,10 +19,10 @@ from .access import presented_key
 from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
-from .failover import Failover
+from .failover import Failover, free_at
 from .guard import ROUTED, take_placeholder
 from .option_types import decimal
-from .pool import Account
+from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import (
     detect_route,
     error_response,
@@ -41,6 +41,7 @@ from .wire import header
 log = logging.getLogger("mitmflare")
 
 TICK_S = 1.0
+QUEUE_MARGIN_S = 0.05  # after a cooldown ends, before the held request is sent
 RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
 RETRY_COUNT_HEADER = "x-stainless-retry-count"
 CLIENT_PATH = "mitmflare.path"            # flow.metadata: the client's own path (for replays)
@@ -68,6 +69,10 @@ class Router:
         loader.add_option("flare_headroom", str, "0.95",
                           "Utilization (a decimal number in (0, 1]) at which an account counts "
                           "as near its limit and is chosen only when nothing better is free.")
+        loader.add_option("flare_queue_s", int, 10,
+                          "When every account is cooling down and one is free again within "
+                          "this many seconds of a request's arrival, hold the request until "
+                          "then instead of answering 429 (0: never hold).")
         loader.add_option("flare_max_cooldown_s", int, 6 * 3600,
                           "Upper bound (s) for a cooldown taken from rate-limit headers.")
         self.failover.load(loader)
@@ -80,6 +85,9 @@ class Router:
         self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
         self.core.strategy = o.flare_strategy
         self.core.max_cooldown_s = float(o.flare_max_cooldown_s)
+        if o.flare_queue_s < 0:
+            raise exceptions.OptionsError("flare_queue_s must be >= 0")
+        self.core.queue_s = float(o.flare_queue_s)
         self.failover.configure(updated)
 
     def running(self) -> None:
@@ -195,13 +203,19 @@ class Router:
                     ) -> bool:
         """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
         credentials, refreshing an OAuth token that is about to expire first. Returns False
-        when no account is usable. Waits only for a token refresh."""
+        when no account is usable. Waits for a token refresh, and, when every account that
+        could serve is cooling down and the soonest is free again within ``flare_queue_s`` of
+        the request's arrival, until then (instead of answering 429)."""
         core = self.core
         while True:
             if account is None:
                 account = core.choose(fc)
                 if account is None:
-                    return False
+                    wait = self._queue_wait(fc)
+                    if wait is None:
+                        return False
+                    await asyncio.sleep(wait)
+                    continue
             if core.oauth and core.oauth.needs_refresh(account, time.time()) \
                     and not await core.oauth.refresh(account):
                 fc.excluded.add(account.name)
@@ -217,6 +231,25 @@ class Router:
                 continue
             self._apply(flow, fc, account, secret)
             return True
+
+    def _queue_wait(self, fc: FlowContext) -> float | None:
+        """Seconds to hold ``fc``'s request until the soonest cooling account that could
+        serve it is free (one it already failed on for a rate limit counts, and is tried
+        again), or None when none is free again before ``flare_queue_s`` after the request
+        came."""
+        now = time.time()
+        deadline = fc.started + self.core.queue_s
+        frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
+                    fc.provider, fc.convertible)
+                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
+                 and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
+        frees = [(at, a) for at, a in frees if now < at <= deadline]
+        if not frees:
+            return None
+        at, account = min(frees, key=lambda f: f[0])
+        fc.excluded.discard(account.name)
+        fc.notes.append(f"held {at - now:.1f} s for {account.name} (all cooling down)")
+        return at - now + QUEUE_MARGIN_S
 
     def _apply(self, flow: http.HTTPFlow, fc: FlowContext, account: Account, secret: str) -> None:
         now = time.time()
