@@ -102,10 +102,19 @@ def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):
     assert events[-1]["account"] == "key-a"
 
 
+def asked_and_recorded(p) -> None:
+    """Send one request and wait for its own row and its hourly total (not any earlier one)."""
+    mine = "select count(*) as n from requests where account = 'key-a'"
+    rolled = "select coalesce(sum(requests), 0) as n from usage_hourly where account = 'key-a'"
+    before = p.query(mine)[0]["n"] if p.query(mine) else 0
+    ask(p)
+    wait_for(lambda: p.query(mine) and p.query(mine)[0]["n"] == before + 1
+             and p.query(rolled)[0]["n"] == before + 1)
+
+
 def test_accounts_list_shows_requests_and_cost_today(running):
     p = running
-    ask(p)
-    wait_for(lambda: p.query("select 1 from usage_hourly where account = 'key-a'"))
+    asked_and_recorded(p)
     total = p.query("select count(*) as n, sum(cost_usd) as c from requests "
                     "where account = 'key-a'")[0]
     row = json.loads(cli(p, "accounts", "list", "--json").output)[0]
@@ -117,8 +126,8 @@ def test_accounts_list_shows_requests_and_cost_today(running):
 
 def test_stats_match_the_rows_by_account_and_model(running):
     p = running
-    ask(p)
-    rows = p.wait_rows(1, "select * from requests")
+    asked_and_recorded(p)
+    rows = p.query("select * from requests")
     by_account = {r["group"]: r for r in json.loads(cli(p, "stats", "--json").output)}
     mine = [r for r in rows if r["account"] == "key-a"]
     assert by_account["key-a"]["requests"] == len(mine)

@@ -54,7 +54,7 @@ def test_a_dead_writer_process_is_replaced_and_the_batch_sent_again(tmp_path, ca
     first = writer._proc
     first.kill()
     first.wait(10)
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         writer.put("request", request_row(1))
         assert writer.flush(60)
     assert writer._proc is not first and "starting another" in caplog.text
@@ -75,3 +75,18 @@ def test_proxy_killed_with_sigkill_loses_no_handed_over_row(sim, proxy):
     p.proc.wait(10)
     rows = p.wait_rows(30, timeout=15)  # the orphaned child finishes the job
     assert all(r["account"] == "key-a" and r["cost_usd"] for r in rows)
+
+
+def test_a_batch_sent_twice_adds_each_request_once(tmp_path):
+    from mitmflare.writer import DatabaseWriter
+    writer = DatabaseWriter(str(tmp_path / "a.db"), str(tmp_path / "s.db"))
+    writer.start()
+    assert writer.ready.wait(10)
+    for _ in range(2):  # as a replaced writer process gets the frames not yet confirmed
+        writer.put_frame([("request", request_row(0)), ("request", request_row(1))])
+        assert writer.flush()
+    writer.stop()
+    conn = sqlite3.connect(tmp_path / "a.db")
+    assert ids(tmp_path / "a.db") == ["r0", "r1"]
+    assert conn.execute("select sum(requests) from usage_hourly").fetchone()[0] == 2
+    assert writer.write_errors == writer.rows_lost == 0

@@ -92,9 +92,12 @@ class Operations:
 
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
-        ``degraded``), version, strategy, account counts in total and per provider, the
-        accounts file's rejected entries, the database writer's lost rows, and the analytics
-        database's size and its WAL's (bytes, refreshed every 10 s)."""
+        ``degraded``, also when the writer is not ``ok``), version, strategy, account counts in
+        total and per provider, the accounts file's rejected entries, the database writer's
+        state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
+        written since start) and ``write_errors`` (all items not written), and the analytics
+        database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
+        found deleted and created again."""
         now = time.time()
         accounts = list(self.core.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
@@ -114,9 +117,14 @@ class Operations:
             body["config_error"] = "; ".join(self.core.config_errors)
             body["config_errors"] = self.core.config_errors
         writer = self.core.writer
+        body["writer"] = writer.state if writer else "down"
+        body["rows_lost"] = writer.rows_lost if writer else 0
         body["write_errors"] = writer.write_errors if writer else 0
         if writer is not None:  # sizes measured by the writer process (no file I/O here)
-            body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes}
+            body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes,
+                                "recreated": writer.recreated}
+        if body["writer"] != "ok":
+            body["status"] = "degraded"
         return body
 
     @command.command("flare.accounts")
