@@ -10,12 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     MITMFLARE_STATE=/data/mitmflare-state.db
 
 WORKDIR /app
-COPY pyproject.toml README.md datasette-metadata.yml ./
+COPY pyproject.toml constraints.txt README.md datasette-metadata.yml ./
 COPY addons ./addons
 COPY config/accounts.example.yaml ./config/
 COPY datasette-assets ./datasette-assets
 # editable install: the package keeps finding the bundle, metadata and assets beside it
-RUN pip install -e /app \
+RUN pip install -c /app/constraints.txt -e /app \
     && useradd --create-home --uid 10001 mitmflare \
     && mkdir -p /config /data && chown mitmflare /config /data
 

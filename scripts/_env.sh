@@ -32,12 +32,14 @@ ensure_venv() {
     "$py" -m venv "$VENV"
   fi
   local want
-  want="$(cksum < "$ROOT/pyproject.toml")"
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | cksum)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing mitmflare and its test tools into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
     # (this machine's pip config lists local index folders that may not exist: hide that noise)
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" 2> >(grep -v "is ignored: it is neither" >&2)
+    # the tested versions (constraints.txt); pyproject.toml holds the lowest ones allowed
+    "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[test]" \
+      2> >(grep -v "is ignored: it is neither" >&2)
     echo "$want" > "$stamp"
   fi
 }
