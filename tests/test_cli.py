@@ -86,6 +86,56 @@ def test_accounts_add_edit_and_remove_keep_the_file_and_reach_the_proxy(sim, run
     wait_for(lambda: p.health()["accounts"]["total"] == 1)
 
 
+STYLED = """# team accounts
+accounts:
+  - name: key-a   # the main one
+    provider: anthropic
+    api_key: ${KEY_A_VAR}
+    weight: 2
+    budget_usd:
+        day: 5
+"""
+
+
+def edit(accounts, *args: str, stdin: str | None = None, **env: str):
+    """Run `mitmflare ARGS` on the accounts file ``accounts`` (no proxy needed)."""
+    return CliRunner().invoke(app, [*args], input=stdin, catch_exceptions=False,
+                              env={"MITMFLARE_ACCOUNTS": str(accounts), **env})
+
+
+def test_edits_write_through_a_symlink_and_keep_mode_owner_and_style(tmp_path):
+    real = tmp_path / "secrets" / "accounts.yaml"
+    real.parent.mkdir()
+    real.write_text(STYLED)
+    real.chmod(0o600)
+    if os.geteuid() == 0:
+        os.chown(real, 4321, 4321)
+    link = tmp_path / "config" / "accounts.yaml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    (tmp_path / "config" / ".env").write_text("KEY_A_VAR=sk-a\nKEY_B_VAR=sk-b\n")
+    assert edit(link, "accounts", "set", "key-a", "priority=3", "weight=3").exit_code == 0
+    assert link.is_symlink() and real.stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:
+        assert (real.stat().st_uid, real.stat().st_gid) == (4321, 4321)
+    assert real.read_text() == STYLED.replace("weight: 2", "weight: 3") + "    priority: 3\n"
+    added = edit(link, "accounts", "add", "key-b", "--provider", "anthropic",
+                 "--api-key-env", "KEY_B_VAR")
+    assert added.exit_code == 0, added.output
+    assert real.read_text().endswith("    priority: 3\n  - name: key-b\n    provider: anthropic\n"
+                                      "    api_key: ${KEY_B_VAR}\n    priority: 0\n")
+    assert sorted(p.name for p in real.parent.iterdir()) == ["accounts.yaml"]  # no temp left
+
+
+def test_a_new_accounts_file_is_private(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    assert edit(path, "accounts", "add", "k", "--provider", "anthropic", "--api-key-env",
+                "K", K="sk").exit_code == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == "accounts:\n  - name: k\n    provider: anthropic\n" \
+        "    api_key: ${K}\n    priority: 0\n"
+
+
 def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):
     p = running
     sim.script(KEY_A, {"status": 429, "headers": {"retry-after": "600"}})

@@ -1,11 +1,14 @@
-"""Editing the accounts file from the command line: comments, order and quoting are kept
-(ruamel.yaml round trip) and the file is replaced atomically, so a running proxy never reads
-half a file and picks the change up within 2 s. Secrets are never taken from arguments: the
-callers pass ``${VAR}`` references or values read from stdin.
+"""Editing the accounts file from the command line: comments, order, quoting and the
+indentation of list items are kept (ruamel.yaml round trip, indentation guessed from the
+file), and the file is replaced atomically through a symlink with its mode and owner kept
+(:mod:`.file_replace`), so a running proxy never reads half a file and picks the change up
+within 2 s. Secrets are never taken from arguments: the callers pass ``${VAR}`` references or
+values read from stdin.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +16,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.util import load_yaml_guess_indent
+
+from .file_replace import replace_text
 
 
 class AccountsEditError(Exception):
@@ -22,16 +28,20 @@ class AccountsEditError(Exception):
 def _yaml() -> YAML:
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a long line the user wrote on one
     return yaml
 
 
 @contextmanager
 def editing(path: Path) -> Iterator[list[CommentedMap]]:
     """Yield the file's ``accounts`` list for changes, then write it back atomically (a
-    missing file starts as ``accounts: []``). Nothing is written if the block raises."""
+    missing file starts as ``accounts: []``; a new file gets mode 0600). Nothing is written
+    if the block raises. Raises :class:`AccountsEditError` when the file cannot be read or
+    replaced."""
     yaml = _yaml()
     try:
-        data = yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None
+        text = path.read_text(encoding="utf-8") if path.exists() else "accounts: []\n"
+        data, seq_indent, dash_offset = load_yaml_guess_indent(text)
     except Exception as exc:
         raise AccountsEditError(f"{path} cannot be read as YAML: {exc}") from None
     if data is None:
@@ -41,11 +51,33 @@ def editing(path: Path) -> Iterator[list[CommentedMap]]:
     if data.get("accounts") is None:
         data["accounts"] = []
     yield data["accounts"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    with partial.open("w", encoding="utf-8") as fh:
-        yaml.dump(data, fh)
-    partial.replace(path)
+    if dash_offset is None:  # no list written yet: the style of the shipped example
+        seq_indent, dash_offset = 4, 2
+    yaml.indent(mapping=_mapping_indent(data["accounts"]), sequence=seq_indent,
+                offset=dash_offset)
+    out = io.StringIO()
+    yaml.dump(data, out)
+    try:
+        replace_text(path, out.getvalue())
+    except OSError as exc:
+        raise AccountsEditError(f"{path}: cannot write: {exc}") from None
+
+
+def _mapping_indent(accounts: list[Any]) -> int:
+    """How far the file indents a block mapping inside an entry (``budget_usd:`` then
+    ``day: 5``), from the first one; 2 when there is none."""
+    for entry in accounts:
+        if not isinstance(entry, CommentedMap):
+            continue
+        for key, value in entry.items():
+            if isinstance(value, CommentedMap) and value and not value.fa.flow_style():
+                try:  # entries and keys added by this edit have no position
+                    step = value.lc.key(next(iter(value)))[1] - entry.lc.key(key)[1]
+                except (KeyError, TypeError):
+                    continue
+                if step > 0:
+                    return step
+    return 2
 
 
 def find(accounts: list[CommentedMap], name: str) -> CommentedMap:

@@ -34,7 +34,17 @@ accounts_app = typer.Typer(no_args_is_help=True,
                            help="See, add, change and log in accounts (the YAML file stays "
                                 "the source of truth; a running proxy applies edits in 2 s).")
 
-SETTABLE = {"priority": int, "weight": float, "paused": bool, "base_url": str,
+
+
+def number(text: str) -> int | float:
+    """``2`` as the integer 2 (so the file keeps ``weight: 2``), ``0.5`` as a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+SETTABLE = {"priority": int, "weight": number, "paused": bool, "base_url": str,
             "default_model": str, "provider": str, "auth": str}
 
 
