@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -134,6 +137,61 @@ def test_a_new_accounts_file_is_private(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text() == "accounts:\n  - name: k\n    provider: anthropic\n" \
         "    api_key: ${K}\n    priority: 0\n"
+
+
+def in_terminal(cwd, *args: str, answer: str, **env: str) -> tuple[int, str]:
+    """Run `mitmflare ARGS` as a process whose stdin and stdout are a terminal (a pty), type
+    ``answer``; returns its exit code and everything it printed (the typed answer too)."""
+    main, side = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", "from mitmflare.cli import main; main()",
+                             *args], stdin=side, stdout=side, stderr=side, cwd=cwd,
+                            env={**os.environ, **env})
+    os.close(side)
+    os.write(main, answer.encode())  # the terminal keeps it until the prompt reads it
+    output = b""
+    deadline = time.time() + 30
+    while time.time() < deadline and select.select([main], [], [], deadline - time.time())[0]:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    return proc.wait(timeout=10), output.decode(errors="replace")
+
+
+def test_env_files_are_not_committed():
+    ignored = subprocess.run(["git", "check-ignore", ".env", "config/.env"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == [".env", "config/.env"]
+
+
+def test_remove_offers_to_drop_the_key_variable_no_other_account_uses(tmp_path):
+    path = tmp_path / "config" / "accounts.yaml"
+    path.parent.mkdir()
+    path.write_text("accounts:\n" + "".join(
+        f"  - name: {n}\n    provider: anthropic\n    api_key: ${{{v}}}\n"
+        for n, v in (("a", "ONLY_A"), ("b", "SHARED"), ("c", "SHARED"))))
+    dotenv = path.with_name(".env")
+    dotenv.write_text("ONLY_A=1\nSHARED=2\nOTHER=3\n")
+    dotenv.chmod(0o644)
+    added = edit(path, "accounts", "add", "d", "--provider", "anthropic", "--api-key-stdin",
+                 stdin="sk-d\n")
+    assert added.exit_code == 0 and dotenv.stat().st_mode & 0o777 == 0o600
+    assert dotenv.read_text() == "ONLY_A=1\nSHARED=2\nOTHER=3\nMITMFLARE_KEY_D=sk-d\n"
+    assert edit(path, "accounts", "remove", "b", "--yes").exit_code == 0  # c still uses it
+    kept = edit(path, "accounts", "remove", "a")  # no terminal, no --yes: nothing asked
+    assert kept.exit_code == 0 and "Kept ONLY_A" in kept.output
+    assert dotenv.read_text() == "ONLY_A=1\nSHARED=2\nOTHER=3\nMITMFLARE_KEY_D=sk-d\n"
+    code, shown = in_terminal(tmp_path, "accounts", "remove", "c", answer="y\n",
+                              MITMFLARE_ACCOUNTS=str(path))
+    assert code == 0 and "Remove SHARED (the key only c used)" in shown, shown
+    assert edit(path, "accounts", "remove", "d", "--yes").exit_code == 0
+    assert dotenv.read_text() == "ONLY_A=1\nOTHER=3\n"
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    assert yaml.safe_load(path.read_text()) == {"accounts": []}
 
 
 def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.util import load_yaml_guess_indent
 
+from .config import ENV_REF
 from .file_replace import replace_text
 
 
@@ -99,9 +100,23 @@ def add(path: Path, fields: dict[str, Any]) -> None:
         accounts.append(entry)
 
 
-def remove(path: Path, name: str) -> None:
+def remove(path: Path, name: str) -> list[str]:
+    """Remove the entry called ``name``. Returns the names of the ``${VAR}`` references
+    that only it used (no remaining entry mentions them), sorted."""
     with editing(path) as accounts:
-        accounts.remove(find(accounts, name))
+        gone = find(accounts, name)
+        accounts.remove(gone)
+        still_used = set().union(*(env_refs(entry) for entry in accounts))
+    return sorted(env_refs(gone) - still_used)
+
+
+def env_refs(value: Any) -> set[str]:
+    """Names of the variables that ``${VAR}`` references in ``value`` (nested) name."""
+    if isinstance(value, dict):
+        return set().union(*(env_refs(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(env_refs(v) for v in value))
+    return set(ENV_REF.findall(value)) if isinstance(value, str) else set()
 
 
 def set_fields(path: Path, name: str, fields: dict[str, Any]) -> None:

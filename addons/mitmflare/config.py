@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .providers.presets import PRESETS, Preset, map_model
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(Exception):
@@ -280,7 +280,7 @@ def _expand_env(value: Any, env: Mapping[str, str], dotenv: str,
                     f"the proxy: a running process's environment cannot change", loc)
             return env[var]
 
-        return _ENV_REF.sub(repl, value)
+        return ENV_REF.sub(repl, value)
     return value
 
 

@@ -22,13 +22,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import accounts_edit, oauth, operator_commands
+from .. import accounts_edit, dotenv_edit, oauth, operator_commands
 from ..accounts_edit import AccountsEditError
-from ..config import ConfigError, load_accounts
+from ..config import ConfigError, env_file, load_accounts
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from ..writer import open_state_db
-from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State, canned_sql, fail
+from .options import (
+    ACCOUNTS_DEFAULT,
+    DB_DEFAULT,
+    STATE_DEFAULT,
+    Accounts,
+    Db,
+    Json,
+    State,
+    Yes,
+    canned_sql,
+    fail,
+    interactive,
+)
 
 accounts_app = typer.Typer(no_args_is_help=True,
                            help="See, add, change and log in accounts (the YAML file stays "
@@ -173,7 +185,10 @@ def add(name: str,
         secret = sys.stdin.readline().strip()
         if not secret:
             fail("no key on stdin")
-        _store_env(Path(accounts).with_name(".env"), var, secret)
+        try:
+            dotenv_edit.set_var(Path(env_file(accounts)), var, secret)
+        except OSError as exc:
+            fail(f"cannot store the key: {exc}")
     fields: dict[str, Any] = {"name": name, "provider": provider, "api_key": f"${{{var}}}",
                               "priority": priority}
     for key, value in (("base_url", base_url), ("models", _models(models)),
@@ -184,27 +199,32 @@ def add(name: str,
     typer.echo(f"Added {name} ({provider}) to {accounts}; a running proxy serves it within 2 s.")
 
 
-def _store_env(path: Path, var: str, secret: str) -> None:
-    """Set ``var`` in a dotenv file (created with mode 0600), keeping its other lines."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    lines = [line for line in lines if not line.startswith(f"{var}=")] + [f"{var}={secret}"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 @accounts_app.command("remove")
-def remove(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+def remove(name: str, yes: Yes = False, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
     """Remove an account from the file (its recorded rows stay).
 
-    Example: mitmflare accounts remove old-key
+    When its key is a ${VAR} set in the .env file beside the accounts file and no other
+    account uses VAR, it asks whether to remove VAR from the .env file too (--yes: remove
+    without asking; without a terminal and without --yes it is kept).
+
+    Example: mitmflare accounts remove old-key --yes
     """
     try:
-        accounts_edit.remove(Path(accounts), name)
+        unused = accounts_edit.remove(Path(accounts), name)
     except AccountsEditError as exc:
         fail(exc)
     typer.echo(f"Removed {name}; a running proxy stops using it within 2 s.")
+    dotenv = Path(env_file(accounts))
+    for var in (v for v in unused if dotenv_edit.has_var(dotenv, v)):
+        if yes or (interactive() and typer.confirm(
+                f"Remove {var} (the key only {name} used) from {dotenv}?", default=False)):
+            try:
+                dotenv_edit.remove_var(dotenv, var)
+            except OSError as exc:
+                fail(f"{var} stays in {dotenv}: {exc}")
+            typer.echo(f"Removed {var} from {dotenv}.")
+        else:
+            typer.echo(f"Kept {var} in {dotenv} (no account uses it now; `--yes` removes it).")
 
 
 @accounts_app.command("pause")
