@@ -139,6 +139,36 @@ def test_a_new_accounts_file_is_private(tmp_path):
         "    api_key: ${K}\n    priority: 0\n"
 
 
+def test_a_rejected_edit_writes_nothing_and_suggests_the_value_meant(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    path.write_text(STYLED)
+    dotenv = path.with_name(".env")
+    dotenv.write_text("KEY_A_VAR=sk-a\n")
+    for args, reason in [
+            (("set", "key-a", "provider=anthropc"), "did you mean `anthropic`?"),
+            (("set", "key-a", "auth=barer"), "did you mean `bearer`?"),
+            (("set", "key-a", "prioirty=2"), "did you mean `priority`?"),
+            (("set", "key-a", "paused=ture"), "did you mean `true`?"),
+            (("set", "key-a", "provider=openai-compatible"), "needs base_url"),
+            (("set", "key-a", "base_url=ftp://x"), "must be an http:// or https:// URL"),
+            (("add", "key-b", "--provider", "anthropic", "--api-key-env", "UNSET"),
+             "environment variable UNSET is not set"),
+            (("add", "key-b", "--provider", "anthropc", "--api-key-env", "KEY_A_VAR"),
+             "did you mean `anthropic`?"),
+            (("add", "key b", "--provider", "anthropic", "--api-key-stdin"), "name:"),
+            (("add", "key-c", "--provider", "openai-compatible", "--api-key-stdin"),
+             "needs base_url")]:
+        result = edit(path, "accounts", *args, stdin="sk-new\n")
+        assert result.exit_code == 1 and reason in result.output, (args, result.output)
+        assert result.output.startswith("error:") and "Traceback" not in result.output
+        assert path.read_text() == STYLED, args
+        assert dotenv.read_text() == "KEY_A_VAR=sk-a\n", args
+    broken = STYLED + "  - name: old-broken\n    provider: nope\n    api_key: x\n"
+    path.write_text(broken)  # an entry already left out does not block other edits
+    assert edit(path, "accounts", "set", "key-a", "paused=yes").exit_code == 0
+    assert yaml.safe_load(path.read_text())["accounts"][0]["paused"] is True
+
+
 def in_terminal(cwd, *args: str, answer: str, **env: str) -> tuple[int, str]:
     """Run `mitmflare ARGS` as a process whose stdin and stdout are a terminal (a pty), type
     ``answer``; returns its exit code and everything it printed (the typed answer too)."""

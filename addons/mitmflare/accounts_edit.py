@@ -9,7 +9,7 @@ values read from stdin.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from .config import ENV_REF
+from .config import ENV_REF, ConfigError, account_env, parse_accounts
 from .file_replace import replace_text
 
 
@@ -34,11 +34,20 @@ def _yaml() -> YAML:
 
 
 @contextmanager
-def editing(path: Path) -> Iterator[list[CommentedMap]]:
+def editing(path: Path, name: str | None = None, extra_env: Mapping[str, str] | None = None,
+            before_write: Callable[[], None] | None = None) -> Iterator[list[CommentedMap]]:
     """Yield the file's ``accounts`` list for changes, then write it back atomically (a
-    missing file starts as ``accounts: []``; a new file gets mode 0600). Nothing is written
-    if the block raises. Raises :class:`AccountsEditError` when the file cannot be read or
-    replaced."""
+    missing file starts as ``accounts: []``; a new file gets mode 0600).
+
+    Before writing, the new text is validated as the proxy will read it (``${VAR}`` against
+    the ``.env`` file, the environment and ``extra_env``): the edit is rejected when the
+    proxy could not read the file, when the entry called ``name`` would be left out, or when
+    any entry valid before would be. ``before_write`` runs after validation, just before the
+    file is replaced (e.g. to store the key a new entry refers to).
+
+    Nothing is written if the block or the validation raises. Raises
+    :class:`AccountsEditError` (why; for a rejection the proxy's own messages) when the file
+    cannot be read, validated or replaced."""
     yaml = _yaml()
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else "accounts: []\n"
@@ -58,10 +67,32 @@ def editing(path: Path) -> Iterator[list[CommentedMap]]:
                 offset=dash_offset)
     out = io.StringIO()
     yaml.dump(data, out)
+    _validate(path, text, out.getvalue(), name, extra_env or {})
     try:
+        if before_write:
+            before_write()
         replace_text(path, out.getvalue())
     except OSError as exc:
         raise AccountsEditError(f"{path}: cannot write: {exc}") from None
+
+
+def _validate(path: Path, old: str, new: str, name: str | None,
+              extra_env: Mapping[str, str]) -> None:
+    """Raise :class:`AccountsEditError` when ``new`` would lose an entry (see :func:`editing`)."""
+    env, dotenv = account_env(str(path))
+    env = {**env, **extra_env}
+    try:
+        broken_before = set(parse_accounts(old, str(path), env, dotenv).rejected)
+    except ConfigError:
+        broken_before = set()
+    try:
+        after = parse_accounts(new, f"{path} (as edited)", env, dotenv)
+    except ConfigError as exc:
+        raise AccountsEditError(f"{exc}; nothing written") from None
+    lost = [error for label, error in zip(after.rejected, after.errors, strict=True)
+            if label == name or label not in broken_before]
+    if lost:
+        raise AccountsEditError("; ".join(lost) + "; nothing written")
 
 
 def _mapping_indent(accounts: list[Any]) -> int:
@@ -89,9 +120,11 @@ def find(accounts: list[CommentedMap], name: str) -> CommentedMap:
     raise AccountsEditError(f"no account named {name!r}")
 
 
-def add(path: Path, fields: dict[str, Any]) -> None:
-    """Append an account (``fields`` in the order given). Raises on a duplicate name."""
-    with editing(path) as accounts:
+def add(path: Path, fields: dict[str, Any], extra_env: Mapping[str, str] | None = None,
+        before_write: Callable[[], None] | None = None) -> None:
+    """Append an account (``fields`` in the order given). Raises on a duplicate name and
+    when the proxy would leave it out (see :func:`editing` for the other arguments)."""
+    with editing(path, fields["name"], extra_env, before_write) as accounts:
         if any(isinstance(e, dict) and e.get("name") == fields["name"] for e in accounts):
             raise AccountsEditError(f"an account named {fields['name']!r} already exists")
         entry = CommentedMap()
@@ -120,8 +153,9 @@ def env_refs(value: Any) -> set[str]:
 
 
 def set_fields(path: Path, name: str, fields: dict[str, Any]) -> None:
-    """Set (or, for a None value, delete) fields of one account."""
-    with editing(path) as accounts:
+    """Set (or, for a None value, delete) fields of one account. Raises when there is none
+    or when the proxy would leave it out afterwards."""
+    with editing(path, name) as accounts:
         entry = find(accounts, name)
         for key, value in fields.items():
             if value is None:
@@ -133,7 +167,7 @@ def set_fields(path: Path, name: str, fields: dict[str, Any]) -> None:
 def use_stored_tokens(path: Path, name: str, priority: int | None) -> None:
     """Add ``name`` with ``oauth: {from_state: true}`` (tokens in the state database), or
     switch an existing entry to it."""
-    with editing(path) as accounts:
+    with editing(path, name) as accounts:
         try:
             entry = find(accounts, name)
         except AccountsEditError:

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from .. import accounts_edit, dotenv_edit, oauth, operator_commands
 from ..accounts_edit import AccountsEditError
-from ..config import ConfigError, env_file, load_accounts
+from ..config import AUTH_STYLES, ConfigError, did_you_mean, env_file, load_accounts, one_of
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from ..writer import open_state_db
@@ -48,35 +49,54 @@ accounts_app = typer.Typer(no_args_is_help=True,
 
 
 
-def number(text: str) -> int | float:
-    """``2`` as the integer 2 (so the file keeps ``weight: 2``), ``0.5`` as a float."""
+def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def number(text: str) -> int | float:
+    """``2`` as the integer 2 (so the file keeps ``weight: 2``), ``0.5`` as a float.
+    Raises ``ValueError`` (why) for anything else."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
         return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
 
 
-SETTABLE = {"priority": int, "weight": number, "paused": bool, "base_url": str,
-            "default_model": str, "provider": str, "auth": str}
+def _flag(text: str) -> bool:
+    """``true``/``yes``/``1`` or ``false``/``no``/``0`` (any case); else ``ValueError``."""
+    word = text.lower()
+    if word in ("true", "yes", "1", "false", "no", "0"):
+        return word in ("true", "yes", "1")
+    raise ValueError(one_of(word, ("true", "false")))
+
+
+def _choice(choices) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(one_of(text, choices))
+        return text
+    return parse
+
+
+SETTABLE: dict[str, Callable[[str], Any]] = {
+    "priority": _integer, "weight": number, "paused": _flag, "base_url": str,
+    "default_model": str, "provider": _choice(PRESETS), "auth": _choice(AUTH_STYLES)}
 
 
 def _edit(accounts: str, action, *args) -> None:
+    """Run an :mod:`.accounts_edit` edit; exit 1 with the reason (nothing written) when it
+    is rejected."""
     try:
         action(Path(accounts), *args)
     except AccountsEditError as exc:
         fail(exc)
-    _check(accounts, args[0] if isinstance(args[0], str) else args[0]["name"])
-
-
-def _check(accounts: str, name: str) -> None:
-    """Validate the file as the proxy will; exit 1 when the edited entry is rejected."""
-    try:
-        loaded = load_accounts(accounts)
-    except ConfigError as exc:
-        fail(f"the proxy cannot read {accounts}: {exc}")
-    mine = [e for e in loaded.errors if f"account {name}:" in e]
-    if mine:
-        fail("; ".join(mine))
 
 
 def _models(text: str | None) -> dict[str, str] | None:
@@ -177,25 +197,27 @@ def add(name: str,
              --models opus=glm-4.6,sonnet=glm-4.6,haiku=glm-4.5-air --priority 2
     """
     if provider not in PRESETS:
-        fail(f"unknown provider {provider!r} (one of: {', '.join(PRESETS)})")
+        fail(f"--provider {provider}: {one_of(provider, PRESETS)}")
     if bool(api_key_env) == api_key_stdin:
         fail("give the key with exactly one of --api-key-env VAR and --api-key-stdin")
     var = api_key_env or f"MITMFLARE_KEY_{name.upper().replace('-', '_')}"
+    new_env: dict[str, str] = {}
     if api_key_stdin:
-        secret = sys.stdin.readline().strip()
-        if not secret:
+        new_env[var] = sys.stdin.readline().strip()
+        if not new_env[var]:
             fail("no key on stdin")
-        try:
-            dotenv_edit.set_var(Path(env_file(accounts)), var, secret)
-        except OSError as exc:
-            fail(f"cannot store the key: {exc}")
     fields: dict[str, Any] = {"name": name, "provider": provider, "api_key": f"${{{var}}}",
                               "priority": priority}
     for key, value in (("base_url", base_url), ("models", _models(models)),
                        ("default_model", default_model)):
         if value:
             fields[key] = value
-    _edit(accounts, accounts_edit.add, fields)
+
+    def store_key() -> None:  # once the entry is known to be valid
+        for key, value in new_env.items():
+            dotenv_edit.set_var(Path(env_file(accounts)), key, value)
+
+    _edit(accounts, accounts_edit.add, fields, new_env, store_key)
     typer.echo(f"Added {name} ({provider}) to {accounts}; a running proxy serves it within 2 s.")
 
 
@@ -254,13 +276,12 @@ def set_fields(name: str, assignments: Annotated[list[str], typer.Argument(
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or key not in SETTABLE:
-            fail(f"{item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
+            fail(f"{item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}"
+                 f"{did_you_mean(key, SETTABLE)}")
         try:
-            fields[key] = None if value == "" else (
-                value.lower() in ("1", "true", "yes") if SETTABLE[key] is bool
-                else SETTABLE[key](value))
-        except ValueError:
-            fail(f"{item!r}: {key} must be a {SETTABLE[key].__name__}")
+            fields[key] = None if value == "" else SETTABLE[key](value)
+        except ValueError as exc:
+            fail(f"{item!r}: {key} {exc}")
     _edit(accounts, accounts_edit.set_fields, name, fields)
     typer.echo(f"Updated {name}: {', '.join(assignments)}.")
 
