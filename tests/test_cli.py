@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from conftest import ROOT, Proxy, accounts_yaml
 from mitmflare import retention
 from mitmflare.cli import app
+from mitmflare.cli.data import span_seconds
 
 KEY_A, KEY_B = "sk-ant-api03-CLI-A", "sk-ant-api03-CLI-B"
 MSG = [{"role": "user", "content": "hello"}]
@@ -346,12 +347,31 @@ def test_prune_deletes_old_rows_in_batches_and_keeps_the_rollup(running):
     old_rows(p.db, 5000, 40)
     dry = cli(p, "prune", "--older-than", "30d", "--dry-run")
     assert "5,000 requests, 5,000 attempts" in dry.output
-    done = cli(p, "prune", "--older-than", "30d")
+    refused = cli(p, "prune", "--older-than", "30d")  # most rows, no terminal, no --yes
+    assert refused.exit_code == 1 and "add --yes" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    code, shown = in_terminal(ROOT, "prune", "--older-than", "30d", answer="n\n",
+                              MITMFLARE_DB=str(p.db))
+    assert code == 1 and "more than half" in shown and "nothing deleted" in shown, shown
+    assert p.query("select count(*) as n from requests where account = 'old'")[0]["n"] == 5000
+    done = cli(p, "prune", "--older-than", "30d", "--yes")
     assert done.exit_code == 0 and "5,000 requests" in done.output
     assert p.query("select count(*) as n from requests where account = 'old'")[0]["n"] == 0
     assert p.query("select sum(requests) as n from usage_hourly where account = 'old'")[0]["n"] == 5000
     assert p.query("select count(*) as n from requests where account = 'key-a'")[0]["n"] > 0
     assert "vacuumed" in cli(p, "vacuum").output
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90min", 5400), ("12h", 43200),
+                                               ("30d", 2592000), ("2w", 1209600)])
+def test_spans_take_unambiguous_units(text, seconds):
+    assert span_seconds(text) == seconds
+
+
+def test_a_span_in_m_is_refused_naming_the_units(tmp_path):
+    result = edit(tmp_path / "a.yaml", "prune", "--older-than", "1m", MITMFLARE_DB="x.db")
+    assert result.exit_code == 1
+    assert "m could mean minutes or months" in result.output and "90min, 12h, 30d" in result.output
 
 
 def test_the_proxy_applies_flare_retention_days_itself(sim, proxy):
