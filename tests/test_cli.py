@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import anthropic
 import httpx
 import pytest
+import sqlite_utils
 import yaml
 from datasette.app import Datasette
 from typer.testing import CliRunner
@@ -24,6 +25,7 @@ from conftest import ROOT, Proxy, accounts_yaml
 from mitmflare import retention
 from mitmflare.cli import app
 from mitmflare.cli.data import span_seconds
+from mitmflare.schema import ANALYTICS_TABLES, migrate
 
 KEY_A, KEY_B = "sk-ant-api03-CLI-A", "sk-ant-api03-CLI-B"
 MSG = [{"role": "user", "content": "hello"}]
@@ -252,6 +254,22 @@ def test_accounts_list_shows_requests_and_cost_today(running):
     assert row["cost_today_usd"] == pytest.approx(total["c"], abs=1e-4)
     table = cli(p, "accounts", "list").output
     assert "key-a" in table and "requests today" in table
+
+
+def test_accounts_list_says_an_expired_token_needs_a_login(tmp_path):
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text("accounts:\n  - name: max\n    provider: anthropic\n"
+                        "    oauth: {from_state: true}\n")
+    db = sqlite_utils.Database(tmp_path / "mitmflare.db")
+    migrate(db, ANALYTICS_TABLES)
+    db["accounts"].insert({"name": "max", "provider": "anthropic", "credential": "oauth",
+                           "status": "available", "position": 1,
+                           "token_expires_at": retention.cutoff(1)})  # yesterday
+    listed = edit(accounts, "accounts", "list", "--json", MITMFLARE_DB=str(tmp_path / "mitmflare.db"))
+    (row,) = json.loads(listed.output)
+    assert row["status"] == "token expired — run `mitmflare accounts login max`"
+    table = edit(accounts, "accounts", "list", MITMFLARE_DB=str(tmp_path / "mitmflare.db"))
+    assert "(expired)" in table.output and "in 0 min" not in table.output
 
 
 def test_stats_match_the_rows_by_account_and_model(running):

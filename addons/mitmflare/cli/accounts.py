@@ -172,7 +172,8 @@ def _local(iso: str | None, now: float) -> str:
     at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
     minutes = round((at.timestamp() - now) / 60)
     when = f"in {minutes} min" if minutes < 120 else f"in {minutes // 60} h"
-    return f"{at:%Y-%m-%d %H:%M} ({when})" if minutes >= 0 else f"{at:%Y-%m-%d %H:%M} (past)"
+    return f"{at:%Y-%m-%d %H:%M} ({when})" if at.timestamp() > now else \
+        f"{at:%Y-%m-%d %H:%M} (expired)"
 
 
 @accounts_app.command("add")
