@@ -25,6 +25,7 @@ from conftest import ROOT, Proxy, accounts_yaml
 from mitmflare import retention
 from mitmflare.cli import app
 from mitmflare.cli.data import span_seconds
+from mitmflare.money import usd
 from mitmflare.schema import ANALYTICS_TABLES, migrate
 
 KEY_A, KEY_B = "sk-ant-api03-CLI-A", "sk-ant-api03-CLI-B"
@@ -270,6 +271,21 @@ def test_accounts_list_says_an_expired_token_needs_a_login(tmp_path):
     assert row["status"] == "token expired — run `mitmflare accounts login max`"
     table = edit(accounts, "accounts", "list", MITMFLARE_DB=str(tmp_path / "mitmflare.db"))
     assert "(expired)" in table.output and "in 0 min" not in table.output
+
+
+@pytest.mark.parametrize(("amount", "shown"), [
+    (0, "$0.00"), (0.004, "$0.004"), (0.0001, "$0.0001"), (0.0151234, "$0.0151"),
+    (0.5, "$0.50"), (12.345, "$12.35"), (1250, "$1,250.00")])
+def test_amounts_below_a_cent_keep_their_digits(amount, shown):
+    assert usd(amount) == shown
+
+
+def test_users_list_shows_a_cap_below_a_cent(tmp_path):
+    state = str(tmp_path / "state.db")
+    assert edit(tmp_path / "a.yaml", "users", "add", "eve", "--daily-cap", "0.004",
+                "--monthly-cap", "0.25", MITMFLARE_STATE=state).exit_code == 0
+    listed = edit(tmp_path / "a.yaml", "users", "list", MITMFLARE_STATE=state).output
+    assert "$0.004" in listed and "$0.25" in listed and "$0.00 " not in listed
 
 
 def test_stats_match_the_rows_by_account_and_model(running):

@@ -26,6 +26,7 @@ from rich.table import Table
 from .. import accounts_edit, dotenv_edit, oauth, operator_commands
 from ..accounts_edit import AccountsEditError
 from ..config import AUTH_STYLES, ConfigError, did_you_mean, env_file, load_accounts, one_of
+from ..money import usd
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from ..writer import open_state_db
@@ -157,7 +158,7 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
         table.add_row(r["name"], r["provider"], str(r["priority"]), r["status"],
                       _local(r["cooldown_until"], now), _pct(r["used_5h"]), _pct(r["used_7d"]),
                       _local(r["token_expires_at"], now), str(r["requests_today"]),
-                      f"${r['cost_today_usd']:.4f}")
+                      usd(r["cost_today_usd"]))
     Console(width=160).print(table)
 
 

@@ -16,6 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import retention
+from ..money import usd
 from ..writer import request_line
 from .options import DB_DEFAULT, Db, Json, Yes, canned_sql, fail, interactive, read_db
 
@@ -71,7 +72,7 @@ def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d,
     for r in rows:
         table.add_row(str(r["group"]), str(r["requests"]), f"{r['input_tokens']:,}",
                       f"{r['output_tokens']:,}", f"{r['cache_read_tokens']:,}",
-                      f"{r['cache_write_tokens']:,}", f"${r['cost_usd']:.4f}",
+                      f"{r['cache_write_tokens']:,}", usd(r["cost_usd"]),
                       f"{r['error_rate_pct']:.1f} %", str(r["p50_ms"] or "-"))
     Console(width=160).print(table)
 
