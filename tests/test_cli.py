@@ -97,7 +97,7 @@ STYLED = """# team accounts
 accounts:
   - name: key-a   # the main one
     provider: anthropic
-    api_key: ${KEY_A_VAR}
+    api_key: "${KEY_A_VAR}"
     weight: 2
     budget_usd:
         day: 5

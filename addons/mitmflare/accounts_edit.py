@@ -51,7 +51,7 @@ def editing(path: Path, name: str | None = None, extra_env: Mapping[str, str] | 
     yaml = _yaml()
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else "accounts: []\n"
-        data, seq_indent, dash_offset = load_yaml_guess_indent(text)
+        data, seq_indent, dash_offset = load_yaml_guess_indent(text, yaml=yaml)
     except Exception as exc:
         raise AccountsEditError(f"{path} cannot be read as YAML: {exc}") from None
     if data is None:
