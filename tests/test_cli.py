@@ -247,11 +247,14 @@ def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):
 def test_accounts_list_shows_requests_and_cost_today(running):
     p = running
     ask(p)
-    wait_for(lambda: p.query("select 1 from usage_hourly where account = 'key-a'"))
-    total = p.query("select count(*) as n, sum(cost_usd) as c from requests "
-                    "where account = 'key-a'")[0]
-    row = json.loads(cli(p, "accounts", "list", "--json").output)[0]
-    assert row["requests_today"] == total["n"]
+
+    def agreeing() -> tuple[dict, dict] | None:  # the writer may still be behind: rows land late
+        total = p.query("select count(*) as n, sum(cost_usd) as c from requests "
+                        "where account = 'key-a'")[0]
+        row = json.loads(cli(p, "accounts", "list", "--json").output)[0]
+        return (row, total) if total["c"] and row["requests_today"] == total["n"] else None
+
+    row, total = wait_for(agreeing)
     assert row["cost_today_usd"] == pytest.approx(total["c"], abs=1e-4)
     table = cli(p, "accounts", "list").output
     assert "key-a" in table and "requests today" in table
