@@ -70,7 +70,7 @@ def main() -> int:
         quiet = asyncio.run(measure(url, args.baseline_s, None))
         started = time.perf_counter()
         prune = subprocess.Popen([str(BIN / "mitmflare"), "prune", "--older-than",
-                                  args.older_than, "--db", str(db)], stdout=subprocess.PIPE,
+                                  args.older_than, "--yes", "--db", str(db)], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
         during = asyncio.run(measure(url, None, prune))
         took = time.perf_counter() - started

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 import anthropic
 import httpx
 import pytest
+import sqlite_utils
 import yaml
 from datasette.app import Datasette
 from typer.testing import CliRunner
@@ -20,6 +24,9 @@ from typer.testing import CliRunner
 from conftest import ROOT, Proxy, accounts_yaml
 from mitmflare import retention
 from mitmflare.cli import app
+from mitmflare.cli.data import span_seconds
+from mitmflare.money import usd
+from mitmflare.schema import ANALYTICS_TABLES, migrate
 
 KEY_A, KEY_B = "sk-ant-api03-CLI-A", "sk-ant-api03-CLI-B"
 MSG = [{"role": "user", "content": "hello"}]
@@ -86,6 +93,141 @@ def test_accounts_add_edit_and_remove_keep_the_file_and_reach_the_proxy(sim, run
     wait_for(lambda: p.health()["accounts"]["total"] == 1)
 
 
+STYLED = """# team accounts
+accounts:
+  - name: key-a   # the main one
+    provider: anthropic
+    api_key: "${KEY_A_VAR}"
+    weight: 2
+    budget_usd:
+        day: 5
+"""
+
+
+def edit(accounts, *args: str, stdin: str | None = None, **env: str):
+    """Run `mitmflare ARGS` on the accounts file ``accounts`` (no proxy needed)."""
+    return CliRunner().invoke(app, [*args], input=stdin, catch_exceptions=False,
+                              env={"MITMFLARE_ACCOUNTS": str(accounts), **env})
+
+
+def test_edits_write_through_a_symlink_and_keep_mode_owner_and_style(tmp_path):
+    real = tmp_path / "secrets" / "accounts.yaml"
+    real.parent.mkdir()
+    real.write_text(STYLED)
+    real.chmod(0o600)
+    if os.geteuid() == 0:
+        os.chown(real, 4321, 4321)
+    link = tmp_path / "config" / "accounts.yaml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    (tmp_path / "config" / ".env").write_text("KEY_A_VAR=sk-a\nKEY_B_VAR=sk-b\n")
+    assert edit(link, "accounts", "set", "key-a", "priority=3", "weight=3").exit_code == 0
+    assert link.is_symlink() and real.stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:
+        assert (real.stat().st_uid, real.stat().st_gid) == (4321, 4321)
+    assert real.read_text() == STYLED.replace("weight: 2", "weight: 3") + "    priority: 3\n"
+    added = edit(link, "accounts", "add", "key-b", "--provider", "anthropic",
+                 "--api-key-env", "KEY_B_VAR")
+    assert added.exit_code == 0, added.output
+    assert real.read_text().endswith("    priority: 3\n  - name: key-b\n    provider: anthropic\n"
+                                      "    api_key: ${KEY_B_VAR}\n    priority: 0\n")
+    assert sorted(p.name for p in real.parent.iterdir()) == ["accounts.yaml"]  # no temp left
+
+
+def test_a_new_accounts_file_is_private(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    assert edit(path, "accounts", "add", "k", "--provider", "anthropic", "--api-key-env",
+                "K", K="sk").exit_code == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == "accounts:\n  - name: k\n    provider: anthropic\n" \
+        "    api_key: ${K}\n    priority: 0\n"
+
+
+def test_a_rejected_edit_writes_nothing_and_suggests_the_value_meant(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    path.write_text(STYLED)
+    dotenv = path.with_name(".env")
+    dotenv.write_text("KEY_A_VAR=sk-a\n")
+    for args, reason in [
+            (("set", "key-a", "provider=anthropc"), "did you mean `anthropic`?"),
+            (("set", "key-a", "auth=barer"), "did you mean `bearer`?"),
+            (("set", "key-a", "prioirty=2"), "did you mean `priority`?"),
+            (("set", "key-a", "paused=ture"), "did you mean `true`?"),
+            (("set", "key-a", "provider=openai-compatible"), "needs base_url"),
+            (("set", "key-a", "base_url=ftp://x"), "must be an http:// or https:// URL"),
+            (("add", "key-b", "--provider", "anthropic", "--api-key-env", "UNSET"),
+             "environment variable UNSET is not set"),
+            (("add", "key-b", "--provider", "anthropc", "--api-key-env", "KEY_A_VAR"),
+             "did you mean `anthropic`?"),
+            (("add", "key b", "--provider", "anthropic", "--api-key-stdin"), "name:"),
+            (("add", "key-c", "--provider", "openai-compatible", "--api-key-stdin"),
+             "needs base_url")]:
+        result = edit(path, "accounts", *args, stdin="sk-new\n")
+        assert result.exit_code == 1 and reason in result.output, (args, result.output)
+        assert result.output.startswith("error:") and "Traceback" not in result.output
+        assert path.read_text() == STYLED, args
+        assert dotenv.read_text() == "KEY_A_VAR=sk-a\n", args
+    broken = STYLED + "  - name: old-broken\n    provider: nope\n    api_key: x\n"
+    path.write_text(broken)  # an entry already left out does not block other edits
+    assert edit(path, "accounts", "set", "key-a", "paused=yes").exit_code == 0
+    assert yaml.safe_load(path.read_text())["accounts"][0]["paused"] is True
+
+
+def in_terminal(cwd, *args: str, answer: str, **env: str) -> tuple[int, str]:
+    """Run `mitmflare ARGS` as a process whose stdin and stdout are a terminal (a pty), type
+    ``answer``; returns its exit code and everything it printed (the typed answer too)."""
+    main, side = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", "from mitmflare.cli import main; main()",
+                             *args], stdin=side, stdout=side, stderr=side, cwd=cwd,
+                            env={**os.environ, **env})
+    os.close(side)
+    os.write(main, answer.encode())  # the terminal keeps it until the prompt reads it
+    output = b""
+    deadline = time.time() + 30
+    while time.time() < deadline and select.select([main], [], [], deadline - time.time())[0]:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    return proc.wait(timeout=10), output.decode(errors="replace")
+
+
+def test_env_files_are_not_committed():
+    ignored = subprocess.run(["git", "check-ignore", ".env", "config/.env"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == [".env", "config/.env"]
+
+
+def test_remove_offers_to_drop_the_key_variable_no_other_account_uses(tmp_path):
+    path = tmp_path / "config" / "accounts.yaml"
+    path.parent.mkdir()
+    path.write_text("accounts:\n" + "".join(
+        f"  - name: {n}\n    provider: anthropic\n    api_key: ${{{v}}}\n"
+        for n, v in (("a", "ONLY_A"), ("b", "SHARED"), ("c", "SHARED"))))
+    dotenv = path.with_name(".env")
+    dotenv.write_text("ONLY_A=1\nSHARED=2\nOTHER=3\n")
+    dotenv.chmod(0o644)
+    added = edit(path, "accounts", "add", "d", "--provider", "anthropic", "--api-key-stdin",
+                 stdin="sk-d\n")
+    assert added.exit_code == 0 and dotenv.stat().st_mode & 0o777 == 0o600
+    assert dotenv.read_text() == "ONLY_A=1\nSHARED=2\nOTHER=3\nMITMFLARE_KEY_D=sk-d\n"
+    assert edit(path, "accounts", "remove", "b", "--yes").exit_code == 0  # c still uses it
+    kept = edit(path, "accounts", "remove", "a")  # no terminal, no --yes: nothing asked
+    assert kept.exit_code == 0 and "Kept ONLY_A" in kept.output
+    assert dotenv.read_text() == "ONLY_A=1\nSHARED=2\nOTHER=3\nMITMFLARE_KEY_D=sk-d\n"
+    code, shown = in_terminal(tmp_path, "accounts", "remove", "c", answer="y\n",
+                              MITMFLARE_ACCOUNTS=str(path))
+    assert code == 0 and "Remove SHARED (the key only c used)" in shown, shown
+    assert edit(path, "accounts", "remove", "d", "--yes").exit_code == 0
+    assert dotenv.read_text() == "ONLY_A=1\nOTHER=3\n"
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    assert yaml.safe_load(path.read_text()) == {"accounts": []}
+
+
 def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):
     p = running
     sim.script(KEY_A, {"status": 429, "headers": {"retry-after": "600"}})
@@ -122,6 +264,37 @@ def test_accounts_list_shows_requests_and_cost_today(running):
     assert row["cost_today_usd"] == pytest.approx(total["c"], abs=1e-4)
     table = cli(p, "accounts", "list").output
     assert "key-a" in table and "requests today" in table
+
+
+def test_accounts_list_says_an_expired_token_needs_a_login(tmp_path):
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text("accounts:\n  - name: max\n    provider: anthropic\n"
+                        "    oauth: {from_state: true}\n")
+    db = sqlite_utils.Database(tmp_path / "mitmflare.db")
+    migrate(db, ANALYTICS_TABLES)
+    db["accounts"].insert({"name": "max", "provider": "anthropic", "credential": "oauth",
+                           "status": "available", "position": 1,
+                           "token_expires_at": retention.cutoff(1)})  # yesterday
+    listed = edit(accounts, "accounts", "list", "--json", MITMFLARE_DB=str(tmp_path / "mitmflare.db"))
+    (row,) = json.loads(listed.output)
+    assert row["status"] == "token expired — run `mitmflare accounts login max`"
+    table = edit(accounts, "accounts", "list", MITMFLARE_DB=str(tmp_path / "mitmflare.db"))
+    assert "(expired)" in table.output and "in 0 min" not in table.output
+
+
+@pytest.mark.parametrize(("amount", "shown"), [
+    (0, "$0.00"), (0.004, "$0.004"), (0.0001, "$0.0001"), (0.0151234, "$0.0151"),
+    (0.5, "$0.50"), (12.345, "$12.35"), (1250, "$1,250.00")])
+def test_amounts_below_a_cent_keep_their_digits(amount, shown):
+    assert usd(amount) == shown
+
+
+def test_users_list_shows_a_cap_below_a_cent(tmp_path):
+    state = str(tmp_path / "state.db")
+    assert edit(tmp_path / "a.yaml", "users", "add", "eve", "--daily-cap", "0.004",
+                "--monthly-cap", "0.25", MITMFLARE_STATE=state).exit_code == 0
+    listed = edit(tmp_path / "a.yaml", "users", "list", MITMFLARE_STATE=state).output
+    assert "$0.004" in listed and "$0.25" in listed and "$0.00 " not in listed
 
 
 def test_stats_match_the_rows_by_account_and_model(running):
@@ -217,12 +390,31 @@ def test_prune_deletes_old_rows_in_batches_and_keeps_the_rollup(running):
     old_rows(p.db, 5000, 40)
     dry = cli(p, "prune", "--older-than", "30d", "--dry-run")
     assert "5,000 requests, 5,000 attempts" in dry.output
-    done = cli(p, "prune", "--older-than", "30d")
+    refused = cli(p, "prune", "--older-than", "30d")  # most rows, no terminal, no --yes
+    assert refused.exit_code == 1 and "add --yes" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    code, shown = in_terminal(ROOT, "prune", "--older-than", "30d", answer="n\n",
+                              MITMFLARE_DB=str(p.db))
+    assert code == 1 and "more than half" in shown and "nothing deleted" in shown, shown
+    assert p.query("select count(*) as n from requests where account = 'old'")[0]["n"] == 5000
+    done = cli(p, "prune", "--older-than", "30d", "--yes")
     assert done.exit_code == 0 and "5,000 requests" in done.output
     assert p.query("select count(*) as n from requests where account = 'old'")[0]["n"] == 0
     assert p.query("select sum(requests) as n from usage_hourly where account = 'old'")[0]["n"] == 5000
     assert p.query("select count(*) as n from requests where account = 'key-a'")[0]["n"] > 0
     assert "vacuumed" in cli(p, "vacuum").output
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90min", 5400), ("12h", 43200),
+                                               ("30d", 2592000), ("2w", 1209600)])
+def test_spans_take_unambiguous_units(text, seconds):
+    assert span_seconds(text) == seconds
+
+
+def test_a_span_in_m_is_refused_naming_the_units(tmp_path):
+    result = edit(tmp_path / "a.yaml", "prune", "--older-than", "1m", MITMFLARE_DB="x.db")
+    assert result.exit_code == 1
+    assert "m could mean minutes or months" in result.output and "90min, 12h, 30d" in result.output
 
 
 def test_the_proxy_applies_flare_retention_days_itself(sim, proxy):

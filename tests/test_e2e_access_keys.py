@@ -117,7 +117,7 @@ def test_user_over_the_daily_cap_gets_a_429_until_reset(sim, keyed):
     with pytest.raises(anthropic.RateLimitError) as info:
         claude(p, keys["bob"]).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     message = info.value.body["error"]["message"]
-    assert "daily spend cap of $0.00" in message and "resets at" in message
+    assert "daily spend cap of $0.0001" in message and "resets at" in message
     assert 0 < int(info.value.response.headers["retry-after"]) <= 86400
     assert info.value.response.headers["x-should-retry"] == "false"
     assert len(sim.requests) == 1

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 
 from .core import Core
+from .money import usd
 from .times import iso_utc
 from .users import User, find_user, read_users
 from .wire import header
@@ -133,7 +134,7 @@ class AccessKeys:
                 wait = max(1, math.ceil(resets - now))
                 return Refusal(429, "rate_limit",
                                f"mitmflare: user {user.name} reached the {period} spend cap of "
-                               f"${cap:.2f} (spent ${spent:.2f}); it resets at "
+                               f"{usd(cap)} (spent {usd(spent)}); it resets at "
                                f"{iso_utc(resets)}", wait)
         return None
 

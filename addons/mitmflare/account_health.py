@@ -26,6 +26,7 @@ from mitmproxy import ctx
 from mitmproxy.http import Headers
 
 from .core import Core
+from .money import usd
 from .pool import AVAILABLE, OVER_BUDGET, Account
 from .providers import OAUTH_BETA
 from .ratelimits import parse_limits
@@ -103,7 +104,7 @@ class AccountHealth:
             if over is not None and st.over_budget_until <= now:
                 period, spent, limit = over
                 st.over_budget_until = period_end(now, period)
-                st.over_budget_reason = f"spent ${spent:.2f} of its ${limit:.2f} {period} budget"
+                st.over_budget_reason = f"spent {usd(spent)} of its {usd(limit)} {period} budget"
                 self.core.event(account, OVER_BUDGET, st.over_budget_reason, st.over_budget_until)
                 self.core.mark_accounts_changed()
             elif over is None and st.over_budget_until:

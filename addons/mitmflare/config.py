@@ -7,11 +7,12 @@ line, account, field); a file that cannot be read as a whole raises :class:`Conf
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -21,11 +22,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .providers.presets import PRESETS, Preset, map_model
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(Exception):
     """The accounts file cannot be used; the message says where and why."""
+
+
+AUTH_STYLES = ("x-api-key", "bearer")
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean `anthropic`?)`` for the closest of ``choices`` to a mistyped
+    ``value`` (difflib ratio at least 0.6), else an empty string."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def one_of(value: str, choices: Iterable[str]) -> str:
+    """Why ``value`` is not accepted: ``must be one of a, b, c`` plus :func:`did_you_mean`."""
+    choices = list(choices)
+    return f"must be one of {', '.join(choices)}{did_you_mean(value, choices)}"
 
 
 class OAuthConfig(BaseModel):
@@ -101,7 +118,14 @@ class AccountConfig(BaseModel):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         if value not in PRESETS:
-            raise ValueError(f"must be one of {', '.join(PRESETS)}")
+            raise ValueError(one_of(value, PRESETS))
+        return value
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _known_auth(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in AUTH_STYLES:
+            raise ValueError(one_of(value, AUTH_STYLES))
         return value
 
     @model_validator(mode="after")
@@ -178,6 +202,7 @@ class AccountsLoad:
 
     accounts: list[AccountConfig]
     errors: list[str]
+    rejected: list[str] = field(default_factory=list)  # per error: its entry's name or #N
 
 
 def env_file(accounts_path: str) -> str:
@@ -196,10 +221,17 @@ def load_accounts(path: str) -> AccountsLoad:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    env, dotenv = account_env(path)
+    return parse_accounts(text, path, env, dotenv)
+
+
+def account_env(path: str) -> tuple[dict[str, str], str]:
+    """What ``${VAR}`` in the accounts file at ``path`` resolves against: the ``.env`` file
+    beside it overlaid with the process environment; and that ``.env`` file's path."""
     dotenv = env_file(path)
     env = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} \
         if os.path.exists(dotenv) else {}
-    return parse_accounts(text, path, {**env, **os.environ}, dotenv)
+    return {**env, **os.environ}, dotenv
 
 
 def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str] | None = None,
@@ -232,10 +264,12 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         except _EntryError as exc:
             where = _line(root, ["accounts", index, *exc.loc])
             result.errors.append(f"{source}: line {where}: account {label}: {exc}")
+            result.rejected.append(str(label))
             continue
         if account.name in seen:
             result.errors.append(f"{source}: line {line}: account {account.name}: duplicate name "
                                  f"(first defined on line {seen[account.name]}); entry ignored")
+            result.rejected.append(account.name)
             continue
         seen[account.name] = line
         result.accounts.append(account)
@@ -280,7 +314,7 @@ def _expand_env(value: Any, env: Mapping[str, str], dotenv: str,
                     f"the proxy: a running process's environment cannot change", loc)
             return env[var]
 
-        return _ENV_REF.sub(repl, value)
+        return ENV_REF.sub(repl, value)
     return value
 
 

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,39 +23,81 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import accounts_edit, oauth, operator_commands
+from .. import accounts_edit, dotenv_edit, oauth, operator_commands
 from ..accounts_edit import AccountsEditError
-from ..config import ConfigError, load_accounts
+from ..config import AUTH_STYLES, ConfigError, did_you_mean, env_file, load_accounts, one_of
+from ..money import usd
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from ..writer import open_state_db
-from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State, canned_sql, fail
+from .options import (
+    ACCOUNTS_DEFAULT,
+    DB_DEFAULT,
+    STATE_DEFAULT,
+    Accounts,
+    Db,
+    Json,
+    State,
+    Yes,
+    canned_sql,
+    fail,
+    interactive,
+)
 
 accounts_app = typer.Typer(no_args_is_help=True,
                            help="See, add, change and log in accounts (the YAML file stays "
                                 "the source of truth; a running proxy applies edits in 2 s).")
 
-SETTABLE = {"priority": int, "weight": float, "paused": bool, "base_url": str,
-            "default_model": str, "provider": str, "auth": str}
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def number(text: str) -> int | float:
+    """``2`` as the integer 2 (so the file keeps ``weight: 2``), ``0.5`` as a float.
+    Raises ``ValueError`` (why) for anything else."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _flag(text: str) -> bool:
+    """``true``/``yes``/``1`` or ``false``/``no``/``0`` (any case); else ``ValueError``."""
+    word = text.lower()
+    if word in ("true", "yes", "1", "false", "no", "0"):
+        return word in ("true", "yes", "1")
+    raise ValueError(one_of(word, ("true", "false")))
+
+
+def _choice(choices) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(one_of(text, choices))
+        return text
+    return parse
+
+
+SETTABLE: dict[str, Callable[[str], Any]] = {
+    "priority": _integer, "weight": number, "paused": _flag, "base_url": str,
+    "default_model": str, "provider": _choice(PRESETS), "auth": _choice(AUTH_STYLES)}
 
 
 def _edit(accounts: str, action, *args) -> None:
+    """Run an :mod:`.accounts_edit` edit; exit 1 with the reason (nothing written) when it
+    is rejected."""
     try:
         action(Path(accounts), *args)
     except AccountsEditError as exc:
         fail(exc)
-    _check(accounts, args[0] if isinstance(args[0], str) else args[0]["name"])
-
-
-def _check(accounts: str, name: str) -> None:
-    """Validate the file as the proxy will; exit 1 when the edited entry is rejected."""
-    try:
-        loaded = load_accounts(accounts)
-    except ConfigError as exc:
-        fail(f"the proxy cannot read {accounts}: {exc}")
-    mine = [e for e in loaded.errors if f"account {name}:" in e]
-    if mine:
-        fail("; ".join(mine))
 
 
 def _models(text: str | None) -> dict[str, str] | None:
@@ -115,7 +158,7 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
         table.add_row(r["name"], r["provider"], str(r["priority"]), r["status"],
                       _local(r["cooldown_until"], now), _pct(r["used_5h"]), _pct(r["used_7d"]),
                       _local(r["token_expires_at"], now), str(r["requests_today"]),
-                      f"${r['cost_today_usd']:.4f}")
+                      usd(r["cost_today_usd"]))
     Console(width=160).print(table)
 
 
@@ -130,7 +173,8 @@ def _local(iso: str | None, now: float) -> str:
     at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
     minutes = round((at.timestamp() - now) / 60)
     when = f"in {minutes} min" if minutes < 120 else f"in {minutes // 60} h"
-    return f"{at:%Y-%m-%d %H:%M} ({when})" if minutes >= 0 else f"{at:%Y-%m-%d %H:%M} (past)"
+    return f"{at:%Y-%m-%d %H:%M} ({when})" if at.timestamp() > now else \
+        f"{at:%Y-%m-%d %H:%M} (expired)"
 
 
 @accounts_app.command("add")
@@ -155,46 +199,56 @@ def add(name: str,
              --models opus=glm-4.6,sonnet=glm-4.6,haiku=glm-4.5-air --priority 2
     """
     if provider not in PRESETS:
-        fail(f"unknown provider {provider!r} (one of: {', '.join(PRESETS)})")
+        fail(f"--provider {provider}: {one_of(provider, PRESETS)}")
     if bool(api_key_env) == api_key_stdin:
         fail("give the key with exactly one of --api-key-env VAR and --api-key-stdin")
     var = api_key_env or f"MITMFLARE_KEY_{name.upper().replace('-', '_')}"
+    new_env: dict[str, str] = {}
     if api_key_stdin:
-        secret = sys.stdin.readline().strip()
-        if not secret:
+        new_env[var] = sys.stdin.readline().strip()
+        if not new_env[var]:
             fail("no key on stdin")
-        _store_env(Path(accounts).with_name(".env"), var, secret)
     fields: dict[str, Any] = {"name": name, "provider": provider, "api_key": f"${{{var}}}",
                               "priority": priority}
     for key, value in (("base_url", base_url), ("models", _models(models)),
                        ("default_model", default_model)):
         if value:
             fields[key] = value
-    _edit(accounts, accounts_edit.add, fields)
+
+    def store_key() -> None:  # once the entry is known to be valid
+        for key, value in new_env.items():
+            dotenv_edit.set_var(Path(env_file(accounts)), key, value)
+
+    _edit(accounts, accounts_edit.add, fields, new_env, store_key)
     typer.echo(f"Added {name} ({provider}) to {accounts}; a running proxy serves it within 2 s.")
 
 
-def _store_env(path: Path, var: str, secret: str) -> None:
-    """Set ``var`` in a dotenv file (created with mode 0600), keeping its other lines."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    lines = [line for line in lines if not line.startswith(f"{var}=")] + [f"{var}={secret}"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 @accounts_app.command("remove")
-def remove(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
+def remove(name: str, yes: Yes = False, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
     """Remove an account from the file (its recorded rows stay).
 
-    Example: mitmflare accounts remove old-key
+    When its key is a ${VAR} set in the .env file beside the accounts file and no other
+    account uses VAR, it asks whether to remove VAR from the .env file too (--yes: remove
+    without asking; without a terminal and without --yes it is kept).
+
+    Example: mitmflare accounts remove old-key --yes
     """
     try:
-        accounts_edit.remove(Path(accounts), name)
+        unused = accounts_edit.remove(Path(accounts), name)
     except AccountsEditError as exc:
         fail(exc)
     typer.echo(f"Removed {name}; a running proxy stops using it within 2 s.")
+    dotenv = Path(env_file(accounts))
+    for var in (v for v in unused if dotenv_edit.has_var(dotenv, v)):
+        if yes or (interactive() and typer.confirm(
+                f"Remove {var} (the key only {name} used) from {dotenv}?", default=False)):
+            try:
+                dotenv_edit.remove_var(dotenv, var)
+            except OSError as exc:
+                fail(f"{var} stays in {dotenv}: {exc}")
+            typer.echo(f"Removed {var} from {dotenv}.")
+        else:
+            typer.echo(f"Kept {var} in {dotenv} (no account uses it now; `--yes` removes it).")
 
 
 @accounts_app.command("pause")
@@ -224,13 +278,12 @@ def set_fields(name: str, assignments: Annotated[list[str], typer.Argument(
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or key not in SETTABLE:
-            fail(f"{item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
+            fail(f"{item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}"
+                 f"{did_you_mean(key, SETTABLE)}")
         try:
-            fields[key] = None if value == "" else (
-                value.lower() in ("1", "true", "yes") if SETTABLE[key] is bool
-                else SETTABLE[key](value))
-        except ValueError:
-            fail(f"{item!r}: {key} must be a {SETTABLE[key].__name__}")
+            fields[key] = None if value == "" else SETTABLE[key](value)
+        except ValueError as exc:
+            fail(f"{item!r}: {key} {exc}")
     _edit(accounts, accounts_edit.set_fields, name, fields)
     typer.echo(f"Updated {name}: {', '.join(assignments)}.")
 

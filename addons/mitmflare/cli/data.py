@@ -16,19 +16,24 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import retention
+from ..money import usd
 from ..writer import request_line
-from .options import DB_DEFAULT, Db, Json, canned_sql, fail, read_db
+from .options import DB_DEFAULT, Db, Json, Yes, canned_sql, fail, interactive, read_db
 
 GROUPS = ("account", "model", "user", "day")
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
-_SPAN_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
+_SPAN_S = {"min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+SPANS = "min, h, d or w (e.g. 90min, 12h, 30d, 2w)"
 
 
 def span_seconds(text: str) -> float:
-    """``30m``, ``24h``, ``7d``, ``2w`` in seconds. Exits 1 with the reason otherwise."""
-    match = _SPAN.match(text.strip())
-    if not match:
-        fail(f"{text!r}: give a span like 30m, 24h, 7d or 2w")
+    """``90min``, ``12h``, ``30d``, ``2w`` in seconds. ``m`` is refused (minutes or months?).
+    Exits 1 naming the units otherwise."""
+    match = _SPAN.match(text.strip().lower())
+    if not match or match.group(2) not in _SPAN_S:
+        unit = match.group(2) if match else ""
+        why = "m could mean minutes or months" if unit in ("m", "mo") else "unknown unit"
+        fail(f"{text!r}: {why}; give a number and one of the units {SPANS}")
     return float(match.group(1)) * _SPAN_S[match.group(2)]
 
 
@@ -40,7 +45,7 @@ def register(app: typer.Typer) -> None:
     app.command("vacuum")(vacuum)
 
 
-def stats(since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
+def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d, 2w.")] = "7d",
           by: Annotated[str, typer.Option(help=f"Group by: {', '.join(GROUPS)}.")] = "account",
           as_json: Json = False, db: Db = DB_DEFAULT) -> None:
     """Totals per account, model, user or day (the dashboard's `stats` query).
@@ -67,7 +72,7 @@ def stats(since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2
     for r in rows:
         table.add_row(str(r["group"]), str(r["requests"]), f"{r['input_tokens']:,}",
                       f"{r['output_tokens']:,}", f"{r['cache_read_tokens']:,}",
-                      f"{r['cache_write_tokens']:,}", f"${r['cost_usd']:.4f}",
+                      f"{r['cache_write_tokens']:,}", usd(r["cost_usd"]),
                       f"{r['error_rate_pct']:.1f} %", str(r["p50_ms"] or "-"))
     Console(width=160).print(table)
 
@@ -110,13 +115,14 @@ def tail(last: Annotated[int, typer.Option(help="Show this many recent rows firs
 
 
 def prune(older_than: Annotated[str, typer.Option(
-              "--older-than", help="Delete rows older than this: 30d, 2w, 12h.")] = "30d",
+              "--older-than", help=f"Delete rows older than this; units {SPANS}.")] = "30d",
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
-          db: Db = DB_DEFAULT) -> None:
+          yes: Yes = False, db: Db = DB_DEFAULT) -> None:
     """Delete old rows in small batches while the proxy keeps writing.
 
     Requests, attempts, account events and payloads go; the hourly rollup stays (long-range
-    charts stay right); then the WAL's space is given back.
+    charts stay right); then the WAL's space is given back. Deleting more than half of the
+    rows asks first (--yes: do not ask; without a terminal and without --yes it refuses).
 
     Example: mitmflare prune --older-than 90d --dry-run
     """
@@ -130,6 +136,13 @@ def prune(older_than: Annotated[str, typer.Option(
         if dry_run:
             typer.echo(f"would delete rows before {before}: {summary}")
             return
+        rows = sum(conn.execute(f"select count(*) from {t}").fetchone()[0] for t in counts)
+        if total * 2 > rows and not yes:
+            what = f"delete {total:,} of {rows:,} rows (more than half; all before {before})"
+            if not interactive():
+                fail(f"--older-than {older_than} would {what}; add --yes to do it")
+            if not typer.confirm(f"{what[0].upper()}{what[1:]}?", default=False):
+                fail("nothing deleted")
         with Progress(transient=True) as bar:
             task = bar.add_task(f"deleting rows before {before[:10]}", total=total or 1)
             deleted = retention.prune(conn, before, progress=lambda n: bar.advance(task, n))

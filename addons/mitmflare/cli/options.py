@@ -4,6 +4,7 @@ options, each overridable by a flag or a ``MITMFLARE_*`` variable), ``--json``, 
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -19,6 +20,8 @@ Db = Annotated[str, typer.Option("--db", envvar="MITMFLARE_DB",
 State = Annotated[str, typer.Option("--state", envvar="MITMFLARE_STATE",
                                     help="State database (the proxy's flare_state).")]
 Json = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the question asked "
+                                                       "before a destructive step.")]
 
 ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT = ACCOUNTS_PATH, DB_PATH, STATE_PATH
 
@@ -27,6 +30,11 @@ def fail(reason: object) -> NoReturn:
     """Exit 1 with a one-line reason on stderr."""
     typer.echo(f"error: {reason}", err=True)
     raise typer.Exit(1)
+
+
+def interactive() -> bool:
+    """True when a person can answer a question: stdin is a terminal."""
+    return sys.stdin.isatty()
 
 
 def read_db(path: str) -> sqlite3.Connection:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..defaults import STATE_PATH
+from ..money import usd
 from ..users import User, UserError, UsersStore
 from .options import Json, State, fail
 
@@ -92,8 +93,8 @@ def list_users(as_json: Json = False, state: State = STATE_PATH) -> None:
         table.add_row(u.name, u.key_prefix + "…", "disabled" if u.disabled else "enabled",
                       ", ".join(u.allowed_models or ["all"]),
                       ", ".join(u.allowed_providers or ["all"]),
-                      f"${u.daily_cap_usd:.2f}" if u.daily_cap_usd is not None else "-",
-                      f"${u.monthly_cap_usd:.2f}" if u.monthly_cap_usd is not None else "-",
+                      usd(u.daily_cap_usd) if u.daily_cap_usd is not None else "-",
+                      usd(u.monthly_cap_usd) if u.monthly_cap_usd is not None else "-",
                       u.created_at or "")
     Console().print(table)
 
