@@ -11,7 +11,13 @@ scripted answers (:meth:`SimulatedUpstream.script`); with none queued it answers
 A scripted answer is a dict: ``status``, ``headers``, ``body`` (JSON error body),
 ``usage`` (Anthropic-style token counts for a success), ``error_event`` (an SSE error sent
 after the first text delta), ``delay_s`` (before answering), ``stall_after`` (silent for an hour
-after that many SSE events).
+after that many SSE events), ``blocks`` (the answer's content blocks instead of the reply
+words, Anthropic Messages only: ``thinking`` with its ``signature``, ``redacted_thinking``,
+``text`` with ``citations``, ``tool_use`` with its ``input``; streamed as the real API does,
+with ``thinking_delta``, ``signature_delta``, ``citations_delta`` and ``input_json_delta``
+events), ``chunk_bytes`` (send a stream in pieces of that many bytes, cut anywhere, also
+inside an event or a UTF-8 character). The bytes of each answer's body are kept by its
+``request-id`` header (:attr:`SimulatedUpstream.sent`, the latest 200).
 
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
@@ -36,7 +42,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +51,7 @@ import uvicorn
 REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
 DEFAULT_USAGE = {"input_tokens": 25, "output_tokens": len(REPLY_WORDS),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+SENT_KEPT = 200  # answers whose body bytes are kept (SimulatedUpstream.sent)
 
 
 @dataclass
@@ -73,6 +80,7 @@ class SimulatedUpstream:
         self.windows = windows
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
         self.requests: list[SeenRequest] = []
+        self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
         self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self._ids = itertools.count(1)
         self._server: uvicorn.Server | None = None
@@ -92,6 +100,7 @@ class SimulatedUpstream:
 
     def reset(self) -> None:
         self.requests.clear()
+        self.sent.clear()
         self._used.clear()
         self.windows = False
         self._scripts.clear()
@@ -274,10 +283,14 @@ class SimulatedUpstream:
             await _send_json(send, 200, {"input_tokens": usage["input_tokens"]}, headers)
         elif path.startswith("/v1/messages"):
             if stream:
-                await self._stream(send, headers, _anthropic_events(model, usage, answer),
+                events = _anthropic_events(model, usage, answer)
+                self._keep(headers, b"".join(events))
+                await self._stream(send, headers, _pieces(events, answer.get("chunk_bytes")),
                                    answer.get("stall_after"))
             else:
-                await _send_json(send, 200, _anthropic_message(model, usage), headers)
+                message = _anthropic_message(model, usage, answer.get("blocks"))
+                self._keep(headers, json.dumps(message).encode())
+                await _send_json(send, 200, message, headers)
         elif path.startswith("/v1/chat/completions"):
             include = (body.get("stream_options") or {}).get("include_usage") is True
             if stream:
@@ -294,6 +307,12 @@ class SimulatedUpstream:
                                          "object": "list"}, headers)
         else:
             await _send_json(send, 404, _error_body(path, 404), headers)
+
+    def _keep(self, headers: dict[str, str], body: bytes) -> None:
+        """Remember the body bytes of the answer with ``headers``' ``request-id``."""
+        self.sent[headers["request-id"]] = body
+        while len(self.sent) > SENT_KEPT:
+            self.sent.popitem(last=False)
 
     def _window_headers(self, credential: str, body: dict, usage: dict) -> dict[str, str]:
         """Limit headers as a real upstream sends them with every answer (``windows`` mode):
@@ -346,7 +365,8 @@ class SimulatedUpstream:
 
 
 def _sse(event: str | None, data: Any) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data)
+    """One SSE event; non-ASCII text stays raw UTF-8, as the real APIs send it."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
 
 
@@ -358,20 +378,75 @@ def _anthropic_usage(usage: dict) -> dict:
     return out
 
 
-def _anthropic_message(model: str, usage: dict) -> dict:
+def _anthropic_message(model: str, usage: dict, blocks: list[dict] | None = None) -> dict:
+    """A Messages answer: the reply words as one text block, or the scripted ``blocks``
+    (``stop_reason`` ``tool_use`` when one is a ``tool_use`` block)."""
+    content = blocks or [{"type": "text", "text": " ".join(REPLY_WORDS)}]
+    tool = any(b.get("type") == "tool_use" for b in content)
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": model, "content": [{"type": "text", "text": " ".join(REPLY_WORDS)}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": _anthropic_usage(usage)}
+            "model": model, "content": content, "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_sequence": None, "usage": _anthropic_usage(usage)}
+
+
+def _halves(value: str) -> list[str]:
+    """``value`` in two pieces (a delta arrives in several events on the real API)."""
+    half = max(1, len(value) // 2)
+    return [value[:half], value[half:]] if len(value) > 1 else [value]
+
+
+def _block_events(index: int, block: dict) -> list[bytes]:
+    """The ``content_block_start`` / ``_delta`` / ``_stop`` events of one scripted content
+    block, shaped as the Messages streaming docs show them (``upstream-apis.md`` section 4a):
+    a thinking block starts empty, then ``thinking_delta`` pieces and one ``signature_delta``;
+    a redacted_thinking block comes whole in its start event; a text block's citations come
+    as ``citations_delta`` events before its ``text_delta`` pieces; a tool_use block starts
+    with ``input: {}`` and its input arrives as ``input_json_delta`` pieces of partial JSON."""
+    kind = block.get("type")
+
+    def delta(d: dict) -> bytes:
+        return _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                            "delta": d})
+
+    if kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [delta({"type": "thinking_delta", "thinking": piece})
+                  for piece in _halves(block.get("thinking", ""))]
+        deltas.append(delta({"type": "signature_delta", "signature": block["signature"]}))
+    elif kind == "tool_use":
+        start = {**block, "input": {}}
+        deltas = [delta({"type": "input_json_delta", "partial_json": piece})
+                  for piece in _halves(json.dumps(block.get("input", {})))]
+    elif kind == "text":
+        start = {"type": "text", "text": ""}
+        deltas = [delta({"type": "citations_delta", "citation": c})
+                  for c in block.get("citations") or []]
+        deltas += [delta({"type": "text_delta", "text": piece})
+                   for piece in _halves(block.get("text", ""))]
+    else:  # redacted_thinking, server tool blocks: whole in the start event
+        start, deltas = block, []
+    return [_sse("content_block_start", {"type": "content_block_start", "index": index,
+                                         "content_block": start}),
+            *deltas, _sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
 def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
     start_usage = {**_anthropic_usage(usage), "output_tokens": 1}
-    message = {**_anthropic_message(model, usage), "content": [], "stop_reason": None,
-               "usage": start_usage}
-    events = [_sse("message_start", {"type": "message_start", "message": message}),
-              _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}}),
-              _sse("ping", {"type": "ping"})]
+    blocks = answer.get("blocks")
+    final = _anthropic_message(model, usage, blocks)
+    message = {**final, "content": [], "stop_reason": None, "usage": start_usage}
+    events = [_sse("message_start", {"type": "message_start", "message": message})]
+    if blocks:
+        events.append(_sse("ping", {"type": "ping"}))
+        for index, block in enumerate(blocks):
+            events += _block_events(index, block)
+        return [*events, _sse("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": final["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]}}),
+            _sse("message_stop", {"type": "message_stop"})]
+    events += [_sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}}),
+               _sse("ping", {"type": "ping"})]
     for i, word in enumerate(REPLY_WORDS):
         events.append(_sse("content_block_delta", {
             "type": "content_block_delta", "index": 0,
@@ -385,6 +460,15 @@ def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
                                       "usage": {"output_tokens": usage["output_tokens"]}}),
                _sse("message_stop", {"type": "message_stop"})]
     return events
+
+
+def _pieces(events: list[bytes], size: int | None) -> list[bytes]:
+    """``events`` as they go on the wire: one piece per event, or with ``size`` pieces of that
+    many bytes, cut anywhere (inside an event, a line or a UTF-8 character)."""
+    if not size:
+        return events
+    data = b"".join(events)
+    return [data[i:i + size] for i in range(0, len(data), size)]
 
 
 def _openai_usage(usage: dict) -> dict:
