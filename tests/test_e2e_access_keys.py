@@ -94,6 +94,7 @@ def test_health_shows_account_data_only_to_key_holders(keyed):
     assert httpx.get(p.url + "/health").json() == {"status": "ok"}
     full = httpx.get(p.url + "/health", headers={"x-api-key": keys["alice"]}).json()
     assert full["accounts"]["total"] == 2
+    assert full["user"] == "alice" and full["spent_today_usd"] >= 0  # the statusline's figure
 
 
 def test_allowed_models_and_providers(sim, keyed):

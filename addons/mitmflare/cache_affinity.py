@@ -73,6 +73,11 @@ class CacheAffinity:
         order = sorted(live, key=lambda name: (name != visit.last, -live[name]))
         return order
 
+    def last(self, conversation: str) -> str | None:
+        """The account of ``conversation``'s latest answered request, or None."""
+        visit = self._visits.get(conversation)
+        return visit.last if visit is not None else None
+
     def context(self, conversation: str | None, ttl_s: float, now: float) -> CacheContext:
         """The :class:`CacheContext` of a request of ``conversation`` sent at ``now``."""
         visit = self._visits.get(conversation) if conversation else None

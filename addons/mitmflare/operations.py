@@ -22,6 +22,7 @@ from .access import presented_key
 from .core import Core
 from .guard import ROUTED
 from .pool import AVAILABLE, COOLING_DOWN, Account
+from .pool_headers import pool_limits
 from .providers import strip_client_credentials
 from .providers.presets import ANTHROPIC, OPENAI
 from .router import REPLAY_ACCOUNT
@@ -75,9 +76,12 @@ class Operations:
         path = request.path.split("?", 1)[0]
         if path == "/health":
             body = self.health()
-            if self.core.require_keys and (self.core.access is None or self.core.access.user_for(
-                    presented_key(request.headers)) is None):
+            user = self.core.access.user_for(presented_key(request.headers)) \
+                if self.core.access is not None else None
+            if self.core.require_keys and user is None:
                 body = {"status": body["status"]}  # account data only for key holders
+            else:
+                body.update(self.serving(request.query.get("session"), user))
             answer = http.Response.make(200, json.dumps(body),
                                         {"content-type": "application/json"})
         elif path == "/" and request.method in ("GET", "HEAD"):
@@ -97,7 +101,8 @@ class Operations:
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
         written since start) and ``write_errors`` (all items not written), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
-        found deleted and created again."""
+        found deleted and created again; ``pool``: the subscription accounts' windows
+        (:func:`.pool_headers.pool_limits`), when there are any."""
         now = time.time()
         accounts = list(self.core.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
@@ -125,7 +130,30 @@ class Operations:
                                 "recreated": writer.recreated}
         if body["writer"] != "ok":
             body["status"] = "degraded"
+        pool = pool_limits(accounts, now, self.core.headroom)
+        if pool is not None:
+            body["pool"] = pool.to_dict()
         return body
+
+    def serving(self, session: str | None, user) -> dict:
+        """What ``mitmflare statusline`` shows besides the pool: ``serving_account``, the
+        account that last served Claude Code session ``session`` (its prompt-cache
+        conversation), else the one the next Anthropic-format request goes to;
+        ``spent_today_usd``, the recorded cost today (UTC) of ``user`` when a key named one
+        (then also ``user``), else of every account."""
+        now = time.time()
+        core = self.core
+        account = core.affinity.last(session) if session else None
+        if account is None:
+            order = core.selector.preview(core.pool, ANTHROPIC, core.strategy, now,
+                                          core.session_hours, convertible=True)
+            account = order[0].name if order else None
+        if user is not None:
+            spent = core.spent("user", user.name, now)[0]
+        else:
+            spent = sum(core.spent("account", name, now)[0] for name in core.pool.accounts)
+        return {"serving_account": account, "spent_today_usd": round(spent, 6),
+                **({"user": user.name} if user is not None else {})}
 
     @command.command("flare.accounts")
     def accounts_command(self) -> Sequence[str]:

@@ -17,6 +17,7 @@ from . import data
 from .accounts import accounts_app
 from .doctor import doctor
 from .run import ENVIRONMENT, run
+from .statusline import statusline
 from .users import users_app
 
 app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
@@ -26,6 +27,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
 data.register(app)
 app.command("doctor")(doctor)
+app.command("statusline")(statusline)
 app.command("run", epilog=ENVIRONMENT, context_settings={
     "allow_extra_args": True, "ignore_unknown_options": True})(run)
 
