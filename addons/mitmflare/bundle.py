@@ -29,6 +29,7 @@ from mitmproxy.proxy import layer
 from .access import AccessKeys
 from .account_health import AccountHealth
 from .accounts_file import AccountsFile
+from .concurrency import SlotRelease
 from .core import Core
 from .guard import Guard, Refusal
 from .listener import Listener
@@ -51,12 +52,12 @@ def make_addons() -> list[object]:
     """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
     log format, accounts, access keys, token refresh, account health (budgets, window start),
     operations (``/health``, probes, commands), routing/failover, the pool's limit headers
-    (after the router has read the account's own), recording, then the per-attempt timeouts
-    (after the recorder, whose stream tap they watch)."""
+    (after the router has read the account's own), giving back users' slots, recording, then
+    the per-attempt timeouts (after the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
             TokenRefresher(core), AccountHealth(core), Operations(core), Router(core),
-            PoolHeaders(core), Recorder(core), Timeouts(core)]
+            PoolHeaders(core), SlotRelease(core), Recorder(core), Timeouts(core)]
 
 
 class Bundle:

@@ -94,7 +94,8 @@ class AccountConfig(BaseModel):
     only models it can map, unless ``default_model`` is set. ``budget_usd``: see
     :class:`Budget`; an account over it is skipped until the day or month ends.
     ``sticky``: conversations stay on it while their prompt cache lives (see
-    :mod:`.cache_affinity`); pay-as-you-go accounts may turn it off.
+    :mod:`.cache_affinity`); pay-as-you-go accounts may turn it off. ``max_concurrent``:
+    at most this many requests in flight on it (None: no cap; see :mod:`.concurrency`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -113,6 +114,7 @@ class AccountConfig(BaseModel):
     default_model: str | None = None
     budget_usd: Budget | None = None
     sticky: bool = True  # keep conversations here while their prompt cache lives
+    max_concurrent: int | None = Field(default=None, ge=1)
 
     @field_validator("provider")
     @classmethod

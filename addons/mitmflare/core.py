@@ -15,6 +15,7 @@ from typing import Any
 
 from .cache_affinity import CacheAffinity, CacheContext
 from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
+from .concurrency import Slots
 from .oauth import OAuthManager, TokenSet
 from .pool import AVAILABLE, Account, AccountPool
 from .providers.presets import ANTHROPIC, OPENAI
@@ -115,6 +116,7 @@ class Core:
         self._accounts_written = 0.0
         self.burn = BurnTracker()  # utilization history per account and window (forecasts)
         self.affinity = CacheAffinity()  # conversations' prompt caches, by account
+        self.slots = Slots()  # users' requests in flight; wakes requests waiting for a slot
         # per-attempt limits, s: connect, headers, stream headers, stream idle (see .timeouts)
         self.timeouts: tuple[int, int, int, int] = (10, 600, 60, 60)
 

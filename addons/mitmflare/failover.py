@@ -273,7 +273,8 @@ class Failover:
           none can serve the model: 404 ``not_found_error`` naming it (a client's or an
           operator's mistake, not worth a retry).
         * Every account that is not paused, benched or logged out is held only by rate limits
-          (a limit's cooldown, a model limit, or it refused this request for now): 429
+          (a limit's cooldown, a model limit, it refused this request for now, or it is at
+          its ``max_concurrent``): 429
           ``rate_limit_error`` with ``retry-after`` = time until the soonest is free (a short
           one and ``x-should-retry: true`` when a retry may go to an account this request
           already tried).
@@ -366,4 +367,7 @@ def _held(account: Account, fc: FlowContext, now: float) -> tuple[float | None, 
         return None, skipped, False
     if account.name in fc.excluded:
         return now, "refused this request for now", True
+    if account.full():
+        return now, f"{account.state.in_flight} requests in flight, its limit (max_concurrent)", \
+            True
     return None, "not usable", False

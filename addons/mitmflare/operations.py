@@ -97,7 +97,8 @@ class Operations:
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
         ``degraded``, also when the writer is not ``ok``), version, strategy, account counts in
-        total and per provider, the accounts file's rejected entries, the database writer's
+        total and per provider, ``in_flight`` (requests on accounts; holding a user's slot),
+        the accounts file's rejected entries, the database writer's
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
         written since start) and ``write_errors`` (all items not written), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
@@ -113,6 +114,8 @@ class Operations:
             "strategy": self.core.strategy,
             "accounts": {"total": len(accounts), "available": available,
                          "cooling_down": statuses.count(COOLING_DOWN)},
+            "in_flight": {"accounts": sum(a.state.in_flight for a in accounts),
+                          "users": sum(self.core.slots.users.values())},
             "providers": {p: {"total": sum(a.provider == p for a in accounts),
                               "available": sum(a.provider == p and s == AVAILABLE
                                                for a, s in zip(accounts, statuses, strict=True))}

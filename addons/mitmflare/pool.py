@@ -161,6 +161,11 @@ class Account:
             return 0.0, st.benched_reason
         return 0.0, ""
 
+    def full(self) -> bool:
+        """True when ``max_concurrent`` requests are in flight on it (no slot free)."""
+        cap = self.config.max_concurrent
+        return cap is not None and self.state.in_flight >= cap
+
     def is_available(self, now: float) -> bool:
         return self.status(now) == AVAILABLE
 

@@ -15,7 +15,7 @@ import time
 from mitmproxy import ctx, exceptions, http
 from mitmproxy import flow as mitmproxy_flow
 
-from .access import presented_key
+from .access import Refusal, presented_key
 from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
@@ -159,6 +159,11 @@ class Router:
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
             refusal = access.authorize(user, provider, fc.model, fc.started) if access else None
+            if refusal is None and user is not None and not await self.core.slots.take_user(
+                    user, flow.id, fc.started + self.core.queue_s):
+                refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
+                                  f"{user.max_concurrent} requests in flight, its limit "
+                                  f"(max_concurrent); retry when one has finished", 1)
         if refusal is not None:
             fc.error = refusal.message
             extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
@@ -205,7 +210,8 @@ class Router:
         credentials, refreshing an OAuth token that is about to expire first. Returns False
         when no account is usable. Waits for a token refresh, and, when every account that
         could serve is cooling down and the soonest is free again within ``flare_queue_s`` of
-        the request's arrival, until then (instead of answering 429)."""
+        the request's arrival, until then, or while they are at their ``max_concurrent``, until
+        a slot is free (at most that long; instead of answering 429)."""
         core = self.core
         while True:
             if account is None:
@@ -214,7 +220,7 @@ class Router:
                     wait = self._queue_wait(fc)
                     if wait is None:
                         return False
-                    await asyncio.sleep(wait)
+                    await core.slots.wait(wait)  # sooner when a slot is given back
                     continue
             if core.oauth and core.oauth.needs_refresh(account, time.time()) \
                     and not await core.oauth.refresh(account):
@@ -235,17 +241,23 @@ class Router:
     def _queue_wait(self, fc: FlowContext) -> float | None:
         """Seconds to hold ``fc``'s request until the soonest cooling account that could
         serve it is free (one it already failed on for a rate limit counts, and is tried
-        again), or None when none is free again before ``flare_queue_s`` after the request
-        came."""
+        again), or, when none is but one is at its ``max_concurrent``, until ``flare_queue_s``
+        after the request came (the wait ends sooner when a slot is given back); None when
+        neither comes before then."""
         now = time.time()
         deadline = fc.started + self.core.queue_s
         frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
                     fc.provider, fc.convertible)
                  if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
                  and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
+        full = any(at <= now and a.full() and a.name not in fc.excluded for at, a in frees)
         frees = [(at, a) for at, a in frees if now < at <= deadline]
         if not frees:
-            return None
+            if not full or deadline <= now:
+                return None
+            if not any(n.startswith("waited for a free slot") for n in fc.notes):
+                fc.notes.append("waited for a free slot (max_concurrent)")
+            return deadline - now
         at, account = min(frees, key=lambda f: f[0])
         fc.excluded.discard(account.name)
         fc.notes.append(f"held {at - now:.1f} s for {account.name} (all cooling down)")
@@ -253,8 +265,7 @@ class Router:
 
     def _apply(self, flow: http.HTTPFlow, fc: FlowContext, account: Account, secret: str) -> None:
         now = time.time()
-        if fc.account is not None:
-            fc.account.state.in_flight -= 1
+        self._release(fc)
         request = flow.request
         cfg = account.config
         scheme, host, port, prefix = account.target
@@ -327,10 +338,11 @@ class Router:
                     fc.model, None, now)
         self._release(fc)
 
-    @staticmethod
-    def _release(fc: FlowContext) -> None:
+    def _release(self, fc: FlowContext) -> None:
+        """Give back the account's slot the request held (see :mod:`.concurrency`)."""
         if fc.account is not None:
             fc.account.state.in_flight -= 1
+            self.core.slots.freed()
 
     # -- retries by the client itself -------------------------------------------------------
     def _remember_for_retry(self, flow: http.HTTPFlow, fc: FlowContext) -> None:

@@ -173,7 +173,8 @@ STATE_TABLES = {
     "operator_commands": ({"id": int, "command": str, "account": str, "created_at": str}, "id"),
     "users": ({"name": str, "key_hash": str, "key_prefix": str, "disabled": int,
                "allowed_models": str, "allowed_providers": str, "daily_cap_usd": float,
-               "monthly_cap_usd": float, "created_at": str, "updated_at": str}, "name"),
+               "monthly_cap_usd": float, "created_at": str, "updated_at": str,
+               "max_concurrent": int}, "name"),
 }
 
 

@@ -1,8 +1,9 @@
 """Choosing an account for a request (``flare_strategy``).
 
 Every strategy first narrows the candidates to the *best tier*: available accounts of the
-request's provider, not excluded for this request, whose model is not cooling down, ranked by
-(near a limit?, ``priority``). Accounts near a limit are chosen only when nothing else is free.
+request's provider, not excluded for this request, whose model is not cooling down, with a
+free slot (``max_concurrent``), ranked by (near a limit?, ``priority``). Accounts near a
+limit are chosen only when nothing else is free.
 
 * ``session`` (default): one account per provider for ``flare_session_hours``, left early when
   a better-ranked account is free again; a client conversation stays on the account it started
@@ -48,7 +49,7 @@ class Selector:
         candidates = [a for a in pool.available(provider, now, convertible)
                       if a.name not in exclude and a.serves(model)
                       and (family is None or a.in_family(family))
-                      and not _model_cooling(a, model, now)]
+                      and not _model_cooling(a, model, now) and not a.full()]
         if not candidates:
             return None
         if warm:

@@ -32,7 +32,8 @@ class UserError(Exception):
 @dataclass
 class User:
     """One user. ``allowed_models`` / ``allowed_providers``: None allows all. Caps in USD per
-    UTC day / calendar month (None: no cap). ``disabled`` users are refused, history kept."""
+    UTC day / calendar month (None: no cap). ``disabled`` users are refused, history kept.
+    ``max_concurrent``: at most this many requests in flight (None: no cap)."""
 
     name: str
     key_hash: str
@@ -43,6 +44,7 @@ class User:
     daily_cap_usd: float | None = None
     monthly_cap_usd: float | None = None
     created_at: str | None = None
+    max_concurrent: int | None = None
 
     def row(self) -> dict[str, Any]:
         """The ``users`` row in ``flare_state``."""
@@ -53,7 +55,8 @@ class User:
                 "allowed_providers": json.dumps(self.allowed_providers)
                 if self.allowed_providers is not None else None,
                 "daily_cap_usd": self.daily_cap_usd, "monthly_cap_usd": self.monthly_cap_usd,
-                "created_at": self.created_at, "updated_at": iso_utc(time.time())}
+                "created_at": self.created_at, "updated_at": iso_utc(time.time()),
+                "max_concurrent": self.max_concurrent}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
@@ -62,7 +65,8 @@ class User:
 
         return cls(row["name"], row["key_hash"], row["key_prefix"] or "", bool(row["disabled"]),
                    listed(row["allowed_models"]), listed(row["allowed_providers"]),
-                   row["daily_cap_usd"], row["monthly_cap_usd"], row["created_at"])
+                   row["daily_cap_usd"], row["monthly_cap_usd"], row["created_at"],
+                   row.get("max_concurrent"))  # None in a file from before the column
 
     def allows(self, provider: str, model: str | None) -> str | None:
         """None when the user may send this request, else why not (one line)."""

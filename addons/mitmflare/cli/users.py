@@ -31,6 +31,8 @@ DailyCap = Annotated[float | None, typer.Option(
     "--daily-cap", min=0, help="Spend cap in USD per UTC day (recorded costs).")]
 MonthlyCap = Annotated[float | None, typer.Option(
     "--monthly-cap", min=0, help="Spend cap in USD per calendar month (UTC).")]
+MaxConcurrent = Annotated[int | None, typer.Option(
+    "--max-concurrent", min=0, help="At most this many requests in flight (0: no limit).")]
 
 
 def _store(state: str) -> UsersStore:
@@ -51,7 +53,7 @@ def _show_key(user: User, key: str, what: str) -> None:
 @users_app.command("add")
 def add(name: str, models: Models = None, providers: Providers = None,
         daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
-        state: State = STATE_PATH) -> None:
+        max_concurrent: MaxConcurrent = None, state: State = STATE_PATH) -> None:
     """Create a user and print its access key once.
 
     Example: mitmflare users add alice --daily-cap 5 --models 'claude-sonnet-*'
@@ -60,7 +62,7 @@ def add(name: str, models: Models = None, providers: Providers = None,
     try:
         user, key = store.add(name, allowed_models=_listed(models),
                               allowed_providers=_listed(providers), daily_cap_usd=daily_cap,
-                              monthly_cap_usd=monthly_cap)
+                              monthly_cap_usd=monthly_cap, max_concurrent=max_concurrent or None)
     except UserError as exc:
         fail(exc)
     finally:
@@ -85,17 +87,18 @@ def list_users(as_json: Json = False, state: State = STATE_PATH) -> None:
                                 "allowed_providers": u.allowed_providers,
                                 "daily_cap_usd": u.daily_cap_usd,
                                 "monthly_cap_usd": u.monthly_cap_usd,
+                                "max_concurrent": u.max_concurrent,
                                 "created_at": u.created_at} for u in users], indent=2))
         return
     table = Table("user", "key", "status", "models", "providers", "daily cap", "monthly cap",
-                  "created")
+                  "max concurrent", "created")
     for u in users:
         table.add_row(u.name, u.key_prefix + "…", "disabled" if u.disabled else "enabled",
                       ", ".join(u.allowed_models or ["all"]),
                       ", ".join(u.allowed_providers or ["all"]),
                       usd(u.daily_cap_usd) if u.daily_cap_usd is not None else "-",
                       usd(u.monthly_cap_usd) if u.monthly_cap_usd is not None else "-",
-                      u.created_at or "")
+                      str(u.max_concurrent or "-"), u.created_at or "")
     Console().print(table)
 
 
@@ -126,10 +129,11 @@ def enable(name: str, state: State = STATE_PATH) -> None:
 def set_limits(name: str, models: Models = None, providers: Providers = None,
                daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
                no_caps: Annotated[bool, typer.Option("--no-caps", help="Remove both caps.")] = False,
-               state: State = STATE_PATH) -> None:
-    """Change a user's allowed models/providers and spend caps (options not given stay).
+               max_concurrent: MaxConcurrent = None, state: State = STATE_PATH) -> None:
+    """Change a user's allowed models/providers, spend caps and concurrency limit (options
+    not given stay).
 
-    Example: mitmflare users set alice --monthly-cap 100 --providers anthropic
+    Example: mitmflare users set alice --monthly-cap 100 --providers anthropic --max-concurrent 4
     """
     changes: dict = {}
     if models is not None:
@@ -140,6 +144,8 @@ def set_limits(name: str, models: Models = None, providers: Providers = None,
         changes["daily_cap_usd"] = None if no_caps else daily_cap
     if monthly_cap is not None or no_caps:
         changes["monthly_cap_usd"] = None if no_caps else monthly_cap
+    if max_concurrent is not None:
+        changes["max_concurrent"] = max_concurrent or None
     _update(name, state, "Updated", **changes)
 
 
