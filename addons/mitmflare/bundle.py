@@ -34,6 +34,7 @@ from .core import Core
 from .guard import Guard, Refusal
 from .listener import Listener
 from .log_format import LogFormat
+from .oauth_clients import OAuthClients
 from .operations import Operations
 from .pool_headers import PoolHeaders
 from .recorder import Recorder
@@ -51,13 +52,14 @@ ASYNC_HOOKS = ("request", "response")
 def make_addons() -> list[object]:
     """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
     log format, accounts, access keys, token refresh, account health (budgets, window start),
-    operations (``/health``, probes, commands), routing/failover, the pool's limit headers
-    (after the router has read the account's own), giving back users' slots, recording, then
-    the per-attempt timeouts (after the recorder, whose stream tap they watch)."""
+    which clients subscription accounts serve, operations (``/health``, probes, commands),
+    routing/failover, the pool's limit headers (after the router has read the account's
+    own), giving back users' slots, recording, then the per-attempt timeouts (after the
+    recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
-            TokenRefresher(core), AccountHealth(core), Operations(core), Router(core),
-            PoolHeaders(core), SlotRelease(core), Recorder(core), Timeouts(core)]
+            TokenRefresher(core), AccountHealth(core), OAuthClients(core), Operations(core),
+            Router(core), PoolHeaders(core), SlotRelease(core), Recorder(core), Timeouts(core)]
 
 
 class Bundle:

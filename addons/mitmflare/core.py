@@ -111,6 +111,7 @@ class Core:
         self.oauth: OAuthManager | None = None
         self.access = None  # the AccessKeys addon (see .access)
         self.require_keys = False
+        self.oauth_clients = "any"  # flare_oauth_clients (see .oauth_clients)
         self.users: dict[str, Any] = {}  # access-key users by key hash (see .users)
         self._accounts_dirty = True
         self._accounts_written = 0.0

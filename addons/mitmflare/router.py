@@ -21,6 +21,7 @@ from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover, free_at
 from .guard import ROUTED, take_placeholder
+from .oauth_clients import keep_for_claude_code
 from .option_types import decimal
 from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import (
@@ -172,6 +173,11 @@ class Router:
             return
         fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
+        refused = keep_for_claude_code(self.core, fc, request.headers)
+        if refused is not None:
+            fc.error = refused
+            flow.response = error_response(provider, 403, "permission", refused)
+            return
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
             flow.response = self.failover.no_account_response(fc)
