@@ -9,9 +9,9 @@ import subprocess
 import anthropic
 import httpx
 import pytest
+from test_e2e_providers import claude_code_binary
 
 from conftest import accounts_yaml
-from test_e2e_providers import claude_code_binary
 
 MAX, KEY = "sk-ant-oat01-CLIENTS-MAX", "sk-ant-api03-CLIENTS-KEY"
 MSG = [{"role": "user", "content": "hi"}]

@@ -17,7 +17,7 @@ from conftest import Proxy, accounts_yaml
 
 A, B = "sk-ant-oat01-POOL-A", "sk-ant-oat01-POOL-B"
 KEY = "sk-ant-api03-POOL-K"
-NOW = int(time.time())
+T0 = int(time.time()) + 3600  # resets are relative to this: an hour of slack for slow runs
 EXPIRES = "2099-01-01T00:00:00Z"
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 5,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -34,8 +34,8 @@ def unified(u5: float, reset5: int, u7: float, reset7: int, status5: str = "allo
             p + "fallback-percentage": "0.5"}
 
 
-A_HEADERS = unified(0.8, NOW + 3600, 0.5, NOW + 5 * 86400)
-B_HEADERS = unified(0.2, NOW + 7200, 0.7, NOW + 6 * 86400)
+A_HEADERS = unified(0.8, T0 + 3600, 0.5, T0 + 5 * 86400)
+B_HEADERS = unified(0.2, T0 + 7200, 0.7, T0 + 6 * 86400)
 
 
 def yaml(url: str) -> str:
@@ -76,11 +76,11 @@ def test_answers_carry_the_pools_windows_and_the_accounts_own_move_aside(sim, po
     assert sim.credentials_seen() == [A, B] and h["x-mitmflare-account"] == "pool-b"
     assert h["x-mitmflare-account-unified-5h-utilization"] == "0.2"
     assert h["anthropic-ratelimit-unified-5h-utilization"] == "0.5"  # mean of 0.8 and 0.2
-    assert h["anthropic-ratelimit-unified-5h-reset"] == str(NOW + 3600)  # the soonest
+    assert h["anthropic-ratelimit-unified-5h-reset"] == str(T0 + 3600)  # the soonest
     assert h["anthropic-ratelimit-unified-7d-utilization"] == "0.6"
-    assert h["anthropic-ratelimit-unified-7d-reset"] == str(NOW + 5 * 86400)
+    assert h["anthropic-ratelimit-unified-7d-reset"] == str(T0 + 5 * 86400)
     assert h["anthropic-ratelimit-unified-representative-claim"] == "seven_day"
-    assert h["anthropic-ratelimit-unified-reset"] == str(NOW + 5 * 86400)
+    assert h["anthropic-ratelimit-unified-reset"] == str(T0 + 5 * 86400)
     assert h["anthropic-ratelimit-unified-status"] == "allowed"
     assert len(h.get_list("anthropic-ratelimit-unified-5h-utilization")) == 1
 
@@ -107,7 +107,7 @@ def test_health_and_the_statusline_command_show_the_pool(sim, pooled):
     health = httpx.get(f"{pooled.url}/health", params={"session": session}).json()
     assert health["serving_account"] == account
     five = health["pool"]["windows"]["5h"]
-    assert (five["utilization"], five["reset"], five["accounts"]) == (0.5, NOW + 3600, 2)
+    assert (five["utilization"], five["reset"], five["accounts"]) == (0.5, T0 + 3600, 2)
     deadline = time.time() + 10  # the writer process counts the spend a moment later
     while health["spent_today_usd"] == 0 and time.time() < deadline:
         time.sleep(0.2)
@@ -119,7 +119,7 @@ def test_health_and_the_statusline_command_show_the_pool(sim, pooled):
                           text=True, timeout=60, env={"ANTHROPIC_BASE_URL": pooled.url,
                                                       "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    reset = time.strftime("%H:%M", time.localtime(NOW + 3600))
+    reset = time.strftime("%H:%M", time.localtime(T0 + 3600))
     assert done.stdout.startswith(f"pool 5h 50 % (resets {reset}) · 7d 60 % · on {account} · $")
     assert done.stdout.rstrip().endswith(" today")
 
@@ -128,7 +128,7 @@ def test_the_proxys_own_429_says_the_pool_is_exhausted(sim, proxy):
     p = proxy(yaml(sim.url), flare_pool_headers="true", flare_queue_s="0")
     for token in (A, B):
         sim.script(token, {"status": 429, "headers": {
-            **unified(1.01, NOW + 600, 0.5, NOW + 5 * 86400, "rejected"), "retry-after": "600"}})
+            **unified(1.01, T0 + 600, 0.5, T0 + 5 * 86400, "rejected"), "retry-after": "600"}})
     sim.script(KEY, {"status": 429, "headers": {"retry-after": "900"}})
     answer = httpx.post(p.url + "/v1/messages", json=BODY, headers={"x-api-key": "c"})
     assert answer.status_code == 429
@@ -137,7 +137,7 @@ def test_the_proxys_own_429_says_the_pool_is_exhausted(sim, proxy):
     assert h["anthropic-ratelimit-unified-status"] == "rejected"
     assert h["anthropic-ratelimit-unified-5h-status"] == "rejected"
     assert h["anthropic-ratelimit-unified-5h-utilization"] == "1.0"
-    assert h["anthropic-ratelimit-unified-reset"] == str(NOW + 600)
+    assert h["anthropic-ratelimit-unified-reset"] == str(T0 + 600)
     assert "x-mitmflare-account" not in h
 
 
