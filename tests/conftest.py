@@ -164,6 +164,22 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         p.stop()
 
 
+def rejected_5h(reset_in: float) -> dict:
+    """A 429 of a subscription account whose 5-hour window is spent for ``reset_in`` s."""
+    reset = str(int(time.time() + reset_in))
+    return {"status": 429, "headers": {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-5h-status": "rejected",
+        "anthropic-ratelimit-unified-5h-reset": reset,
+        "anthropic-ratelimit-unified-5h-utilization": "1.01",
+        "anthropic-ratelimit-unified-7d-status": "allowed",
+        "anthropic-ratelimit-unified-7d-utilization": "0.69",
+        "anthropic-ratelimit-unified-7d-reset": str(int(time.time() + 86400)),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-reset": reset,
+        "retry-after": str(int(reset_in)), "x-should-retry": "true"}}
+
+
 def accounts_yaml(base_url: str, *accounts: dict) -> str:
     """YAML text for ``accounts`` (dicts of fields), each pointed at ``base_url``."""
     lines = ["accounts:"]

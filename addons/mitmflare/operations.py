@@ -116,6 +116,10 @@ class Operations:
         if self.core.config_errors:
             body["config_error"] = "; ".join(self.core.config_errors)
             body["config_errors"] = self.core.config_errors
+        shared = self.core.shared
+        body["shared_state"] = shared.status() if shared is not None else "off"
+        if shared is not None:
+            body["worker"] = shared.worker
         writer = self.core.writer
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0

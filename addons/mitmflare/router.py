@@ -294,8 +294,12 @@ class Router:
             return
         verdict = await self.failover.handle(flow, fc, self.route)
         if verdict is not None and verdict.action == "ok" and fc.account is not None:
+            now = time.time()
             self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
-                                      time.time())
+                                      now)
+            if self.core.shared is not None:  # every process keeps the conversation here
+                self.core.shared.served(fc.cache.conversation, fc.account.name,
+                                        fc.cache.ttl_s, now)
         if fc.converted and flow.response is not None and not flow.response.stream:
             answer_to_anthropic(flow.response, fc.upstream_model or fc.model or "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
