@@ -4,6 +4,7 @@ reaches both, and a Redis outage changes nothing for clients."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import pytest
 
@@ -151,3 +153,34 @@ def test_a_redis_outage_changes_nothing_for_clients_and_state_converges(sim, wor
     assert two.health()["shared_state"] == "ok"
     assert "client" not in sim.credentials_seen()
 
+
+
+def test_an_expiring_subscription_token_is_refreshed_once_across_workers(sim, redis_server,
+                                                                        tmp_path):
+    from test_e2e_oauth import oauth_yaml
+    sim.oauth_enforce = True
+    pair = sim.issue_tokens(expires_in=60)  # inside the refresh buffer: refreshed before use
+    yaml = oauth_yaml(sim, pair, 60)
+    pool = []
+    try:
+        for i in (1, 2):  # separate flare_state files, as on two hosts
+            folder = tmp_path / f"host{i}"
+            folder.mkdir()
+            pool.append(Proxy(folder, yaml, {
+                "flare_redis": redis_server.url,
+                "flare_oauth_token_url": f"{sim.url}/v1/oauth/token"}, None).start())
+        wait_for(lambda: all(p.health()["shared_state"] == "ok" for p in pool))
+
+        async def burst() -> list:
+            clients = [anthropic.AsyncAnthropic(base_url=p.url, api_key="client",
+                                                max_retries=0) for p in pool]
+            return await asyncio.gather(*[clients[i % 2].messages.create(
+                model="claude-sonnet-4-6", max_tokens=5, messages=MSG) for i in range(20)])
+
+        assert len(asyncio.run(burst())) == 20
+        assert len(sim.token_requests) == 1  # one refresh for both hosts
+        assert len({r.credential for r in sim.requests}) == 1  # both use the new pair
+        assert all(p.health()["accounts"]["available"] == 1 for p in pool)  # none needs login
+    finally:
+        for p in pool:
+            p.stop()

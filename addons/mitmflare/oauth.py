@@ -168,6 +168,10 @@ def token_error(response: httpx.Response) -> RefreshError:
     return RefreshError(text, invalid_grant=code == "invalid_grant")
 
 
+def _pair(tokens: TokenSet) -> dict[str, Any]:
+    return asdict(tokens)
+
+
 class OAuthManager:
     """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
     persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``."""
@@ -211,6 +215,17 @@ class OAuthManager:
         current = self.core.tokens.get(name)
         if current is None or not current.refresh_token:
             return False
+        shared = self.core.shared
+        if shared is not None:
+            lease = await shared.refresh_lease(name)
+            if lease is False and await self._adopt_shared(account, current):
+                return True  # another process refreshed it
+            if await self._adopt_newer(account, current):  # rotated by another host earlier
+                current = self.core.tokens[name]
+                if not self.needs_refresh(account, time.time()):
+                    if lease:
+                        await shared.release(name)
+                    return True
         now = time.time()
         try:
             if self.client is None:
@@ -241,9 +256,53 @@ class OAuthManager:
                                 None, None, now)
             return False
         self.core.tokens[name] = fresh
+        if shared is not None:  # before anyone else refreshes: they adopt this pair
+            await shared.store_tokens(name, _pair(fresh))
         self.core.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
         self.core.mark_accounts_changed()
         return True
+
+    async def _adopt_shared(self, account, current: TokenSet) -> bool:
+        """Another process holds the refresh lease: wait (up to the refresh timeout) for the
+        pair it stores in Redis and adopt it. False if none came (then refresh here)."""
+        deadline = time.monotonic() + REFRESH_TIMEOUT_S + 5
+        while time.monotonic() < deadline:
+            pair = await self.core.shared.stored_tokens(account.name)
+            if pair and pair.get("refresh_token") != current.refresh_token:
+                await self.adopt(account.name, pair)
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _adopt_newer(self, account, current: TokenSet) -> bool:
+        """Adopt the pair in Redis when it was refreshed after ``current`` (another process
+        rotated the refresh token we hold). True when adopted."""
+        pair = await self.core.shared.stored_tokens(account.name)
+        if not pair or pair.get("refresh_token") in (None, current.refresh_token) or \
+                (pair.get("last_refresh_at") or 0) <= (current.last_refresh_at or 0):
+            return False
+        await self.adopt(account.name, pair)
+        return True
+
+    async def adopt(self, name: str, pair: dict[str, Any]) -> None:
+        """Take ``pair`` (fields of :class:`TokenSet`), refreshed by another process, and keep
+        it in ``flare_state`` too (for a restart without Redis)."""
+        account = self.core.pool.accounts.get(name)
+        current = self.core.tokens.get(name)
+        if account is None or not pair.get("access_token") or (
+                current is not None and current.refresh_token == pair.get("refresh_token")):
+            return
+        fresh = TokenSet(**{k: pair.get(k) for k in
+                            ("access_token", "refresh_token", "expires_at", "last_refresh_at")},
+                         source_fingerprint=pair.get("source_fingerprint") or "")
+        self.core.tokens[name] = fresh
+        self.core.event(account, "tokens_adopted", "pair refreshed by another process")
+        self.core.clear_stale_reauth()
+        self.core.mark_accounts_changed()
+        try:
+            await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
+        except sqlite3.Error:
+            log.exception("OAuth: the adopted pair of %s was not saved to flare_state", name)
 
     async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
         """After ``invalid_grant``: adopt the pair in ``flare_state`` if another process (a

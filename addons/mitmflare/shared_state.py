@@ -9,6 +9,11 @@ Unset (the default), nothing changes and nothing is imported. Set to a ``redis:/
   shared fields (:data:`SHARED_FIELDS`) and the time of the change; the latest change wins
   (``mitmflare:account:<name>`` holds it for processes that start later). Per-process
   counters (requests, failures, in flight) stay local.
+- **OAuth refresh**: one refresh per account across every host. A process about to refresh
+  takes a lease (``SET NX PX``, :data:`LEASE_MS`); the others wait for the pair it stores
+  (``mitmflare:tokens:<name>``, before anyone uses it) and adopt it, so a rotating refresh
+  token is never spent twice. Redis then holds the pairs: protect it (password, TLS, a
+  private network) as you protect ``flare_state``.
 - **Conversation stickiness**: each answered request of a conversation with a prompt cache is
   published, so every process sends the conversation's next request to the account where its
   cache lives (:class:`~.cache_affinity.CacheAffinity`).
@@ -24,6 +29,7 @@ wins both ways (resynchronisation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +49,11 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "mitmflare:events"
 ACCOUNT_KEY = "mitmflare:account:"
+TOKENS_KEY = "mitmflare:tokens:"          # an OAuth account's latest pair (JSON)
+LEASE_KEY = "mitmflare:refresh-lease:"    # held by the one process refreshing an account
+LEASE_MS = 30_000
+RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+           "end return 0")
 SCHEMES = ("redis", "rediss", "unix")
 SHARED_FIELDS = tuple(f for f in AccountState.PERSISTED
                       if f not in ("requests", "failures", "last_used", "identity"))
@@ -67,6 +78,8 @@ class SharedState:
         self._wake = asyncio.Event()
         self._changed_at: dict[str, float] = {}  # account -> epoch s of the state we hold
         self._task: asyncio.Task | None = None
+        self._client: Any = None               # the connected client (refresh leases)
+        self._first = asyncio.Event()          # set once connected for the first time
 
     # -- mitmproxy hooks ----------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -153,6 +166,8 @@ class SharedState:
                     log.info("shared state: connected to %s as worker %s",
                              _redacted(self.url), self.worker)
                 self.connected, self.down_since = True, None
+                self._client = client
+                self._first.set()
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))
                     group.create_task(self._listen(pubsub))
@@ -164,7 +179,7 @@ class SharedState:
                                 "and retrying every %.0f s", _reason(error), RETRY_S)
                 if self.connected:
                     self.down_since = time.time()
-                self.connected = False
+                self.connected, self._client = False, None
             finally:
                 await asyncio.shield(_close(client))
             await asyncio.sleep(RETRY_S)
@@ -220,6 +235,64 @@ class SharedState:
                 self._apply_account(str(data.get("n")), data)
             elif data.get("k") == "visit":
                 self._apply_visit(data)
+            elif data.get("k") == "tokens" and self.core.oauth is not None:
+                asyncio_utils.create_task(
+                    self.core.oauth.adopt(str(data.get("n")), data.get("pair") or {}),
+                    name="mitmflare: adopt a refreshed pair", keep_ref=True)
+
+    # -- OAuth refresh across processes (off the hot path: a refresh waits on Redis) -------------
+    async def refresh_lease(self, name: str) -> bool | None:
+        """Take the refresh lease of account ``name``: True (refresh it), False (another
+        process is refreshing it: wait for its pair), None (Redis unreachable: refresh
+        locally)."""
+        if self._client is None and not self._first.is_set():  # starting: wait a moment
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first.wait(), TIMEOUT_S)
+        client = self._client
+        if client is None:
+            return None
+        try:
+            taken = await asyncio.wait_for(
+                client.set(LEASE_KEY + name, self.worker, nx=True, px=LEASE_MS), TIMEOUT_S)
+        except Exception as error:  # Redis went away: refresh locally
+            log.warning("shared state: refresh lease of %s not taken (%s)", name, _reason(error))
+            return None
+        return bool(taken)
+
+    async def store_tokens(self, name: str, pair: dict[str, Any]) -> None:
+        """Store and announce ``name``'s new pair, then release its lease (best effort)."""
+        client = self._client
+        if client is None:
+            return
+        text = json.dumps({"k": "tokens", "n": name, "w": self.worker, "pair": pair})
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(TOKENS_KEY + name, text)
+            pipe.publish(CHANNEL, text)
+            pipe.eval(RELEASE, 1, LEASE_KEY + name, self.worker)
+            await asyncio.wait_for(pipe.execute(), TIMEOUT_S)
+        except Exception as error:
+            log.warning("shared state: new pair of %s not shared (%s)", name, _reason(error))
+
+    async def release(self, name: str) -> None:
+        """Give up the refresh lease of ``name`` if this process holds it (best effort)."""
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.eval(RELEASE, 1, LEASE_KEY + name, self.worker),
+                                       TIMEOUT_S)
+
+    async def stored_tokens(self, name: str) -> dict[str, Any] | None:
+        """The latest pair of ``name`` in Redis, or None."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            text = await asyncio.wait_for(client.get(TOKENS_KEY + name), TIMEOUT_S)
+        except Exception:
+            return None
+        data = json.loads(text) if text else None
+        return data.get("pair") if isinstance(data, dict) else None
 
     # -- applying what other processes learned ---------------------------------------------
     def _apply_account(self, name: str, message: dict[str, Any]) -> None:
