@@ -26,9 +26,14 @@ document.addEventListener("DOMContentLoaded", () => {
 // The overview dashboard: account cards (status, 5h / 7d window bars with reset countdowns,
 // forecast, token health, cost against budget, where the next request goes) and the latest
 // requests, above the charts; all of it refreshed every 10 s without reloading the page (the
-// charts by running the dashboards plugin's own renderChart calls again). "Pause" stops it.
-const MF_REFRESH_MS = 10000;
+// charts by running the dashboards plugin's own renderChart calls again). "Pause" stops it;
+// "#refresh=N" at the end of the address refreshes every N seconds instead.
 const MF_DB = "/mitmflare";
+
+function mfRefreshMs() {
+  const match = /(?:^#|&)refresh=(\d+(?:\.\d+)?)/.exec(location.hash);
+  return Math.max(match ? Number(match[1]) : 10, 0.5) * 1000;
+}
 
 function mfEl(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -128,6 +133,29 @@ async function mfRefreshPanel(panel) {
   }
 }
 
+// A function that draws the charts again: the page's own renderChart calls, run once more.
+// The plugin's metric and table renderers append what they draw to the chart's element, so
+// after each of them only the newest drawing is kept: a redraw replaces, never adds. Vega-Lite
+// charts replace themselves (vega-embed). Resolves when every chart is drawn (or failed).
+function mfChartRedraw() {
+  const script = [...document.scripts].find((s) => s.textContent.includes("renderChart("));
+  if (!script || typeof renderChart !== "function") return null;
+  const render = renderChart;
+  const calls = new Function("renderChart", "autorefresh", script.textContent);
+  return () => {
+    const drawn = [];
+    calls((slug, chart, ...rest) => {
+      drawn.push(Promise.resolve(render(slug, chart, ...rest)).then(() => {
+        const el = document.getElementById(`chart-${slug}`);
+        if (el && (chart.library === "metric" || chart.library === "table")) {
+          while (el.childElementCount > 1) el.firstElementChild.remove();
+        }
+      }));
+    }, () => {});
+    return Promise.allSettled(drawn);
+  };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const grid = document.querySelector(".dashboard-grid");
   if (!grid || !location.pathname.endsWith("/-/dashboards/overview")) return;
@@ -139,17 +167,21 @@ document.addEventListener("DOMContentLoaded", () => {
     mfEl("details", {open: ""}, mfEl("summary", {}, "Recent requests (latest 50)"),
       mfEl("div", {class: "mf-recent-box"})));
   grid.before(panel);
-  const charts = [...document.scripts].find((s) => s.textContent.includes("renderChart("));
-  const redraw = charts ? new Function(charts.textContent.replace(/autorefresh\([^)]*\)/g, "")) : null;
-  let paused = false;
+  const redraw = mfChartRedraw();
+  let paused = false, busy = false, refreshes = 0;
   pause.addEventListener("click", () => {
     paused = !paused;
     pause.textContent = paused ? "Resume" : "Pause";
   });
   mfRefreshPanel(panel);
-  setInterval(() => {
-    if (paused || document.hidden) return;
-    mfRefreshPanel(panel);
-    if (redraw) redraw();
-  }, MF_REFRESH_MS);
+  setInterval(async () => {  // one refresh at a time: a slow one skips the next tick
+    if (paused || busy || document.hidden) return;
+    busy = true;
+    try {
+      await Promise.all([mfRefreshPanel(panel), redraw ? redraw() : null]);
+    } finally {
+      busy = false;
+      panel.dataset.refreshes = String(++refreshes);
+    }
+  }, mfRefreshMs());
 });
