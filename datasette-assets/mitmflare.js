@@ -1,6 +1,38 @@
 // mitmflare dashboard: the column descriptions of a table page go into a collapsed block and
-// become each column header's tooltip; a truncated cell shows its full text on hover.
+// become each column header's tooltip; a truncated cell shows its full text on hover. A row's
+// page (and a query's single row that is wider than the page) reads top to bottom: one line
+// per column, its value wrapped, a very long one scrolling inside its cell.
+function mfRecord(table) {
+  const names = [...table.querySelectorAll("thead th")];
+  const cells = [...table.querySelectorAll("tbody tr:first-child > td")];
+  const body = document.createElement("tbody");
+  cells.forEach((td, i) => {
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = names[i] ? (names[i].dataset.column || names[i].textContent.trim()) : "";
+    const description = names[i] && names[i].dataset.columnDescription;
+    if (description) th.title = description;
+    const value = document.createElement("div");
+    value.className = "mf-value";
+    value.append(...td.childNodes);
+    td.append(value);
+    const tr = document.createElement("tr");
+    tr.append(th, td);
+    body.append(tr);
+  });
+  const record = document.createElement("table");
+  record.className = "mf-record";
+  record.append(body);
+  table.replaceWith(record);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("table.rows-and-columns").forEach((table) => {
+    if (table.tBodies.length !== 1 || table.tBodies[0].rows.length !== 1) return;
+    const box = table.parentElement;
+    const tooWide = box && box.scrollWidth > box.clientWidth;
+    if (document.body.classList.contains("row") || tooWide) mfRecord(table);
+  });
   const list = document.querySelector("dl.column-descriptions");
   if (list) {
     const descriptions = {};

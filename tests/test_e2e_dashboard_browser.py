@@ -160,3 +160,26 @@ def test_default_refresh_keeps_one_accounts_table_over_35_s(realistic):
     assert {key: most[key] for key in APPENDED} == dict.fromkeys(APPENDED, 1)
     assert most["cards"] == 2
     assert refreshes(page) >= 3  # 10 s apart: at about 10, 20 and 30 s
+
+
+# Elements of the page's content that stick out to the right of the viewport, or that scroll
+# sideways (cells with a very long value may scroll up and down, never sideways).
+CUT_OFF = """() => {
+  const width = window.innerWidth;
+  return [...document.querySelectorAll('section.content *')].filter((el) =>
+    el.getBoundingClientRect().right > width + 1 || el.scrollWidth > el.clientWidth + 1
+  ).map((el) => el.tagName + '.' + el.className);
+}"""
+
+
+def test_request_page_fits_1400_px_and_wraps_long_values(browser, server):
+    page = open_page(browser, server + "/mitmflare/requests/long", width=1400)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    assert page.evaluate(CUT_OFF) == []
+    for column, value in (("error", "E" * 2000), ("user_agent", "agent/" + "a" * 1990),
+                          ("status", "500")):
+        cell = page.locator(f"td.col-{column}")
+        assert cell.inner_text().strip() == value
+        assert cell.bounding_box()["width"] < 1400
+    assert page.locator("th", has_text="cache_creation_1h_input_tokens").is_visible()
+    page.close()
