@@ -55,12 +55,14 @@ document.addEventListener("DOMContentLoaded", () => {
   });
 });
 
-// The overview dashboard: account cards (status, 5h / 7d window bars with reset countdowns,
-// forecast, token health, cost against budget, where the next request goes) and the latest
-// requests, above the charts; all of it refreshed every 10 s without reloading the page (the
-// charts by running the dashboards plugin's own renderChart calls again). "Pause" stops it;
-// "#refresh=N" at the end of the address refreshes every N seconds instead.
+// The overview dashboard: below the headline tiles, account cards (status, 5h / 7d window
+// bars with reset countdowns, forecast, token health, cost against budget, where the next
+// request goes) in the "accounts-now" card; the latest requests in "recent-requests"; all of
+// it refreshed every 10 s without reloading the page (the charts by running the dashboards
+// plugin's own renderChart calls again). "Pause" stops it; "#refresh=N" at the end of the
+// address refreshes every N seconds instead.
 const MF_DB = "/mitmflare";
+const MF_RECENT_ROWS = 10;
 
 function mfRefreshMs() {
   const match = /(?:^#|&)refresh=(\d+(?:\.\d+)?)/.exec(location.hash);
@@ -121,7 +123,8 @@ function mfCard(a) {
     mfBar("7d", a.used_7d, a.reset_7d, a.forecast_7d),
     a.used_5h === null ? mfBar("limits", a.used_bucket, a.reset_bucket, null) : null,
     a.token_health ? mfEl("div", {class: "mf-small"}, `token ${a.token_health}`) : null,
-    mfEl("div", {class: "mf-small"}, `today $${Number(a.cost_today_usd || 0).toFixed(4)}${budget}`),
+    mfEl("div", {class: "mf-small"}, `today $${Number(a.cost_today_usd || 0).toFixed(4)}${budget}`
+      + (a.credential === "oauth" ? " at API prices" : "")),
     a.last_error ? mfEl("div", {class: "mf-small mf-muted", title: a.last_error},
       `last error: ${a.last_error}`) : null);
 }
@@ -151,14 +154,14 @@ async function mfQuery(name) {
   return response.json();
 }
 
-async function mfRefreshPanel(panel) {
+async function mfRefreshPanel(panel, recentBox) {
   try {
     const [accounts, recent] = await Promise.all([mfQuery("account_health"), mfQuery("recent_requests")]);
     const next = accounts.find((a) => a.position === 1);
     panel.querySelector(".mf-next").textContent =
       next ? `next request → ${next.account}` : "no account is serving now";
     panel.querySelector(".mf-cards").replaceChildren(...accounts.map(mfCard));
-    panel.querySelector(".mf-recent-box").replaceChildren(mfRecent(recent));
+    recentBox.replaceChildren(mfRecent(recent.slice(0, MF_RECENT_ROWS)));
     panel.querySelector(".mf-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     panel.querySelector(".mf-updated").textContent = `not updated: ${error.message}`;
@@ -195,22 +198,30 @@ document.addEventListener("DOMContentLoaded", () => {
   const panel = mfEl("section", {id: "mf-health"},
     mfEl("div", {class: "mf-panel-head"}, mfEl("h2", {}, "Accounts now"),
       mfEl("span", {class: "mf-next"}), mfEl("span", {class: "mf-updated mf-muted"}), pause),
-    mfEl("div", {class: "mf-cards"}),
-    mfEl("details", {open: ""}, mfEl("summary", {}, "Recent requests (latest 50)"),
-      mfEl("div", {class: "mf-recent-box"})));
-  grid.before(panel);
+    mfEl("div", {class: "mf-cards"}));
+  const recentBox = mfEl("div", {class: "mf-recent-box"});
+  const recent = mfEl("section", {id: "mf-recent"},
+    mfEl("div", {class: "mf-panel-head"}, mfEl("h2", {}, `Recent requests (latest ${MF_RECENT_ROWS})`),
+      mfEl("a", {href: `${MF_DB}/requests`}, "all requests →")),
+    recentBox);
+  // into their cards of the layout; a metadata file without them gets them above the charts
+  for (const [slug, section] of [["accounts-now", panel], ["recent-requests", recent]]) {
+    const slot = document.getElementById(`chart-${slug}`);
+    if (slot) slot.replaceChildren(section);
+    else grid.before(section);
+  }
   const redraw = mfChartRedraw();
   let paused = false, busy = false, refreshes = 0;
   pause.addEventListener("click", () => {
     paused = !paused;
     pause.textContent = paused ? "Resume" : "Pause";
   });
-  mfRefreshPanel(panel);
+  mfRefreshPanel(panel, recentBox);
   setInterval(async () => {  // one refresh at a time: a slow one skips the next tick
     if (paused || busy || document.hidden) return;
     busy = true;
     try {
-      await Promise.all([mfRefreshPanel(panel), redraw ? redraw() : null]);
+      await Promise.all([mfRefreshPanel(panel, recentBox), redraw ? redraw() : null]);
     } finally {
       busy = false;
       panel.dataset.refreshes = String(++refreshes);

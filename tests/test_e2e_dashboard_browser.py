@@ -183,3 +183,44 @@ def test_request_page_fits_1400_px_and_wraps_long_values(browser, server):
         assert cell.bounding_box()["width"] < 1400
     assert page.locator("th", has_text="cache_creation_1h_input_tokens").is_visible()
     page.close()
+
+
+TILES = ["requests", "success-rate", "tokens", "cost", "plan-value", "median-latency",
+         "output-speed"]
+
+
+def test_overview_reads_tiles_then_accounts_then_charts(browser, server):
+    page = open_page(browser, server + OVERVIEW)
+    page.wait_for_selector(".mf-card")
+    for tile in TILES:
+        page.wait_for_selector(f"#chart-{tile} p")
+    top = {key: page.locator(selector).bounding_box()["y"] for key, selector in {
+        "tiles": "#card-requests", "cards": ".mf-cards", "charts": "#card-requests-over-time",
+        "recent": "#mf-recent"}.items()}
+    assert top["tiles"] < top["cards"] < top["charts"] < top["recent"], top
+    assert {page.locator(f"#card-{tile}").bounding_box()["y"] for tile in TILES} == {top["tiles"]}
+    assert top["charts"] < 900  # the charts start on the first screen
+    page.wait_for_selector("#mf-recent table.mf-recent tbody tr")
+    assert page.locator("#mf-recent table.mf-recent tbody tr").count() == 10  # of 21
+    assert page.locator("#mf-recent a", has_text="all requests").get_attribute("href") \
+        == "/mitmflare/requests"
+    page.close()
+
+
+def test_tiles_show_the_known_rows_totals(browser, server):
+    page = open_page(browser, server + OVERVIEW)
+    for tile in TILES:
+        page.wait_for_selector(f"#chart-{tile} p")
+    shown = {tile: page.locator(f"#chart-{tile} p").inner_text() for tile in TILES}
+    assert shown == {
+        "requests": "21",
+        "success-rate": "95.2 %",   # 20 of 21
+        "tokens": "7200",           # 20 x 100 in, 12 x 300 + 8 x 200 out
+        "cost": "$0.80",            # what key-1 (API key) cost: 8 x $0.10
+        "plan-value": "$3.00",      # max-1 (subscription) at API prices: 12 x $0.25
+        "median-latency": "4000 ms",
+        "output-speed": "118.2",    # 5200 tokens in 12 x 3 s + 8 x 1 s of generation
+    }
+    card = page.locator(".mf-card[data-account='max-1']").inner_text()
+    assert "at API prices" in card
+    page.close()
