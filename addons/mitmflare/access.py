@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
+from mitmproxy.utils import asyncio_utils
 
 from .core import Core
 from .money import usd
@@ -75,7 +76,8 @@ class AccessKeys:
             self.core.users = read_users(ctx.options.flare_state)
 
     def running(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = asyncio_utils.create_task(self._watch(),
+                                               name="mitmflare: access keys watch", keep_ref=True)
 
     def done(self) -> None:
         if self._task:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+from mitmproxy.utils import asyncio_utils
 
 from .config import AccountConfig, OAuthConfig
 from .defaults import STATE_PATH
@@ -203,7 +204,8 @@ class OAuthManager:
         fresh access token is in force afterwards."""
         task = self._inflight.get(account.name)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._refresh(account))
+            task = asyncio_utils.create_task(self._refresh(account),
+                                             name="mitmflare: OAuth refresh", keep_ref=True)
             self._inflight[account.name] = task
             task.add_done_callback(lambda _t, n=account.name: self._inflight.pop(n, None))
         return await asyncio.shield(task)

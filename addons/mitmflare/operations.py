@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from mitmproxy import command, ctx, exceptions, flow, http
+from mitmproxy.utils import asyncio_utils
 
 from . import __version__, operator_commands
 from .access import presented_key
@@ -43,7 +44,8 @@ class Operations:
         # mitmweb: show each flow's comment (it names the serving account) in the flow list
         if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
             ctx.options.web_columns = [*ctx.options.web_columns, "comment"]
-        self._task = asyncio.get_running_loop().create_task(self._watch_commands())
+        self._task = asyncio_utils.create_task(self._watch_commands(),
+                                               name="mitmflare: operator commands", keep_ref=True)
 
     def done(self) -> None:
         if self._task is not None:

@@ -14,6 +14,7 @@ import time
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy import flow as mitmproxy_flow
+from mitmproxy.utils import asyncio_utils
 
 from .access import presented_key
 from .cache_affinity import cache_ttl, conversation_key
@@ -92,7 +93,7 @@ class Router:
 
     def running(self) -> None:
         self.failover.running()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._ticker = asyncio_utils.create_task(self._tick(), name="mitmflare: router tick", keep_ref=True)
 
     def done(self) -> None:
         if self._ticker:
