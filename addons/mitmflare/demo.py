@@ -4,14 +4,12 @@
 simulated upstream. ``init-db FILE``: create the analytics tables so Datasette can open the
 file before the first request. ``traffic ANTHROPIC_URL OPENAI_URL``: a steady trickle of
 requests through the proxy with the real SDKs (loopback only; stops when killed).
-``check-ports HOST NAME=PORT…``: one line per port already in use, exit status 1 if any.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import socket
 import sys
 import time
 import uuid
@@ -89,29 +87,12 @@ def traffic(anthropic_url: str, openai_url: str, interval_s: float = 1.0) -> Non
         time.sleep(random.uniform(0.3, interval_s * 2))
 
 
-def check_ports(host: str, *named: str) -> int:
-    """Print one line per ``NAME=PORT`` whose port cannot be bound on ``host``; 1 if any."""
-    clashes = 0
-    for item in named:
-        name, _, port = item.partition("=")
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, int(port)))
-            except OSError as exc:
-                clashes += 1
-                print(f"{name}: port {port} on {host} is not free ({exc.strerror}); "
-                      f"stop what uses it or choose another port", file=sys.stderr)
-    return 1 if clashes else 0
-
-
 def main(argv: list[str]) -> None:
     command, *args = argv
     if command == "write-accounts":
         write_accounts(*args)
     elif command == "init-db":
         init_db(*args)
-    elif command == "check-ports":
-        raise SystemExit(check_ports(*args))
     elif command == "traffic":
         with contextlib.suppress(KeyboardInterrupt):
             traffic(*args)

@@ -23,7 +23,7 @@ import typer
 
 from .. import dashboard, demo
 from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
-from . import startup
+from . import ports, startup
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -88,13 +88,18 @@ def run(ctx: typer.Context,
     sim_port = _env_int("MITMFLARE_SIM_PORT", 9099)
     keys = own_sets.get("flare_require_access_keys") in ("true", "1")
 
-    ports = [f"proxy (MITMFLARE_PORT)={port}", f"dashboard (MITMFLARE_DASHBOARD_PORT)={ds_port}"]
-    if web:
-        ports.append(f"mitmweb (MITMFLARE_WEB_PORT)={web_port}")
+    wanted = [("proxy (MITMFLARE_PORT)", host, port)]
     if demo_mode:
-        ports.append(f"OpenAI listener (MITMFLARE_PORT+10)={port + 10}")
-    if demo.check_ports(host, *ports) or (demo_mode and demo.check_ports(
-            "127.0.0.1", f"simulated upstream (MITMFLARE_SIM_PORT)={sim_port}")):
+        wanted.append(("OpenAI listener (MITMFLARE_PORT+10)", host, port + 10))
+    wanted.append(("dashboard (MITMFLARE_DASHBOARD_PORT)", host, ds_port))
+    if web:
+        wanted.append(("mitmweb (MITMFLARE_WEB_PORT)", host, web_port))
+    if demo_mode:
+        wanted.append(("simulated upstream (MITMFLARE_SIM_PORT)", "127.0.0.1", sim_port))
+    taken = ports.clashes(wanted)
+    for line in taken:
+        typer.echo(line, err=True)
+    if taken:
         raise typer.Exit(1)
     loopback = host.startswith(LOOPBACK)
     if not loopback and not keys and not insecure_open:
