@@ -23,11 +23,12 @@ import typer
 
 from .. import dashboard, demo
 from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
-from . import ports, startup
+from . import lock, ports, startup
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 LOOPBACK = ("127.", "localhost", "::1")
+DEMO = ".demo"  # the demo's files, relative to the working directory
 
 ENVIRONMENT = """\
 Environment (also read from a .env file in the working directory):
@@ -96,6 +97,7 @@ def run(ctx: typer.Context,
         wanted.append(("mitmweb (MITMFLARE_WEB_PORT)", host, web_port))
     if demo_mode:
         wanted.append(("simulated upstream (MITMFLARE_SIM_PORT)", "127.0.0.1", sim_port))
+    held = _demo_lock(wanted) if demo_mode else None
     taken = ports.clashes(wanted)
     for line in taken:
         typer.echo(line, err=True)
@@ -129,7 +131,6 @@ def run(ctx: typer.Context,
     modes = [f"reverse:https://anthropic.mitmflare.invalid@{host}:{port}"]
     try:
         if demo_mode:
-            Path(".demo").mkdir(exist_ok=True)
             accounts, db, state = (".demo/accounts.yaml", ".demo/mitmflare.db",
                                    ".demo/mitmflare-state.db")
             ds_log = ".demo/datasette.log"
@@ -198,4 +199,19 @@ def run(ctx: typer.Context,
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if held is not None:
+            lock.release(held)
     raise typer.Exit(code)
+
+
+def _demo_lock(wanted: list[tuple[str, str, int]]) -> int:
+    """Hold ``.demo/run.lock`` (see :mod:`.lock`) naming this run's ports; exit 1 with one
+    line naming the running demo's PID and ports when another demo from this folder holds it."""
+    Path(DEMO).mkdir(exist_ok=True)
+    try:
+        return lock.take(f"{DEMO}/run.lock", {name.split(" (")[0]: port for name, _, port in wanted})
+    except lock.Held as held:
+        typer.echo(f"refusing to start: a demo from this folder is already running "
+                   f"({lock.holder_line(held.facts)}) and owns {DEMO}/; stop it first (Ctrl-C "
+                   f"where it runs, or kill {held.facts.get('pid', 'its PID')})", err=True)
+        raise typer.Exit(1) from None
