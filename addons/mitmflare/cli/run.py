@@ -169,8 +169,11 @@ def run(ctx: typer.Context,
         if web:
             typer.echo("mitmweb:   open the URL printed below (it carries the access token)",
                        err=True)
+        info = f"demo,dashboard={ds_port},simulated upstream={sim_port}" if demo_mode else \
+            f"dashboard={ds_port}"
         options = {"flare_accounts": accounts, "flare_db": db, "flare_state": state,
-                   "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1"}
+                   "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1",
+                   "flare_runtime_info": info}
         if demo_mode:
             options["flare_request_log"] = "true"
         options.update(own_sets)  # the user's --set wins, and each option goes once
