@@ -173,10 +173,12 @@ async def test_request_by_id_and_health_sizes(running):
 
 def test_doctor_passes_a_good_install_and_names_what_to_fix(running):
     p = running
-    ok = cli(p, "doctor", "--port", str(p.port), "--json")
+    wait_for(lambda: (p.tmp / "mitmflare-runtime.json").exists())  # written once it runs
+    ok = cli(p, "doctor", "--json")
     checks = {c["check"]: c for c in json.loads(ok.output)}
     assert ok.exit_code == 0, ok.output
-    assert checks["proxy port"]["detail"].endswith("a mitmflare proxy is running there")
+    assert checks["proxy port"]["detail"] == \
+        f"{p.port}: mitmflare's own proxy listener (pid {p.proc.pid})"
     assert checks["analytics database integrity"]["level"] == "ok"
     assert checks["clock"]["level"] == "ok"
     os.chmod(p.state, 0o644)

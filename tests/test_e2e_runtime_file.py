@@ -132,3 +132,21 @@ def test_demo_picks_the_running_demo_and_plain_the_other_proxy(keyed, sim, proxy
     assert [a["name"] for a in json.loads(picked.stdout)] == ["demo-a"], picked.stderr
     plain = mitmflare(tmp_path, "accounts", "list", "--json")
     assert [a["name"] for a in json.loads(plain.stdout)] == ["key-a"], plain.stderr
+
+
+def test_doctor_tells_mitmflares_own_ports_from_other_programs(keyed, dashboard, tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        done = mitmflare(tmp_path, "doctor", "--json")
+        foreign = mitmflare(tmp_path, "doctor", "--json", "--dashboard-port",
+                            str(other.getsockname()[1]))
+    checks = {c["check"]: c for c in json.loads(done.stdout)}
+    assert checks["running proxy"]["detail"] == f"pid {keyed.proc.pid}: {keyed.accounts}"
+    assert checks["proxy port"] == {"level": "ok", "check": "proxy port", "detail": (
+        f"{keyed.port}: mitmflare's own proxy listener (pid {keyed.proc.pid})")}
+    assert checks["dashboard port"] == {"level": "ok", "check": "dashboard port", "detail": (
+        f"{dashboard}: mitmflare's own dashboard (pid {keyed.proc.pid})")}
+    assert checks["accounts file"]["detail"] == f"1 account(s) in {keyed.accounts}"
+    port_check = {c["check"]: c for c in json.loads(foreign.stdout)}["dashboard port"]
+    assert port_check["level"] == "warn" and "taken by another program" in port_check["detail"]
