@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -108,3 +109,28 @@ def test_every_port_is_checked_and_one_given_twice_is_named(tmp_path):
         f"dashboard (MITMFLARE_DASHBOARD_PORT): port {port + 10} is already given to the OpenAI "
         f"listener (MITMFLARE_PORT+10); choose another port"]
     assert not (tmp_path / ".demo" / "accounts.yaml").exists()
+
+
+def test_the_demo_traffic_is_served_with_access_keys_required(demo):
+    db = demo.folder / ".demo" / "mitmflare.db"
+    deadline = time.time() + 60
+    served: list = []
+    while not served:
+        assert time.time() < deadline, demo.log.read_text()[-3000:]
+        time.sleep(0.5)
+        served = rows(db, "select user from requests where status = 200")
+    assert {row[0] for row in served} == {"demo"}
+    assert "401" not in " ".join(line for line in demo.log.read_text().splitlines()
+                                 if "demo request failed" in line)
+
+
+def rows(db: Path, sql: str) -> list:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()

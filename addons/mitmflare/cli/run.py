@@ -116,9 +116,11 @@ def run(ctx: typer.Context,
 
     procs: list[subprocess.Popen] = []
 
-    def spawn(args: list[str], log: str | None = None) -> subprocess.Popen:
+    def spawn(args: list[str], log: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         out = open(log, "ab") if log else None  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                env={**os.environ, **env} if env else None)
         procs.append(proc)
         return proc
 
@@ -137,6 +139,7 @@ def run(ctx: typer.Context,
             spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
                    "40", "--chaos", "0.08", "--windows"], ".demo/simulator.log")
             demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
+            demo_key = demo.demo_user_key(state)
             modes.append(f"reverse:https://openai.mitmflare.invalid@{host}:{port + 10}")
             typer.echo(f"Demo: a simulated upstream on 127.0.0.1:{sim_port} answers 8 % of "
                        f"requests with a rate-limit or overload error on purpose, so you can "
@@ -163,7 +166,7 @@ def run(ctx: typer.Context,
         typer.echo(f"Proxy:     ANTHROPIC_BASE_URL=http://{host}:{port}", err=True)
         if demo_mode:
             spawn([py, "-m", "mitmflare.demo", "traffic", f"http://{host}:{port}",
-                   f"http://{host}:{port + 10}"])
+                   f"http://{host}:{port + 10}"], env={demo.KEY_VARIABLE: demo_key})
         tool = ["mitmweb", "--set", f"web_host={host}", "--set", f"web_port={web_port}",
                 "--set", "web_open_browser=false"] if web else ["mitmdump"]
         if web:
