@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 LOOPBACK = ("127.", "localhost", "::1")
 DEMO = ".demo"  # the demo's files, relative to the working directory
+DEMO_WINDOW_SCALE = 60  # the demo's simulated usage windows last 60 times less: 5 h -> 5 min
 
 ENVIRONMENT = """\
 Environment (also read from a .env file in the working directory):
@@ -137,13 +138,16 @@ def run(ctx: typer.Context,
                                    ".demo/mitmflare-state.db")
             ds_log = ".demo/datasette.log"
             spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
-                   "40", "--chaos", "0.08", "--windows"], ".demo/simulator.log")
+                   "40", "--chaos", "0.08", "--windows", "--enforce-windows", "--window-scale",
+                   str(DEMO_WINDOW_SCALE)], ".demo/simulator.log")
             demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
             demo_key = demo.demo_user_key(state)
             modes.append(f"reverse:https://openai.mitmflare.invalid@{host}:{port + 10}")
             typer.echo(f"Demo: a simulated upstream on 127.0.0.1:{sim_port} answers 8 % of "
-                       f"requests with a rate-limit or overload error on purpose, so you can "
-                       f"watch failover.", err=True)
+                       f"requests with a rate-limit or overload error on purpose, and its "
+                       f"5-hour windows last {5 * 60 // DEMO_WINDOW_SCALE} minutes (a used-up "
+                       f"one is refused until it resets), so you can watch failover and "
+                       f"recovery.", err=True)
         else:
             accounts = os.environ.get("MITMFLARE_ACCOUNTS") or ACCOUNTS_PATH
             db = os.environ.get("MITMFLARE_DB") or DB_PATH
