@@ -14,7 +14,6 @@ the state. The YAML pair is identified by a fingerprint (a hash, never the token
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -23,12 +22,16 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from .config import AccountConfig, OAuthConfig
 from .defaults import STATE_PATH
+
+if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module at start
+    import asyncio
+
+    import httpx
+
+    from .config import AccountConfig, OAuthConfig
 from .times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -197,6 +200,8 @@ class OAuthManager:
     async def refresh(self, account) -> bool:
         """Refresh ``account``'s pair now (joining a refresh already in flight). True when a
         fresh access token is in force afterwards."""
+        import asyncio
+
         task = self._inflight.get(account.name)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._refresh(account))
@@ -205,6 +210,10 @@ class OAuthManager:
         return await asyncio.shield(task)
 
     async def _refresh(self, account) -> bool:
+        import asyncio
+
+        import httpx
+
         from .classify import FAILOVER, Verdict
 
         name = account.name
@@ -248,6 +257,8 @@ class OAuthManager:
     async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
         """After ``invalid_grant``: adopt the pair in ``flare_state`` if another process (a
         login, another proxy) rotated it since ``used`` was read. True when adopted."""
+        import asyncio
+
         stored = (await asyncio.to_thread(read_stored_tokens, self.state_path)).get(account.name)
         if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
             return False

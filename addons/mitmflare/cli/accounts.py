@@ -17,17 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import accounts_edit, oauth, operator_commands
+from .. import accounts_edit, oauth
 from ..accounts_edit import AccountsEditError
-from ..config import ConfigError, load_accounts
 from ..providers.presets import PRESETS
 from ..times import iso_utc
-from ..writer import open_state_db
 from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State, canned_sql, fail
 
 accounts_app = typer.Typer(no_args_is_help=True,
@@ -48,6 +45,8 @@ def _edit(accounts: str, action, *args) -> None:
 
 def _check(accounts: str, name: str) -> None:
     """Validate the file as the proxy will; exit 1 when the edited entry is rejected."""
+    from ..config import ConfigError, load_accounts
+
     try:
         loaded = load_accounts(accounts)
     except ConfigError as exc:
@@ -77,6 +76,8 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
 
     Example: mitmflare accounts list --json
     """
+    from ..config import ConfigError, load_accounts
+
     try:
         configured = load_accounts(accounts).accounts
     except ConfigError as exc:
@@ -243,6 +244,8 @@ def reset(name: str, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare accounts reset work-key
     """
+    from .. import operator_commands
+
     known = operator_commands.queue_reset(state, name)
     typer.echo(f"Reset {name}" + ("" if known else " (no stored state for it yet)") +
                "; a running proxy applies it within 2 s.")
@@ -271,6 +274,10 @@ def login(name: str,
 
     Example: mitmflare accounts login personal-max --priority 1
     """
+    import httpx
+
+    from ..writer import open_state_db
+
     try:
         if access_token or refresh_token:
             expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
@@ -289,6 +296,8 @@ def login(name: str,
 
 def _browser_login(authorize_url: str, token_url: str, client_id: str,
                    redirect_uri: str) -> oauth.TokenSet:
+    import httpx
+
     verifier, challenge = oauth.pkce_pair()
     state = secrets.token_urlsafe(24)
     typer.echo("Open this URL, approve access, then paste the code shown (code#state):")

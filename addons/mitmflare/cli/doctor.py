@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
-from .. import runtime, schema
-from ..config import ConfigError, load_accounts
+from .. import runtime
 from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State
 from .ports import bind_error
 
@@ -39,6 +37,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
     Example: mitmflare doctor
     """
+    from .. import schema
+
     checks: list[tuple[str, str, str]] = []  # (ok | warn | fail, check, detail / what to do)
 
     def add(level: str, name: str, detail: str) -> None:
@@ -82,6 +82,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
 
 def _accounts(path: str, add) -> None:
+    from ..config import ConfigError, load_accounts
+
     if not Path(path).exists():
         add("fail", "accounts file", f"{path} is missing: ./scripts/run creates it from "
                                      f"config/accounts.example.yaml, or `mitmflare accounts add`")
@@ -140,6 +142,8 @@ def _port(name: str, number: int, own: dict[int, str]) -> tuple[str, str, str]:
         return "ok", name, f"{number} is free"
     if number in own:
         return "ok", name, f"{number}: {own[number]}"
+    import httpx
+
     try:
         if httpx.get(f"http://127.0.0.1:{number}/health", timeout=2).json().get("version"):
             return "ok", name, f"{number}: a mitmflare proxy is running there"

@@ -145,5 +145,6 @@ def canned_sql(name: str) -> str:
     """The SQL of the dashboard's canned query ``name`` (one source for both)."""
     import yaml
 
-    meta = yaml.safe_load(Path(METADATA_PATH).read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 8x faster on this file
+    meta = yaml.load(Path(METADATA_PATH).read_text(encoding="utf-8"), Loader=loader)
     return meta["databases"]["mitmflare"]["queries"][name]["sql"]

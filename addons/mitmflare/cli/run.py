@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from .. import dashboard, demo
+from .. import demo
 from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
 from . import lock, ports, startup
 
@@ -111,6 +111,8 @@ def run(ctx: typer.Context,
                    f"create keys with 'mitmflare users add NAME'), or pass --insecure-open.",
                    err=True)
         raise typer.Exit(1)
+    from .. import dashboard
+
     meta = ".mitmflare/datasette-metadata.yml"
     if dashboard.main([meta] + ([] if loopback else ["--require-auth"])):
         raise typer.Exit(1)
