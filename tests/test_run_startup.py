@@ -56,7 +56,7 @@ def test_the_users_set_replaces_runs_own_and_ready_means_mitmflare_answers(tmp_p
             lines.append(proc.stderr.readline())
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/messages", headers={"x-api-key": "k"},
                             json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": []})
-        assert answer.status_code == 503 and answer.json()["type"] == "error"  # no account yet
+        assert answer.status_code == 404 and answer.json()["type"] == "error"  # no account yet
         deadline = time.time() + 10
         while not other.exists():
             assert time.time() < deadline
