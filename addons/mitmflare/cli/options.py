@@ -1,8 +1,8 @@
 """Options shared by the ``mitmflare`` subcommands: the proxy's files, ``--json``, and errors.
 
 The files (accounts, analytics and state databases) are, in this order: the flag, the
-``MITMFLARE_*`` variable, else those of the running proxy the command finds (:func:`located`),
-else the proxy's defaults relative to the working directory.
+``MITMFLARE_*`` variable, else :func:`located`'s (a running proxy's, found through its
+runtime file, or the proxy's defaults relative to the working directory).
 """
 
 from __future__ import annotations
