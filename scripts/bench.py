@@ -29,6 +29,10 @@ missed (ratios: the median of the rounds):
 * with ``--redis``: p50 at concurrency 1 within +0.3 ms of mitmflare without Redis, throughput
   >= 0.95 x, and <= 2 KB of Redis traffic per request (``scripts/bench_redis.py``; it also
   prints the cooldown propagation time between two workers)
+* ``mitmflare --help`` and ``mitmflare accounts list`` take <= 0.3 s (median of
+  ``--cli-rounds`` runs each, timed first, before anything else is started)
+
+``--cli-only`` times just the two commands.
 """
 
 from __future__ import annotations
@@ -267,8 +271,22 @@ def main() -> int:
                              "cost per request, Redis work per request, cooldown propagation")
     parser.add_argument("--peer", choices=["better-ccflare"],
                         help="add the product mitmflare replaces as a column")
+    parser.add_argument("--cli-rounds", type=int, default=10,
+                        help="runs of each timed mitmflare command")
+    parser.add_argument("--cli-only", action="store_true",
+                        help="time only `mitmflare --help` and `mitmflare accounts list`")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    cli = cli_timing(args.cli_rounds)  # first: nothing else of the benchmark runs yet
+    if args.cli_only:
+        checks = cli_checks(cli)
+        if args.json:
+            print(json.dumps({"cli_s": cli, "checks": checks}, indent=2))
+        else:
+            print_cli(cli)
+            for c in checks:
+                print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
+        return 0 if all(c["ok"] for c in checks) else 1
 
     tmp = Path(tempfile.mkdtemp(prefix="mitmflare-bench-"))
     procs: list[subprocess.Popen] = []
@@ -373,7 +391,47 @@ def main() -> int:
 
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}
-    return report(rounds, levels, rss_start, rss_after, soak, rate, growth, args.json, shared)
+    return report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, args.json,
+                  shared)
+
+
+CLI_COMMANDS = (["--help"], ["accounts", "list"])
+CLI_LIMIT_S = 0.3
+
+
+def cli_timing(rounds: int) -> dict[str, dict[str, float]]:
+    """Wall time (s) of each of :data:`CLI_COMMANDS` as an operator types it (the installed
+    ``mitmflare`` script, in a folder with an accounts file, bytecode cached as Python does by
+    default: one untimed run first), min and median of ``rounds`` runs, the commands taking
+    turns."""
+    folder = Path(tempfile.mkdtemp(prefix="mitmflare-cli-bench-"))
+    (folder / "config").mkdir()
+    shutil.copy(ROOT / "config" / "accounts.example.yaml", folder / "config" / "accounts.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "MITMFLARE_ACCOUNTS", "MITMFLARE_DB", "MITMFLARE_STATE", "PYTHONDONTWRITEBYTECODE")}
+    times: dict[str, list[float]] = {" ".join(args): [] for args in CLI_COMMANDS}
+    try:
+        for n in range(rounds + 1):
+            for args in CLI_COMMANDS:
+                start = time.perf_counter()
+                subprocess.run([str(BIN / "mitmflare"), *args], cwd=folder, env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if n:  # the first round writes the bytecode caches
+                    times[" ".join(args)].append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {name: {"min": round(min(t), 3), "median": round(statistics.median(t), 3)}
+            for name, t in times.items()}
+
+
+def cli_checks(cli: dict[str, dict[str, float]]) -> list[dict]:
+    return [{"check": f"mitmflare {name} (median) <= {CLI_LIMIT_S} s", "value": t["median"],
+             "ok": t["median"] <= CLI_LIMIT_S} for name, t in cli.items()]
+
+
+def print_cli(cli: dict[str, dict[str, float]]) -> None:
+    for name, t in cli.items():
+        print(f"CLI: mitmflare {name:<14} median {t['median']:.3f} s, min {t['min']:.3f} s")
 
 
 def db_growth(path: Path) -> float:
@@ -398,7 +456,7 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3)}
 
 
-def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bool,
+def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_json: bool,
            shared: dict | None = None) -> int:
     figures = []
     for (kind, level, name), results in rounds.items():
@@ -472,9 +530,10 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bo
                       ratios[label]["median"] >= 0.95)
         per = shared["per_request"]
         check("Redis bytes per request <= 2048", per["bytes"], per["bytes"] <= 2048)
+    checks += cli_checks(cli)
     out = {"figures": figures, "ratios": ratios,
            "rss_mb": {"start": rss_start, "after_load": rss_after},
-           "soak": soak, "writer_rows_per_s": round(rate), "checks": checks,
+           "soak": soak, "writer_rows_per_s": round(rate), "cli_s": cli, "checks": checks,
            "shared_state": shared,
            "db_bytes_per_1000_requests": {k: round(v) for k, v in growth.items()},
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
@@ -504,6 +563,7 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bo
                   f"{shared['propagation_ms']['p50']} ms, p99 {shared['propagation_ms']['p99']} ms")
         for name, size in growth.items():
             print(f"database growth ({name}): {size / 1e6:.2f} MB per 1,000 requests")
+        print_cli(cli)
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
     return 0 if all(c["ok"] for c in checks) else 1

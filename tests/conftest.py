@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -229,6 +230,8 @@ def accounts_yaml(base_url: str, *accounts: dict) -> str:
 
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# the proxies' runtime files (mitmflare.runtime) go to a folder of the session's, not the user's
+os.environ["MITMFLARE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mitmflare-runtime-")
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

@@ -355,10 +355,12 @@ async def test_request_by_id_and_health_sizes(running):
 
 def test_doctor_passes_a_good_install_and_names_what_to_fix(running):
     p = running
-    ok = cli(p, "doctor", "--port", str(p.port), "--json")
+    wait_for(lambda: (p.tmp / "mitmflare-runtime.json").exists())  # written once it runs
+    ok = cli(p, "doctor", "--json")
     checks = {c["check"]: c for c in json.loads(ok.output)}
     assert ok.exit_code == 0, ok.output
-    assert checks["proxy port"]["detail"].endswith("a mitmflare proxy is running there")
+    assert checks["proxy port"]["detail"] == \
+        f"{p.port}: mitmflare's own proxy listener (pid {p.proc.pid})"
     assert checks["analytics database integrity"]["level"] == "ok"
     assert checks["clock"]["level"] == "ok"
     os.chmod(p.state, 0o644)
@@ -367,6 +369,26 @@ def test_doctor_passes_a_good_install_and_names_what_to_fix(running):
     finally:
         os.chmod(p.state, 0o600)
     assert bad.exit_code == 1 and "FAIL  state database mode: 644: it holds secrets" in bad.output
+
+
+PROXY_ONLY = {"mitmproxy", "httpx", "sqlite_utils", "genai_prices", "asyncio", "OpenSSL"}
+
+
+def modules_loaded(folder, *args: str) -> set[str]:
+    """Top-level packages loaded by ``mitmflare ARGS`` run in ``folder`` (a fresh process)."""
+    code = ("import sys\nfrom mitmflare.cli import main\nsys.argv = ['mitmflare', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=folder, capture_output=True,
+                          text=True, timeout=60)
+    return set(done.stderr.strip().splitlines()[-1].split())
+
+
+def test_help_and_accounts_list_load_none_of_the_proxys_heavy_modules(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "accounts.yaml").write_text("accounts: []\n")
+    assert modules_loaded(tmp_path, "--help") & (PROXY_ONLY | {"pydantic", "yaml"}) == set()
+    assert modules_loaded(tmp_path, "accounts", "list") & PROXY_ONLY == set()
 
 
 def old_rows(db, count: int, days_ago: float) -> None:

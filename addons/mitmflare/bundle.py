@@ -37,6 +37,7 @@ from .operations import Operations
 from .recorder import Recorder
 from .refresher import TokenRefresher
 from .router import Router
+from .runtime_addon import RuntimeFile
 from .shared_state import SharedState
 from .timeouts import Timeouts
 
@@ -50,13 +51,13 @@ ASYNC_HOOKS = ("request", "response")
 def make_addons() -> list[object]:
     """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
     log format, accounts, access keys, shared state (Redis), token refresh, account health
-    (budgets, window start), operations (``/health``, probes, commands), routing/failover,
-    recording, then the per-attempt timeouts (after the recorder, whose stream tap they
-    watch)."""
+    (budgets, window start), operations (``/health``, probes, commands), the runtime file
+    (where the ``mitmflare`` command finds this proxy), routing/failover, recording, then the
+    per-attempt timeouts (after the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
             SharedState(core), TokenRefresher(core), AccountHealth(core), Operations(core),
-            Router(core), Recorder(core), Timeouts(core)]
+            RuntimeFile(), Router(core), Recorder(core), Timeouts(core)]
 
 
 class Bundle:

@@ -14,7 +14,6 @@ the state. The YAML pair is identified by a fingerprint (a hash, never the token
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -23,13 +22,16 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from mitmproxy.utils import asyncio_utils
-
-from .config import AccountConfig, OAuthConfig
 from .defaults import STATE_PATH
+
+if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module at start
+    import asyncio
+
+    import httpx
+
+    from .config import AccountConfig, OAuthConfig
 from .times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -202,6 +204,10 @@ class OAuthManager:
     async def refresh(self, account) -> bool:
         """Refresh ``account``'s pair now (joining a refresh already in flight). True when a
         fresh access token is in force afterwards."""
+        import asyncio
+
+        from mitmproxy.utils import asyncio_utils
+
         task = self._inflight.get(account.name)
         if task is None:
             task = asyncio_utils.create_task(self._refresh(account),
@@ -211,6 +217,10 @@ class OAuthManager:
         return await asyncio.shield(task)
 
     async def _refresh(self, account) -> bool:
+        import asyncio
+
+        import httpx
+
         from .classify import FAILOVER, Verdict
 
         name = account.name
@@ -267,6 +277,8 @@ class OAuthManager:
     async def _adopt_shared(self, account, current: TokenSet) -> bool:
         """Another process holds the refresh lease: wait (up to the refresh timeout) for the
         pair it stores in Redis and adopt it. False if none came (then refresh here)."""
+        import asyncio
+
         deadline = time.monotonic() + REFRESH_TIMEOUT_S + 5
         while time.monotonic() < deadline:
             pair = await self.core.shared.stored_tokens(account.name)
@@ -289,6 +301,8 @@ class OAuthManager:
     async def adopt(self, name: str, pair: dict[str, Any]) -> None:
         """Take ``pair`` (fields of :class:`TokenSet`), refreshed by another process, and keep
         it in ``flare_state`` too (for a restart without Redis)."""
+        import asyncio
+
         account = self.core.pool.accounts.get(name)
         current = self.core.tokens.get(name)
         if account is None or not pair.get("access_token") or (
@@ -309,6 +323,8 @@ class OAuthManager:
     async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
         """After ``invalid_grant``: adopt the pair in ``flare_state`` if another process (a
         login, another proxy) rotated it since ``used`` was read. True when adopted."""
+        import asyncio
+
         stored = (await asyncio.to_thread(read_stored_tokens, self.state_path)).get(account.name)
         if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
             return False

@@ -7,10 +7,10 @@ OpenAI API documentation, the official SDKs and Claude Code).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from mitmproxy import http
-from mitmproxy.net.http.url import hostport
-from mitmproxy.proxy.mode_specs import ReverseMode
+if TYPE_CHECKING:  # mitmproxy is imported where used: `mitmflare` imports .presets at start
+    from mitmproxy import http
 
 ANTHROPIC_TARGET = "anthropic.mitmflare.invalid"  # the documented listeners' reverse targets
 OPENAI_TARGET = "openai.mitmflare.invalid"        # (see .listener: never resolvable)
@@ -60,7 +60,7 @@ def detect_provider(flow: http.HTTPFlow) -> str | None:
     """Provider of a client request: the listener's reverse target when it is a known host,
     else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
     mode = flow.client_conn.proxy_mode
-    if isinstance(mode, ReverseMode):
+    if mode.type_name == "reverse":
         provider = KNOWN_HOSTS.get(mode.address[0])
         if provider:
             return provider
@@ -110,6 +110,8 @@ def retarget(request: http.Request, scheme: str, host: str, port: int) -> str:
     """Point ``request`` at ``scheme://host:port`` (and its HTTP/2 authority), as mitmproxy's
     ``host``/``port`` setters do, in one step; returns the ``Host`` header value for
     :func:`upstream_headers`."""
+    from mitmproxy.net.http.url import hostport
+
     data = request.data
     data.scheme, data.host, data.port = scheme.encode(), host, port
     value = hostport(scheme, host, port)
@@ -162,6 +164,8 @@ def error_response(provider: str | None, status: int, kind: str, message: str,
     """A response in the upstream's own error shape, marked ``x-should-retry: false`` unless
     ``headers`` says otherwise. Anthropic: ``{"type":"error","error":{"type","message"}}``;
     OpenAI: ``{"error":{"message","type","param","code"}}``."""
+    from mitmproxy import http
+
     a_type, o_type, o_code = _ERROR_TYPES[kind]
     if provider == "openai":
         body = {"error": {"message": message, "type": o_type, "param": None, "code": o_code}}
