@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .. import accounts_edit, dotenv_edit, oauth
 from ..accounts_edit import AccountsEditError
-from ..config import AUTH_STYLES, did_you_mean, env_file, one_of
+from ..config_words import AUTH_STYLES, did_you_mean, env_file, one_of
 from ..money import usd
 from ..providers.presets import PRESETS
 from ..times import iso_utc
