@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import Proxy, RedisServer, accounts_yaml, rejected_5h
+from conftest import Proxy, RedisServer, accounts_yaml, free_port, rejected_5h
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
 MSG = [{"role": "user", "content": "hello"}]
@@ -148,3 +148,18 @@ def test_an_expiring_subscription_token_is_refreshed_once_across_workers(sim, re
     finally:
         for p in pool:
             p.stop()
+
+
+def test_doctor_checks_the_shared_redis(redis_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from mitmflare.cli import app
+    env = {"MITMFLARE_ACCOUNTS": str(tmp_path / "accounts.yaml"),
+           "MITMFLARE_DB": str(tmp_path / "a.db"), "MITMFLARE_STATE": str(tmp_path / "s.db")}
+    good = CliRunner().invoke(app, ["doctor", "--redis", redis_server.url], env=env)
+    assert "OK    redis: redis://127.0.0.1:" in good.output and "round trip" in good.output
+    assert "OK    redis memory policy: noeviction" in good.output
+    dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    bad = CliRunner().invoke(app, ["doctor", "--redis", dead], env=env)
+    assert "FAIL  redis: redis://:***@127.0.0.1:" in bad.output and bad.exit_code == 1
+    assert "hunter2" not in bad.output

@@ -27,13 +27,17 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
            dashboard_port: Annotated[int | None, typer.Option(
                envvar="MITMFLARE_DASHBOARD_PORT", show_default="the running proxy's, else 8001",
                help="Datasette port.")] = None,
+           redis: Annotated[str, typer.Option(
+               envvar="MITMFLARE_REDIS_URL", show_default="none",
+               help="Redis URL the proxies share (flare_redis): checked when given.")] = "",
            as_json: Json = False) -> None:
     """Check the install and say what to fix (exit 1 when something must be fixed).
 
     Python, the virtual environment, the running proxy, the accounts file, both databases
     (integrity, size, WAL size, schema), the ports (mitmflare's own are told apart from
     other programs' by the runtime files), the clock against the upstreams' Date headers,
-    and that the state database is private (mode 0600).
+    and that the state database is private (mode 0600); with a Redis URL, that Redis answers,
+    its version and round-trip time, and that it never evicts mitmflare's keys.
 
     Example: mitmflare doctor
     """
@@ -71,6 +75,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
     for name, number in (("proxy port", port), ("dashboard port", dashboard_port)):
         add(*_port(name, number, own))
     _clock(db, add)
+    if redis:
+        _redis(redis, add)
     failed = any(level == "fail" for level, _, _ in checks)
     if as_json:
         typer.echo(json.dumps([{"level": lv, "check": c, "detail": d} for lv, c, d in checks],
@@ -171,3 +177,40 @@ def _clock(db: str, add) -> None:
         f"{worst:+.0f} s against the upstreams" + (
             "" if abs(worst) < SKEW_WARN_S else ": cooldowns end at the wrong time; sync the "
                                                 "clock (NTP)"))
+
+
+def _redis(url: str, add) -> None:
+    """Redis of ``flare_redis``: reachable, version (>= 6), round trip, eviction policy (an
+    evicting policy could drop cooldowns, leases and token pairs: ``noeviction`` or a
+    ``volatile-*`` one keeps keys without a TTL)."""
+    import time
+
+    import redis as redis_py
+
+    try:
+        with redis_py.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            start = time.perf_counter()
+            client.ping()
+            rtt_ms = (time.perf_counter() - start) * 1000
+            server = client.info("server")
+            policy = client.info("memory").get("maxmemory_policy", "?")
+    except (redis_py.RedisError, OSError) as exc:
+        add("fail", "redis", f"{_safe_url(url)} does not answer ({exc}); processes serve on "
+                             "their own state until it does")
+        return
+    version = str(server.get("redis_version", "?"))
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    add("ok" if major >= 6 else "warn", "redis",
+        f"{_safe_url(url)}: version {version}, round trip {rtt_ms:.1f} ms" +
+        ("" if major >= 6 else "; mitmflare is tested with 6 and later"))
+    evicting = policy.startswith("allkeys-")
+    add("warn" if evicting else "ok", "redis memory policy",
+        f"{policy}" + ("; it may evict mitmflare's keys (cooldowns, refresh leases, token "
+                       "pairs): use noeviction" if evicting else ""))
+
+
+def _safe_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url
