@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 
 from mitmproxy import ctx, exceptions, http
@@ -401,6 +402,11 @@ def _set_body(request: http.Request, fc: FlowContext) -> None:
 
 API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
 """Methods the Anthropic and OpenAI APIs use (``upstream-apis.md``); others are refused here."""
+TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""What a header name may hold (RFC 9110 section 5.6.2, ``tchar``)."""
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a header value may not hold (RFC 9110 section 5.5): CR, LF (mitmproxy joins a folded
+header's lines with CRLF), NUL and the other controls except tab."""
 
 
 def unfit_request(request: http.Request) -> tuple[int, str] | None:
@@ -408,8 +414,11 @@ def unfit_request(request: http.Request) -> tuple[int, str] | None:
     before any account is chosen, else None: a method the APIs do not use (e.g. ``PRI``, the
     HTTP/2 connection preface sent to an HTTP/1 listener, or ``CONNECT``/``TRACE``) → 405;
     a target that is not a path (``*``, absolute- or authority-form) or a protocol upgrade
-    (``Upgrade: h2c``, WebSocket) → 400. The point: nothing a client sends may reach an
-    upstream in a form that makes the proxy fail there and blame the account."""
+    (``Upgrade: h2c``, WebSocket) → 400; a header whose name is not a token (``x-api-key ``)
+    or whose value holds a control character (a bare CR, a folded line, NUL) → 400, without
+    echoing it. The point: nothing a client sends may reach an upstream in a form that makes
+    the proxy fail there and blame the account, or that a lenient server reads differently
+    (a smuggled header, a credential under another spelling)."""
     if request.method not in API_METHODS:
         return 405, f"mitmflare: method {request.method[:20]!r} is not used by the API"
     if not request.path.startswith("/") or (request.authority and not request.is_http2):
@@ -417,6 +426,12 @@ def unfit_request(request: http.Request) -> tuple[int, str] | None:
     if "upgrade" in request.headers or request.http_version not in ("HTTP/1.1", "HTTP/1.0",
                                                                     "HTTP/2.0"):
         return 400, "mitmflare: protocol upgrades and other HTTP versions are not supported"
+    fields = request.headers.fields
+    if b"".join(f[0] for f in fields).translate(None, TOKEN_CHARS) \
+            or CONTROL.search(b"".join(f[1] for f in fields)):
+        return 400, ("mitmflare: malformed header field (a name that is not a token, or a "
+                     "control character such as a bare CR, LF or NUL in a value, e.g. a folded "
+                     "header)")
     return None
 
 

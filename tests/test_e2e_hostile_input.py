@@ -1,0 +1,110 @@
+"""End to end: the smaller holes fuzzing found (issue 20), each closed against a real mitmdump
+with access keys required, in front of the simulated upstream. Raw bytes go over a plain
+socket where an HTTP client would tidy them up."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+from test_e2e_access_keys import new_key
+
+from conftest import Proxy, accounts_yaml, free_port
+
+ACCOUNT_KEY, OPENAI_KEY = "sk-ant-api03-ACCOUNT-HOLES", "sk-proj-ACCOUNT-HOLES"
+CANARY = "sk-ant-api03-CLIENT-CANARY-hole"
+BODY = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5,
+                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def keyed(sim_server, tmp_path_factory) -> Iterator[tuple[Proxy, int, dict[str, str]]]:
+    """Keys required; an Anthropic and an OpenAI listener; ``rita`` may use Haiku models only,
+    ``una`` any model."""
+    folder = tmp_path_factory.mktemp("holes")
+    openai_port = free_port()
+    yaml = accounts_yaml(sim_server.url, {"name": "key-a", "api_key": ACCOUNT_KEY},
+                         {"name": "oa", "provider": "openai", "api_key": OPENAI_KEY})
+    p = Proxy(folder, yaml, {"flare_require_access_keys": "true"},
+              ["reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}",
+               f"reverse:https://openai.mitmflare.invalid@127.0.0.1:{openai_port}"])
+    keys = {"rita": new_key(p.state, "rita", "--models", "claude-haiku-*,gpt-4o-mini"),
+            "una": new_key(p.state, "una")}
+    p.start()
+    yield p, openai_port, keys
+    p.stop()
+
+
+def raw(port: int, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data`` on a fresh connection; everything the proxy answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def request(path: str, *headers: bytes, body: bytes = BODY, method: bytes = b"POST") -> bytes:
+    head = [method + b" " + path.encode() + b" HTTP/1.1", b"host: 127.0.0.1",
+            b"content-type: application/json", *headers,
+            b"content-length: %d" % len(body), b"connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def answer_of(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one HTTP/1.1 answer (not chunked)."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in
+                   (line.split(":", 1) for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def json_error(data: bytes, status: int, kind: str = "invalid_request_error") -> dict:
+    code, headers, body = answer_of(data)
+    assert code == status, data[:300]
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["error"]["type"] == kind, error
+    return error
+
+
+def seen(sim) -> str:
+    return json.dumps([r.headers for r in sim.requests])
+
+
+# -- 1. credential headers under other spellings; control characters in values ---------------
+def test_credential_headers_under_any_spelling_never_reach_the_upstream(sim, keyed):
+    p, _, keys = keyed
+    forms = [b"x_api_key: " + CANARY.encode() + b"-1", b"X_Api_Key: " + CANARY.encode() + b"-2",
+             b"cookie: session=" + CANARY.encode() + b"-3",
+             b"proxy_authorization: Basic " + CANARY.encode() + b"-4",
+             b"Proxy-Authorization: Basic " + CANARY.encode() + b"-5",
+             b"x_goog_api_key: " + CANARY.encode() + b"-6", b"api_key: " + CANARY.encode() + b"-7"]
+    answer = raw(p.port, request("/v1/messages", b"x-api-key: " + keys["una"].encode(), *forms))
+    assert answer_of(answer)[0] == 200, answer[:300]
+    assert [r.credential for r in sim.requests] == [ACCOUNT_KEY]
+    assert CANARY not in seen(sim) and keys["una"] not in seen(sim)
+    upstream_names = {k.lower() for k in sim.requests[-1].headers}
+    assert not upstream_names & {"x_api_key", "cookie", "proxy_authorization",
+                                 "proxy-authorization", "x_goog_api_key", "api_key"}
+
+
+@pytest.mark.parametrize("field", [b"x-note: a\rb", b"x-note: a\x00b", b"x-note: one\r\n two",
+                                   b"x-note: a\x1bb", b"x-note: a\x7f"])
+def test_malformed_header_fields_are_refused_in_the_providers_shape(sim, keyed, field):
+    p, openai_port, keys = keyed
+    answer = raw(p.port, request("/v1/messages", b"x-api-key: " + keys["una"].encode(), field))
+    error = json_error(answer, 400)
+    assert error["type"] == "error" and "malformed header field" in error["error"]["message"]
+    answer = raw(openai_port, request("/v1/chat/completions",
+                                      b"authorization: Bearer " + keys["una"].encode(), field))
+    assert json_error(answer, 400)["error"]["param"] is None  # OpenAI's shape
+    assert sim.requests == []
+    assert CANARY.encode() not in answer
