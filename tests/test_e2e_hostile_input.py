@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from test_e2e_access_keys import new_key
 
@@ -108,3 +109,39 @@ def test_malformed_header_fields_are_refused_in_the_providers_shape(sim, keyed, 
     assert json_error(answer, 400)["error"]["param"] is None  # OpenAI's shape
     assert sim.requests == []
     assert CANARY.encode() not in answer
+
+
+# -- 2. a model restriction cannot be dodged with a model that is not a string ------------------
+@pytest.mark.parametrize("model", [None, ["claude-opus-4-1"], {"name": "claude-opus-4-1"}, 7, "",
+                                   "missing"])
+def test_a_model_that_is_not_a_string_is_refused_before_routing(sim, keyed, model):
+    p, openai_port, keys = keyed
+    body = {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    if model != "missing":
+        body["model"] = model
+    for user in ("rita", "una"):  # restricted to some models, or not: the API needs a string
+        answer = httpx.post(p.url + "/v1/messages", json=body, headers={"x-api-key": keys[user]})
+        assert answer.status_code == 400, answer.text
+        error = answer.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert "`model`" in error["error"]["message"]
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"):
+        answer = httpx.post(f"http://127.0.0.1:{openai_port}{path}", json=body,
+                            headers={"authorization": f"Bearer {keys['rita']}"})
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert sim.requests == []
+
+
+def test_the_allowed_model_still_goes_and_responses_without_a_model_go_for_unrestricted(sim,
+                                                                                      keyed):
+    p, openai_port, keys = keyed
+    answer = httpx.post(p.url + "/v1/messages", content=BODY, headers={"x-api-key": keys["rita"]})
+    assert answer.status_code == 200
+    denied = httpx.post(p.url + "/v1/messages", json={**json.loads(BODY), "model": "claude-opus-4-1"},
+                        headers={"x-api-key": keys["rita"]})
+    assert denied.status_code == 403
+    stored_prompt = {"prompt": {"id": "pmpt_1"}, "input": "hi"}  # model from a stored prompt
+    httpx.post(f"http://127.0.0.1:{openai_port}/v1/responses", json=stored_prompt,
+               headers={"authorization": f"Bearer {keys['una']}"})
+    assert [r.credential for r in sim.requests] == [ACCOUNT_KEY, OPENAI_KEY]

@@ -16,7 +16,7 @@ import time
 from mitmproxy import ctx, exceptions, http
 from mitmproxy import flow as mitmproxy_flow
 
-from .access import presented_key
+from .access import Refusal, presented_key
 from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
@@ -35,7 +35,7 @@ from .providers import (
 from .providers.messages_to_chat import answer_to_anthropic, request_to_chat
 from .providers.presets import ANTHROPIC
 from .ratelimits import parse_limits
-from .request_info import inspect_request
+from .request_info import inspect_request, model_problem
 from .selection import STRATEGIES
 from .wire import header
 
@@ -159,7 +159,10 @@ class Router:
             fc.convertible = provider == ANTHROPIC and path == "/v1/messages"
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
-            refusal = access.authorize(user, provider, fc.model, fc.started) if access else None
+            problem = model_problem(path, request.method, fc.body,
+                                    user is not None and user.allowed_models is not None)
+            refusal = Refusal(400, "invalid_request", problem) if problem else \
+                access.authorize(user, provider, fc.model, fc.started) if access else None
         if refusal is not None:
             fc.error = refusal.message
             extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
