@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -145,3 +146,27 @@ def test_the_allowed_model_still_goes_and_responses_without_a_model_go_for_unres
     httpx.post(f"http://127.0.0.1:{openai_port}/v1/responses", json=stored_prompt,
                headers={"authorization": f"Bearer {keys['una']}"})
     assert [r.credential for r in sim.requests] == [ACCOUNT_KEY, OPENAI_KEY]
+
+
+# -- 3. requests without a valid key are counted, not each recorded -----------------------------
+def test_refused_requests_are_counted_not_each_recorded(sim, proxy):
+    p = proxy(accounts_yaml(sim.url, {"name": "key-a", "api_key": ACCOUNT_KEY}),
+              flare_require_access_keys="true")
+    key = new_key(p.state, "una")
+    if time.time() % 60 > 50:  # all 200 within one minute
+        time.sleep(61 - time.time() % 60)
+    with httpx.Client(base_url=p.url) as client:
+        for i in range(200):
+            assert client.post("/v1/messages", content=BODY, headers={
+                "x-api-key": f"mfk_{i}"}).status_code == 401
+        health = client.get("/health", headers={"x-api-key": key}).json()
+    assert health["auth_refusals"] == 200
+    assert p.wait_rows(1, "select * from requests where status = 401")[0]["auth_refusals"] == 1
+    p.stop()  # the minute's second row is written at the latest at shutdown
+    rows = p.query("select * from requests where status = 401")
+    assert len(rows) == 2 and sum(r["auth_refusals"] for r in rows) == 200
+    assert "199 more requests without a valid access key from 127.0.0.1" in rows[1]["error"]
+    hourly = p.query("select sum(requests) as n, sum(errors) as e, sum(auth_refusals) as r "
+                     "from usage_hourly")[0]
+    assert hourly == {"n": 200, "e": 200, "r": 200}
+    assert sim.requests == []

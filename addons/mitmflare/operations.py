@@ -93,7 +93,8 @@ class Operations:
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
         ``degraded``), version, strategy, account counts in total and per provider, the
-        accounts file's rejected entries, the database writer's lost rows, and the analytics
+        accounts file's rejected entries, the database writer's lost rows, the requests refused
+        for want of a valid access key since start (``auth_refusals``), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s)."""
         now = time.time()
         accounts = list(self.core.pool.accounts.values())
@@ -115,6 +116,7 @@ class Operations:
             body["config_errors"] = self.core.config_errors
         writer = self.core.writer
         body["write_errors"] = writer.write_errors if writer else 0
+        body["auth_refusals"] = self.core.access.refusals.total if self.core.access else 0
         if writer is not None:  # sizes measured by the writer process (no file I/O here)
             body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes}
         return body

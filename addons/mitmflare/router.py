@@ -168,6 +168,8 @@ class Router:
             extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
             flow.response = error_response(provider, refusal.status, refusal.kind,
                                            refusal.message, extra)
+            if refusal.status == 401 and access is not None:  # counted, not each a row
+                access.refused(flow, fc)
             return
         fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
