@@ -170,3 +170,44 @@ def test_refused_requests_are_counted_not_each_recorded(sim, proxy):
                      "from usage_hourly")[0]
     assert hourly == {"n": 200, "e": 200, "r": 200}
     assert sim.requests == []
+
+
+# -- 4. what mitmproxy's HTTP/1 server refuses by itself is answered in JSON, quoting nothing --
+SECRET = CANARY.encode()
+HEAD = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+CHUNKED = HEAD + b"transfer-encoding: chunked\r\n"
+REFUSED_BY_MITMPROXY = {
+    "trailers": CHUNKED + b"\r\n" + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\nx-api-key: "
+                + SECRET + b"\r\n\r\n",
+    "folded first header": HEAD.replace(b"host: x", b" x-api-key: " + SECRET + b"\r\nhost: x")
+                           + b"content-length: 2\r\n\r\n{}",
+    "header line without a colon": HEAD + b"x-api-key " + SECRET + b"\r\ncontent-length: 2\r\n\r\n{}",
+    "header name that is not a token": HEAD + b"x-api-key : " + SECRET
+                                       + b"\r\ncontent-length: 2\r\n\r\n{}",
+    "bad content-length": HEAD + b"x-api-key: " + SECRET + b"\r\ncontent-length: " + SECRET
+                          + b"\r\n\r\n{}",
+    "content-length and chunked": CHUNKED + b"x-api-key: " + SECRET
+                                  + b"\r\ncontent-length: 2\r\n\r\n{}",
+    "bad chunk size": CHUNKED + b"x-api-key: " + SECRET + b"\r\n\r\nzz " + SECRET + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_MITMPROXY))
+def test_requests_mitmproxy_refuses_get_json_that_quotes_nothing(sim, keyed, case):
+    p, openai_port, _ = keyed
+    data = REFUSED_BY_MITMPROXY[case]
+    answer = raw(p.port, data)
+    error = json_error(answer, 400)
+    assert error["type"] == "error" and SECRET not in answer  # Anthropic's shape
+    openai_data = data.replace(b"/v1/messages", b"/v1/chat/completions")
+    answer = raw(openai_port, openai_data)
+    assert json_error(answer, 400)["error"]["param"] is None and SECRET not in answer
+    assert sim.requests == []
+    assert CANARY not in p.log_text() and "Traceback" not in p.log_text()
+
+
+def test_a_request_after_a_refused_one_is_served(sim, keyed):
+    p, _, keys = keyed
+    raw(p.port, REFUSED_BY_MITMPROXY["trailers"])
+    answer = raw(p.port, request("/v1/messages", b"x-api-key: " + keys["una"].encode()))
+    assert answer_of(answer)[0] == 200
