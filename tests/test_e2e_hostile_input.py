@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from test_e2e_access_keys import new_key
 
-from conftest import Proxy, accounts_yaml, free_port
+from conftest import BUNDLE, MITMDUMP, Proxy, accounts_yaml, free_port
 
 ACCOUNT_KEY, OPENAI_KEY = "sk-ant-api03-ACCOUNT-HOLES", "sk-proj-ACCOUNT-HOLES"
 CANARY = "sk-ant-api03-CLIENT-CANARY-hole"
@@ -211,3 +212,22 @@ def test_a_request_after_a_refused_one_is_served(sim, keyed):
     raw(p.port, REFUSED_BY_MITMPROXY["trailers"])
     answer = raw(p.port, request("/v1/messages", b"x-api-key: " + keys["una"].encode()))
     assert answer_of(answer)[0] == 200
+
+
+# -- 5. a corrupt database stops the start with one line that says what to do -----------------
+@pytest.mark.parametrize("option", ["flare_state", "flare_db"])
+def test_a_corrupt_database_stops_the_start_with_one_clear_line(sim, tmp_path, option):
+    (tmp_path / "accounts.yaml").write_text(accounts_yaml(sim.url, {"name": "a", "api_key": "k"}))
+    files = {"flare_state": tmp_path / "state.db", "flare_db": tmp_path / "a.db"}
+    files[option].write_bytes(bytes(range(256)) * 32)  # garbage where the database was
+    args = [str(MITMDUMP), "-s", str(BUNDLE), "--mode",
+            f"reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{free_port()}",
+            "--set", "flare_accounts=accounts.yaml"]
+    for name, path in files.items():
+        args += ["--set", f"{name}={path}"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode != 0
+    (line,) = [x for x in done.stdout.splitlines() if "mitmflare cannot start" in x]
+    assert f"{files[option]} ({option}) is corrupt (file is not a database)" in line
+    assert "`mitmflare doctor`" in line and "move the file aside" in line
+    assert "Traceback" not in done.stdout + done.stderr
