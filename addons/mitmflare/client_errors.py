@@ -38,9 +38,12 @@ HEAD_REFUSED = ("mitmflare: the request head is malformed (request line, a heade
 BODY_REFUSED = "mitmflare: the request body's framing is malformed; it was not sent upstream"
 TRAILERS_REFUSED = ("mitmflare: chunked request bodies with trailers are not supported; it was "
                     "not sent upstream")
+TOO_LARGE = ("mitmflare: the request body is larger than the proxy takes (body_size_limit); "
+             "it was not sent upstream")
 UPSTREAM_FAILED = "mitmflare: the upstream connection failed ({status}); see the proxy's log"
 
 _LABEL = re.compile(r"[A-Za-z][A-Za-z -]{0,59}")  # an error's kind: "Invalid header line"
+_SWAPPED = (commands.Log, commands.SendData, commands.CloseConnection)  # what swaps look at
 CommandGenerator = Generator[commands.Command, object, None]
 
 
@@ -68,7 +71,8 @@ class JsonHttp1Server(Http1Server):
         if not isinstance(event, ResponseProtocolError):
             return super().send(event)
         status = event.code.http_status_code() or 502
-        message = HEAD_REFUSED if status < 500 else UPSTREAM_FAILED.format(status=status)
+        message = TOO_LARGE if status == 413 else HEAD_REFUSED if status < 500 else \
+            UPSTREAM_FAILED.format(status=status)
         return self._rewrite(super().send(event),
                              lambda c: self._swap_page(c, status, message))
 
@@ -77,17 +81,23 @@ class JsonHttp1Server(Http1Server):
     def _rewrite(inner: CommandGenerator,
                  swap: Callable[[commands.Command], Iterable[commands.Command]],
                  ) -> CommandGenerator:
-        """``inner``'s commands, each replaced by what ``swap`` gives for it; replies to
-        blocking commands are passed back to ``inner``."""
+        """``inner``'s commands, each Log, SendData or CloseConnection replaced by what
+        ``swap`` gives for it (none, one or more); replies to blocking commands are passed
+        back to ``inner``."""
         reply = None
         while True:
             try:
                 command = inner.send(reply)
             except StopIteration:
                 return
-            *before, last = swap(command)
-            yield from before
-            reply = yield last
+            if isinstance(command, _SWAPPED):  # not the common ReceiveHttp: no list made
+                swapped = swap(command)
+                if not swapped:  # an answer the client can no longer read: dropped
+                    reply = None
+                    continue
+                *before, command = swapped
+                yield from before
+            reply = yield command
 
     def _head_refusal(self, command: commands.Command) -> list[commands.Command]:
         if isinstance(command, commands.Log):  # "<address>: <error>" or "<what>: <bytes>"
