@@ -68,8 +68,9 @@ def test_no_key_is_refused_and_nothing_reaches_an_upstream(sim, keyed):
             claude(p, key).messages.create(model=MODEL, max_tokens=5, messages=MSG)
         assert info.value.body["error"]["type"] == "authentication_error"
     assert sim.requests == []
-    rows = p.wait_rows(2, "select * from requests where status = 401")
+    rows = p.wait_rows(1, "select * from requests where status = 401")  # one per minute
     assert all(r["user"] is None and r["account"] is None for r in rows)
+    assert p.health() == {"status": "ok"}  # no key: no counts
 
 
 def test_valid_key_is_served_tagged_and_never_forwarded_or_stored(sim, keyed):

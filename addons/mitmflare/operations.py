@@ -97,7 +97,8 @@ class Operations:
         ``degraded``, also when the writer is not ``ok``), version, strategy, account counts in
         total and per provider, the accounts file's rejected entries, the database writer's
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
-        written since start) and ``write_errors`` (all items not written), and the analytics
+        written since start) and ``write_errors`` (all items not written), the requests refused
+        for want of a valid access key since start (``auth_refusals``), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
         found deleted and created again."""
         now = time.time()
@@ -126,6 +127,7 @@ class Operations:
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0
         body["write_errors"] = writer.write_errors if writer else 0
+        body["auth_refusals"] = self.core.access.refusals.total if self.core.access else 0
         if writer is not None:  # sizes measured by the writer process (no file I/O here)
             body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes,
                                 "recreated": writer.recreated}
