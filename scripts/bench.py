@@ -5,7 +5,7 @@ account) and, with ``--peer better-ccflare``, behind the product mitmflare repla
 side by side in one run.
 
     ./scripts/bench [--requests 200] [--concurrency 1,8] [--rounds 3] [--soak 10000]
-                    [--payloads] [--peer better-ccflare] [--json]
+                    [--payloads] [--redis] [--peer better-ccflare] [--json]
 
 For each of JSON and SSE answers and each concurrency, the targets take turns in every
 round (direct, bare, mitmflare, converted, [payloads], [better-ccflare], then the next round),
@@ -26,6 +26,13 @@ missed (ratios: the median of the rounds):
 * added delay per SSE chunk < 1 ms, passed through and converted
 * RSS growth < 20 MB over the soak
 * the writer sustains >= 10,000 rows/s
+* with ``--redis``: p50 at concurrency 1 within +0.3 ms of mitmflare without Redis, throughput
+  >= 0.95 x, and <= 2 KB of Redis traffic per request (``scripts/bench_redis.py``; it also
+  prints the cooldown propagation time between two workers)
+* ``mitmflare --help`` and ``mitmflare accounts list`` take <= 0.3 s (median of
+  ``--cli-rounds`` runs each, timed first, before anything else is started)
+
+``--cli-only`` times just the two commands.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_redis
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,10 +266,27 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--payloads", action="store_true",
                         help="add a mitmflare with flare_payloads=all (cost of payload capture)")
+    parser.add_argument("--redis", action="store_true",
+                        help="add a mitmflare with flare_redis (a real redis-server): its "
+                             "cost per request, Redis work per request, cooldown propagation")
     parser.add_argument("--peer", choices=["better-ccflare"],
                         help="add the product mitmflare replaces as a column")
+    parser.add_argument("--cli-rounds", type=int, default=10,
+                        help="runs of each timed mitmflare command")
+    parser.add_argument("--cli-only", action="store_true",
+                        help="time only `mitmflare --help` and `mitmflare accounts list`")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    cli = cli_timing(args.cli_rounds)  # first: nothing else of the benchmark runs yet
+    if args.cli_only:
+        checks = cli_checks(cli)
+        if args.json:
+            print(json.dumps({"cli_s": cli, "checks": checks}, indent=2))
+        else:
+            print_cli(cli)
+            for c in checks:
+                print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
+        return 0 if all(c["ok"] for c in checks) else 1
 
     tmp = Path(tempfile.mkdtemp(prefix="mitmflare-bench-"))
     procs: list[subprocess.Popen] = []
@@ -307,6 +332,13 @@ def main() -> int:
             mitmflare("payloads", payload_port, "flare_payloads=all")
             targets["payloads"] = f"http://127.0.0.1:{payload_port}"
             wait_http(targets["payloads"] + "/health")
+        shared = None
+        if args.redis:
+            redis_url = bench_redis.start_redis(tmp, free_port(), spawn)
+            redis_port = free_port()
+            mitmflare("redis", redis_port, f"flare_redis={redis_url}")
+            targets["redis"] = f"http://127.0.0.1:{redis_port}"
+            wait_http(targets["redis"] + "/health")
         binary = peer_binary() if args.peer else None
         if binary is not None:
             targets["better-ccflare"] = start_peer(binary, tmp / "peer-home", free_port(), sim,
@@ -315,6 +347,7 @@ def main() -> int:
         wait_http(targets["mitmflare"] + "/health")
         rss_start = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
 
+        traffic = bench_redis.counters(redis_url) if args.redis else None
         rounds: dict[tuple[str, int, str], list[Result]] = {}
         total = 2 * len(levels) * args.rounds * len(targets) * args.requests
         progress = Progress(total, args.json)
@@ -327,6 +360,16 @@ def main() -> int:
                                              progress))
                         rounds.setdefault((kind, level, name), []).append(result)
         rss_after = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
+        if args.redis:
+            sent = sum(len(r.samples) for (_, _, name), rs in rounds.items() if name == "redis"
+                       for r in rs)
+            shared = {"per_request": bench_redis.per_request(
+                traffic, bench_redis.counters(redis_url), sent)}
+            second = free_port()
+            bench_redis.start_second_worker(mitmflare, second, redis_url)
+            wait_http(f"http://127.0.0.1:{second}/health")
+            shared["propagation_ms"] = bench_redis.summary(bench_redis.propagation_ms(
+                sim, targets["redis"], f"http://127.0.0.1:{second}"))
 
         soak = None
         if args.soak:
@@ -348,7 +391,47 @@ def main() -> int:
 
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}
-    return report(rounds, levels, rss_start, rss_after, soak, rate, growth, args.json)
+    return report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, args.json,
+                  shared)
+
+
+CLI_COMMANDS = (["--help"], ["accounts", "list"])
+CLI_LIMIT_S = 0.3
+
+
+def cli_timing(rounds: int) -> dict[str, dict[str, float]]:
+    """Wall time (s) of each of :data:`CLI_COMMANDS` as an operator types it (the installed
+    ``mitmflare`` script, in a folder with an accounts file, bytecode cached as Python does by
+    default: one untimed run first), min and median of ``rounds`` runs, the commands taking
+    turns."""
+    folder = Path(tempfile.mkdtemp(prefix="mitmflare-cli-bench-"))
+    (folder / "config").mkdir()
+    shutil.copy(ROOT / "config" / "accounts.example.yaml", folder / "config" / "accounts.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "MITMFLARE_ACCOUNTS", "MITMFLARE_DB", "MITMFLARE_STATE", "PYTHONDONTWRITEBYTECODE")}
+    times: dict[str, list[float]] = {" ".join(args): [] for args in CLI_COMMANDS}
+    try:
+        for n in range(rounds + 1):
+            for args in CLI_COMMANDS:
+                start = time.perf_counter()
+                subprocess.run([str(BIN / "mitmflare"), *args], cwd=folder, env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if n:  # the first round writes the bytecode caches
+                    times[" ".join(args)].append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {name: {"min": round(min(t), 3), "median": round(statistics.median(t), 3)}
+            for name, t in times.items()}
+
+
+def cli_checks(cli: dict[str, dict[str, float]]) -> list[dict]:
+    return [{"check": f"mitmflare {name} (median) <= {CLI_LIMIT_S} s", "value": t["median"],
+             "ok": t["median"] <= CLI_LIMIT_S} for name, t in cli.items()]
+
+
+def print_cli(cli: dict[str, dict[str, float]]) -> None:
+    for name, t in cli.items():
+        print(f"CLI: mitmflare {name:<14} median {t['median']:.3f} s, min {t['min']:.3f} s")
 
 
 def db_growth(path: Path) -> float:
@@ -373,7 +456,8 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3)}
 
 
-def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bool) -> int:
+def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_json: bool,
+           shared: dict | None = None) -> int:
     figures = []
     for (kind, level, name), results in rounds.items():
         r = merged(results)
@@ -408,6 +492,7 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bo
         ratio(f"{kind} c={top} req/s mitmflare/better-ccflare", kind, top, "mitmflare",
               "better-ccflare", rps)
         ratio(f"{kind} c={top} req/s payloads/mitmflare", kind, top, "payloads", "mitmflare", rps)
+        ratio(f"{kind} c={top} req/s redis/mitmflare", kind, top, "redis", "mitmflare", rps)
     checks = []
 
     def check(label: str, value: float, ok: bool) -> None:
@@ -432,9 +517,24 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bo
         check(f"RSS growth over {soak['requests']} streamed requests < 20 MB", growth_mb,
               growth_mb < 20)
     check("database writer >= 10000 rows/s", rate, rate >= 10_000)
+    if shared is not None:
+        for kind in ("json", "sse"):
+            if (kind, 1, "redis") in rounds:
+                added = statistics.median(p50(a) - p50(b) for a, b in zip(
+                    rounds[(kind, 1, "redis")], rounds[(kind, 1, "mitmflare")], strict=True))
+                check(f"{kind} c=1 p50 redis - mitmflare (median of rounds) <= 0.3 ms", added,
+                      added <= 0.3)
+            label = f"{kind} c={top} req/s redis/mitmflare"
+            if label in ratios:
+                check(f"{label} (median of rounds) >= 0.95", ratios[label]["median"],
+                      ratios[label]["median"] >= 0.95)
+        per = shared["per_request"]
+        check("Redis bytes per request <= 2048", per["bytes"], per["bytes"] <= 2048)
+    checks += cli_checks(cli)
     out = {"figures": figures, "ratios": ratios,
            "rss_mb": {"start": rss_start, "after_load": rss_after},
-           "soak": soak, "writer_rows_per_s": round(rate), "checks": checks,
+           "soak": soak, "writer_rows_per_s": round(rate), "cli_s": cli, "checks": checks,
+           "shared_state": shared,
            "db_bytes_per_1000_requests": {k: round(v) for k, v in growth.items()},
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     if as_json:
@@ -456,8 +556,14 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, as_json: bo
         if soak:
             print(f"soak: {soak}")
         print(f"writer: {rate:,.0f} rows/s")
+        if shared is not None:
+            per = shared["per_request"]
+            print(f"redis: {per['commands']:.2f} commands and {per['bytes']:.0f} bytes per "
+                  f"request; cooldown propagation between workers p50 "
+                  f"{shared['propagation_ms']['p50']} ms, p99 {shared['propagation_ms']['p99']} ms")
         for name, size in growth.items():
             print(f"database growth ({name}): {size / 1e6:.2f} MB per 1,000 requests")
+        print_cli(cli)
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
     return 0 if all(c["ok"] for c in checks) else 1

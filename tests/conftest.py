@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -164,6 +165,55 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         p.stop()
 
 
+def rejected_5h(reset_in: float) -> dict:
+    """A 429 of a subscription account whose 5-hour window is spent for ``reset_in`` s."""
+    reset = str(int(time.time() + reset_in))
+    return {"status": 429, "headers": {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-5h-status": "rejected",
+        "anthropic-ratelimit-unified-5h-reset": reset,
+        "anthropic-ratelimit-unified-5h-utilization": "1.01",
+        "anthropic-ratelimit-unified-7d-status": "allowed",
+        "anthropic-ratelimit-unified-7d-utilization": "0.69",
+        "anthropic-ratelimit-unified-7d-reset": str(int(time.time() + 86400)),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-reset": reset,
+        "retry-after": str(int(reset_in)), "x-should-retry": "true"}}
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, without persistence."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 def accounts_yaml(base_url: str, *accounts: dict) -> str:
     """YAML text for ``accounts`` (dicts of fields), each pointed at ``base_url``."""
     lines = ["accounts:"]
@@ -180,6 +230,8 @@ def accounts_yaml(base_url: str, *accounts: dict) -> str:
 
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# the proxies' runtime files (mitmflare.runtime) go to a folder of the session's, not the user's
+os.environ["MITMFLARE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mitmflare-runtime-")
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

@@ -66,3 +66,16 @@ def test_the_parts_options_and_commands_are_registered():
         assert "flare_accounts" in tctx.options and "flare_strategy" in tctx.options
         assert {"flare.accounts", "flare.why", "flare.replay", "flare.resume"} \
             <= set(tctx.master.commands.commands)
+
+
+def test_background_tasks_keep_a_reference():
+    """Every task the addons start goes through mitmproxy's asyncio_utils.create_task with
+    keep_ref (a task nothing refers to can be garbage-collected mid-run), as mitmproxy's own
+    addons do; TaskGroup children are held by their group."""
+    import re
+
+    from conftest import ROOT
+    plain = [f"{path.name}:{n}" for path in (ROOT / "addons" / "mitmflare").rglob("*.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"(?<!asyncio_utils)(?<!group)\.create_task\(", line)]
+    assert plain == []

@@ -245,13 +245,11 @@ def test_accounts_reset_clears_a_cooldown_in_the_running_proxy(sim, running):
 
 
 def asked_and_recorded(p) -> None:
-    """Send one request and wait for its own row and its hourly total (not any earlier one)."""
-    mine = "select count(*) as n from requests where account = 'key-a'"
-    rolled = "select coalesce(sum(requests), 0) as n from usage_hourly where account = 'key-a'"
-    before = p.query(mine)[0]["n"] if p.query(mine) else 0
-    ask(p)
-    wait_for(lambda: p.query(mine) and p.query(mine)[0]["n"] == before + 1
-             and p.query(rolled)[0]["n"] == before + 1)
+    """Send one request and wait for its own row (found by its session id). Rows are queued in
+    the order requests finish, so every earlier request's row (and hourly total) is there too."""
+    marker = f"cli-test-{time.time_ns()}"
+    ask(p, metadata={"user_id": json.dumps({"session_id": marker})})
+    p.wait_rows(1, f"select id from requests where client_session = '{marker}'")
 
 
 def test_accounts_list_shows_requests_and_cost_today(running):
@@ -355,10 +353,12 @@ async def test_request_by_id_and_health_sizes(running):
 
 def test_doctor_passes_a_good_install_and_names_what_to_fix(running):
     p = running
-    ok = cli(p, "doctor", "--port", str(p.port), "--json")
+    wait_for(lambda: (p.tmp / "mitmflare-runtime.json").exists())  # written once it runs
+    ok = cli(p, "doctor", "--json")
     checks = {c["check"]: c for c in json.loads(ok.output)}
     assert ok.exit_code == 0, ok.output
-    assert checks["proxy port"]["detail"].endswith("a mitmflare proxy is running there")
+    assert checks["proxy port"]["detail"] == \
+        f"{p.port}: mitmflare's own proxy listener (pid {p.proc.pid})"
     assert checks["analytics database integrity"]["level"] == "ok"
     assert checks["clock"]["level"] == "ok"
     os.chmod(p.state, 0o644)
@@ -367,6 +367,26 @@ def test_doctor_passes_a_good_install_and_names_what_to_fix(running):
     finally:
         os.chmod(p.state, 0o600)
     assert bad.exit_code == 1 and "FAIL  state database mode: 644: it holds secrets" in bad.output
+
+
+PROXY_ONLY = {"mitmproxy", "httpx", "sqlite_utils", "genai_prices", "asyncio", "OpenSSL"}
+
+
+def modules_loaded(folder, *args: str) -> set[str]:
+    """Top-level packages loaded by ``mitmflare ARGS`` run in ``folder`` (a fresh process)."""
+    code = ("import sys\nfrom mitmflare.cli import main\nsys.argv = ['mitmflare', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=folder, capture_output=True,
+                          text=True, timeout=60)
+    return set(done.stderr.strip().splitlines()[-1].split())
+
+
+def test_help_and_accounts_list_load_none_of_the_proxys_heavy_modules(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "accounts.yaml").write_text("accounts: []\n")
+    assert modules_loaded(tmp_path, "--help") & (PROXY_ONLY | {"pydantic", "yaml"}) == set()
+    assert modules_loaded(tmp_path, "accounts", "list") & PROXY_ONLY == set()
 
 
 def old_rows(db, count: int, days_ago: float) -> None:

@@ -139,12 +139,15 @@ async def test_dashboard_pages_and_every_chart_query(ds, filled_db):
     for chart_id, chart in dashboard["charts"].items():
         chart_page = await ds.client.get(f"/-/dashboards/overview/{chart_id}")
         assert chart_page.status_code == 200, chart_id
+        if chart["library"] == "markdown":  # a card the overview's script fills
+            continue
         sql = replace_opts_in_query(chart["query"], filters)
         results[chart_id] = await get_json(ds, "/mitmflare.json", sql=sql,
                                            **{k: v for k, v in filters.items() if f":{k}" in sql})
     total = rows(filled_db, "select count(*), printf('%.2f', sum(cost_usd)) from requests")[0]
     assert results["requests"] == [{"value": total[0]}]
-    assert results["cost"] == [{"value": total[1]}]
+    assert results["cost"] == [{"value": total[1]}]  # every account here is an API key
+    assert results["plan-value"] == [{"value": "0.00"}]
     assert sum(r["requests"] for r in results["requests-over-time"]) == total[0]
     statuses = {r["name"]: r["status"] for r in results["account-status"]}
     assert statuses == {"key-a": "available", "key-b": "available", "oa": "available"}

@@ -4,6 +4,7 @@ a running proxy, and serving clients over TLS with the operator's own certificat
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Proxy, accounts_yaml, free_port, self_signed
+from conftest import ROOT, Proxy, accounts_yaml, free_port
 
 MSG = [{"role": "user", "content": "hello"}]
 MODEL = "claude-sonnet-4-6"
@@ -67,8 +68,9 @@ def test_no_key_is_refused_and_nothing_reaches_an_upstream(sim, keyed):
             claude(p, key).messages.create(model=MODEL, max_tokens=5, messages=MSG)
         assert info.value.body["error"]["type"] == "authentication_error"
     assert sim.requests == []
-    rows = p.wait_rows(2, "select * from requests where status = 401")
+    rows = p.wait_rows(1, "select * from requests where status = 401")  # one per minute
     assert all(r["user"] is None and r["account"] is None for r in rows)
+    assert p.health() == {"status": "ok"}  # no key: no counts
 
 
 def test_valid_key_is_served_tagged_and_never_forwarded_or_stored(sim, keyed):
@@ -148,10 +150,22 @@ def test_users_commands_apply_to_the_running_proxy_within_2_s(sim, keyed):
     assert users(p.state, "remove", "nobody").returncode == 1
 
 
+def readme_certificate(folder) -> tuple:
+    """Run the README's certificate recipe in ``folder``: (server.pem, ca.pem)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the certificate recipe needs openssl (apt-get install openssl)")
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- cert-recipe:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=folder, check=True,
+                   capture_output=True)
+    return folder / "server.pem", folder / "ca.pem"
+
+
 def test_clients_over_tls_with_the_operators_certificate(sim, proxy, tmp_path):
-    server_pem, ca = self_signed(tmp_path)
+    server_pem, ca = readme_certificate(tmp_path)
     yaml = accounts_yaml(sim.url, {"name": "key-a", "api_key": KEY_A})
     p = proxy(yaml, certs=f"*={server_pem}", flare_require_access_keys="true")
+    assert "is a certificate authority" not in p.log_text()  # a leaf, as mitmproxy wants
     key = new_key(p.state, "tls-user")
     time.sleep(2.2)
     url = f"https://localhost:{p.port}"
@@ -172,7 +186,6 @@ async def test_dashboard_shows_usage_and_cost_per_user(keyed):
     from datasette.app import Datasette
     from datasette_dashboards import replace_opts_in_query
 
-    from conftest import ROOT
 
     p, _, _ = keyed
     metadata = yaml.safe_load((ROOT / "datasette-metadata.yml").read_text())

@@ -4,6 +4,7 @@ account is the request's fault. One mitmdump with two accounts serves the module
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -35,14 +36,18 @@ def all_available(p: Proxy) -> bool:
     return accounts["available"] == accounts["total"] == 2
 
 
-def raw(p: Proxy, data: bytes) -> bytes:
+def raw(p: Proxy, data: bytes, settle: float = 5) -> bytes:
+    """What the proxy answers to ``data`` on a fresh connection: until it closes, or (for a
+    connection it keeps open) until nothing more came for ``settle`` s after the first bytes;
+    nothing for 5 s is an empty answer."""
     with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
         s.sendall(data)
         chunks = []
         try:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-        except TimeoutError:
+                s.settimeout(settle)
+        except (TimeoutError, ConnectionResetError):
             pass
         return b"".join(chunks)
 
@@ -87,27 +92,57 @@ def test_an_error_that_follows_the_request_cools_no_account(sim, pool):
 methods = st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE",
                            "PRI", "FOO", "CONNECT"])
 targets = st.sampled_from(["/v1/messages", "/v1/chat/completions", "/v1/models", "*",
-                           "http://example.com/v1/messages", "example.com:443", "/", "/x" * 300])
-heads = st.lists(st.sampled_from([b"upgrade: h2c", b"expect: 100-continue",
-                                  b"x-api-key: sk-client", b"content-type: application/json",
-                                  b"transfer-encoding: chunked"]), max_size=3, unique=True)
-bodies = st.sampled_from([b"", b"{}", b"[", b'{"model": null}', b'{"model": "claude-x"}'])
+                           "http://example.com/v1/messages", "example.com:443", "/", "/health",
+                           "/x" * 300])
+CLIENT_SECRET = b"sk-client"  # in every credential the property test sends
+heads = st.lists(st.sampled_from([
+    b"upgrade: h2c", b"expect: 100-continue", b"content-type: application/json",
+    b"transfer-encoding: chunked",
+    # credentials, in the spellings a lenient server reads as one (all must be removed)
+    b"x-api-key: sk-client-0", b"x-api-key: sk-client-1", b"X-API-KEY: sk-client-2",
+    b"x_api_key: sk-client-3", b"authorization: Bearer sk-client-4", b"cookie: s=sk-client-5",
+    b"proxy_authorization: Basic sk-client-6", b"x-api-key : sk-client-7",
+    # folded, bare CR, NUL, a folded first line, a line without a colon
+    b"x-note: a\r\n sk-client-8", b"x-note: a\rb", b"x-note: a\x00b", b" folded-first",
+    b"x-api-key sk-client-9"]), max_size=4, unique=True)
+bodies = st.sampled_from([b"", b"{}", b"[", b'{"model": null}', b'{"model": "claude-x"}',
+                          json.dumps(MSG).encode()])
+prefaces = st.sampled_from([b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])  # HTTP/2 preface
+trailers = st.sampled_from([b"", b"x-api-key: sk-client-10\r\n"])  # after a chunked body
 
 
-@settings(max_examples=60, deadline=None,
+def answered_in_json_or_closed(answer: bytes) -> bool:
+    """True when ``answer`` is empty (closed without a word) or an HTTP/1.1 answer (after any
+    ``100 Continue``) whose body, if any, is JSON."""
+    while answer.startswith(b"HTTP/1.1 100"):
+        answer = answer.partition(b"\r\n\r\n")[2]
+    if not answer:
+        return True
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return False
+    return not body or b"\ncontent-type: application/json" in head.lower()
+
+
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(method=methods, target=targets, head=heads, body=bodies)
+@given(method=methods, target=targets, head=heads, body=bodies, preface=prefaces,
+       trailer=trailers)
 def test_no_client_request_changes_any_accounts_state(sim_server, pool, method, target, head,
-                                                      body):
+                                                      body, preface, trailer):
     sim_server.reset()
     lines = [f"{method} {target} HTTP/1.1".encode(), b"host: 127.0.0.1", *head]
     if b"transfer-encoding: chunked" in head:
-        payload = (f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+        payload = (f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") \
+            + b"0\r\n" + trailer + b"\r\n"
     else:
         lines.append(f"content-length: {len(body)}".encode())
         payload = body
     lines.append(b"connection: close")
-    raw(pool, b"\r\n".join(lines) + b"\r\n\r\n" + payload)
+    answer = raw(pool, preface + b"\r\n".join(lines) + b"\r\n\r\n" + payload, settle=0.3)
+    assert answered_in_json_or_closed(answer), answer[:500]
+    assert CLIENT_SECRET not in answer
+    assert CLIENT_SECRET.decode() not in json.dumps([r.headers for r in sim_server.requests])
     assert all_available(pool)
     assert pool.query("select count(*) as n from account_events")[0]["n"] == 0
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import accounts_yaml
+from conftest import accounts_yaml, rejected_5h
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
 MSG = [{"role": "user", "content": "hello"}]
@@ -19,21 +19,6 @@ MODEL = "claude-sonnet-4-6"
 def two_keys(sim) -> str:
     return accounts_yaml(sim.url, {"name": "key-a", "api_key": A},
                          {"name": "key-b", "api_key": B, "priority": 1})
-
-
-def rejected_5h(reset_in: float) -> dict:
-    reset = str(int(time.time() + reset_in))
-    return {"status": 429, "headers": {
-        "anthropic-ratelimit-unified-status": "rejected",
-        "anthropic-ratelimit-unified-5h-status": "rejected",
-        "anthropic-ratelimit-unified-5h-reset": reset,
-        "anthropic-ratelimit-unified-5h-utilization": "1.01",
-        "anthropic-ratelimit-unified-7d-status": "allowed",
-        "anthropic-ratelimit-unified-7d-utilization": "0.69",
-        "anthropic-ratelimit-unified-7d-reset": str(int(time.time() + 86400)),
-        "anthropic-ratelimit-unified-representative-claim": "five_hour",
-        "anthropic-ratelimit-unified-reset": reset,
-        "retry-after": str(int(reset_in)), "x-should-retry": "true"}}
 
 
 def client(p, retries: int = 0) -> anthropic.Anthropic:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import MITMDUMP, free_port
+from mitmflare.cli import ports
 from mitmflare.cli.startup import merge_sets
 
 BIN = MITMDUMP.parent
@@ -75,3 +78,36 @@ def test_merge_sets_keeps_other_arguments_in_order():
                               ["--web", "--set", "flare_db=b.db", "--set=flare_x", "-v"])
     assert merged == {"flare_db": "b.db", "flow_detail": "1", "flare_x": "true"}
     assert rest == ["--web", "-v"]
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_run_counts_as_free():
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server closes first: its end waits in TIME-WAIT on the port
+        assert client.recv(1) == b""
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # TIME-WAIT is there: a bind without SO_REUSEADDR fails
+    assert ports.bind_error("127.0.0.1", port) is None
+    assert ports.clashes([("proxy (MITMFLARE_PORT)", "127.0.0.1", port)]) == []
+
+
+def test_a_listening_port_and_a_port_given_twice_are_named():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        free = free_port()
+        lines = ports.clashes([("proxy (MITMFLARE_PORT)", "127.0.0.1", taken),
+                               ("OpenAI listener (MITMFLARE_PORT+10)", "127.0.0.1", free),
+                               ("dashboard (MITMFLARE_DASHBOARD_PORT)", "127.0.0.1", free)])
+    assert lines == [
+        f"proxy (MITMFLARE_PORT): port {taken} on 127.0.0.1 is not free (Address already in "
+        f"use); stop what uses it or choose another port",
+        f"dashboard (MITMFLARE_DASHBOARD_PORT): port {free} is already given to the OpenAI "
+        f"listener (MITMFLARE_PORT+10); choose another port"]

@@ -8,6 +8,7 @@ whether it may go on: unknown or disabled key → 401 ``authentication_error``; 
 model the user may not use → 403 ``permission_error``; over a spend cap → 429
 ``rate_limit_error`` saying which cap and when it resets. Caps are enforced from recorded
 costs (the writer's running totals), so requests in flight when a cap is crossed still finish.
+Refusals for want of a valid key are counted rather than each recorded (:mod:`.refusals`).
 
 Users are read from ``flare_state`` every second in a worker thread: a change made with
 ``mitmflare users …`` applies within 2 s.
@@ -23,9 +24,11 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
+from mitmproxy.utils import asyncio_utils
 
-from .core import Core
+from .core import Core, FlowContext
 from .money import usd
+from .refusals import RefusalTally, source_of
 from .times import iso_utc
 from .users import User, find_user, read_users
 from .wire import header
@@ -61,6 +64,7 @@ class AccessKeys:
     def __init__(self, core: Core) -> None:
         self.core = core
         core.access = self
+        self.refusals = RefusalTally()
         self._task: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -75,15 +79,18 @@ class AccessKeys:
             self.core.users = read_users(ctx.options.flare_state)
 
     def running(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = asyncio_utils.create_task(self._watch(),
+                                               name="mitmflare: access keys watch", keep_ref=True)
 
     def done(self) -> None:
         if self._task:
             self._task.cancel()
+        self._record_refusals(None)  # before the recorder stops the writer
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
+            self._record_refusals(time.time())
             if not self.core.require_keys:
                 continue
             try:
@@ -109,6 +116,23 @@ class AccessKeys:
         if user.disabled:
             return user, Refusal(401, "authentication", f"mitmflare: user {user.name} is disabled")
         return user, None
+
+    def refused(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        """Account for a request answered 401 (no valid key) through the tally: its row is
+        queued now when it is its source's first this minute, else only counted. The
+        recorder records no row of its own for it."""
+        self.core.flows.pop(flow.id, None)
+        row = {"id": fc.row_id, "started_at": fc.started, "provider": fc.provider or None,
+               "method": flow.request.method, "path": fc.path.split("?", 1)[0],
+               "status": 401, "error": fc.error, "user": fc.user, "replay": int(fc.replay),
+               "user_agent": header(flow.request.headers, b"user-agent"), "attempts": 0}
+        first = self.refusals.note(source_of(flow.client_conn.peername), row, fc.started)
+        if first is not None:
+            self.core.put("request", first)
+
+    def _record_refusals(self, now: float | None) -> None:
+        for row in self.refusals.due(now):
+            self.core.put("request", row)
 
     def authorize(self, user: User | None, provider: str, model: str | None,
                   now: float) -> Refusal | None:

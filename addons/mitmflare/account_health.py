@@ -24,6 +24,7 @@ import uuid
 import httpx
 from mitmproxy import ctx
 from mitmproxy.http import Headers
+from mitmproxy.utils import asyncio_utils
 
 from .core import Core
 from .money import usd
@@ -70,7 +71,8 @@ class AccountHealth:
 
     def running(self) -> None:
         self._client = httpx.AsyncClient(timeout=60, trust_env=False)
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task = asyncio_utils.create_task(self._loop(),
+                                               name="mitmflare: account health loop", keep_ref=True)
 
     def done(self) -> None:
         if self._task is not None:
@@ -85,7 +87,8 @@ class AccountHealth:
                 if ctx.options.flare_window_start == "on-reset":
                     for account in self.due_for_window_start(now):
                         self._starting.add(account.name)
-                        asyncio.get_running_loop().create_task(self._start_window(account))
+                        asyncio_utils.create_task(self._start_window(account),
+                                                  name="mitmflare: window start", keep_ref=True)
             except Exception:
                 log.exception("mitmflare account health")
 

@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from .config import ENV_REF, ConfigError, account_env, parse_accounts
+from .config_words import ENV_REF, ConfigError
 from .file_replace import replace_text
 
 
@@ -79,6 +79,8 @@ def editing(path: Path, name: str | None = None, extra_env: Mapping[str, str] | 
 def _validate(path: Path, old: str, new: str, name: str | None,
               extra_env: Mapping[str, str]) -> None:
     """Raise :class:`AccountsEditError` when ``new`` would lose an entry (see :func:`editing`)."""
+    from .config import account_env, parse_accounts  # the validation models: loaded on use
+
     env, dotenv = account_env(str(path))
     env = {**env, **extra_env}
     try:

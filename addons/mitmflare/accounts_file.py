@@ -15,6 +15,7 @@ import logging
 import os
 
 from mitmproxy import ctx
+from mitmproxy.utils import asyncio_utils
 
 from .config import AccountsLoad, ConfigError, env_file, load_accounts
 from .core import Core
@@ -63,7 +64,8 @@ class AccountsFile:
 
     def running(self) -> None:
         self._running = True
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = asyncio_utils.create_task(self._watch(),
+                                               name="mitmflare: accounts file watch", keep_ref=True)
 
     def done(self) -> None:
         if self._task:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
+import sqlite3
 from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, hooks, http
@@ -40,6 +42,8 @@ from .pool_headers import PoolHeaders
 from .recorder import Recorder
 from .refresher import TokenRefresher
 from .router import Router
+from .runtime_addon import RuntimeFile
+from .shared_state import SharedState
 from .timeouts import Timeouts
 
 log = logging.getLogger("mitmflare")
@@ -51,15 +55,17 @@ ASYNC_HOOKS = ("request", "response")
 
 def make_addons() -> list[object]:
     """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
-    log format, accounts, access keys, token refresh, account health (budgets, window start),
-    which clients subscription accounts serve, operations (``/health``, probes, commands),
-    routing/failover, the pool's limit headers (after the router has read the account's
-    own), giving back users' slots, recording, then the per-attempt timeouts (after the
-    recorder, whose stream tap they watch)."""
+    log format, accounts, access keys, shared state (Redis), token refresh, account health
+    (budgets, window start), which clients subscription accounts serve, operations
+    (``/health``, probes, commands), the runtime file (where the ``mitmflare`` command finds
+    this proxy), routing/failover, the pool's limit headers (after the router has read the
+    account's own), giving back users' slots, recording, then the per-attempt timeouts (after
+    the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
-            TokenRefresher(core), AccountHealth(core), OAuthClients(core), Operations(core),
-            Router(core), PoolHeaders(core), SlotRelease(core), Recorder(core), Timeouts(core)]
+            SharedState(core), TokenRefresher(core), AccountHealth(core), OAuthClients(core),
+            Operations(core), RuntimeFile(), Router(core), PoolHeaders(core), SlotRelease(core),
+            Recorder(core), Timeouts(core)]
 
 
 class Bundle:
@@ -103,9 +109,15 @@ class Bundle:
         for part in self.parts:  # mitmproxy collects commands only from addons it visits
             loader.master.commands.collect_commands(part)
         self.refusal = apply_deferred(loader.master.options)
+        fix = "fix the command line (each --set flare_… once, with a valid value)"
+        if self.refusal is None:
+            self.refusal = corrupt_database(loader.master.options)
+            fix = ("move the file aside and start again (a new one is made; for the state "
+                   "database that loses cooldowns, stored OAuth tokens and users) or restore a "
+                   "backup; `mitmflare doctor` checks both databases")
         if self.refusal is not None:
-            log.error("mitmflare cannot start: %s. Nothing will be routed; fix the command line "
-                      "(each --set flare_… once, with a valid value).", self.refusal)
+            log.error("mitmflare cannot start: %s. Nothing will be routed; %s.", self.refusal,
+                      fix)
             self._dispatch([p for p in self.parts if isinstance(p, Listener)]
                            + [Refusal(self.refusal)])
 
@@ -165,6 +177,28 @@ class _ChoiceRecorder:
 
     def add_command(self, path: str, func) -> None:
         self.loader.add_command(path, func)
+
+
+def corrupt_database(options) -> str | None:
+    """Why ``flare_state`` or ``flare_db`` cannot be opened as SQLite (e.g. overwritten with
+    other bytes: "file is not a database"), naming the file, or None when both can (or do not
+    exist yet: they are created). Reads only the schema, so it is quick on a large file;
+    ``mitmflare doctor`` runs the full integrity check."""
+    for option, what in (("flare_state", "state database"), ("flare_db", "analytics database")):
+        path = getattr(options, option, None)
+        if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            try:
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:  # locked, unreadable: the writer reports it
+            log.debug("%s %s not checked: %s", what, path, exc)
+        except sqlite3.DatabaseError as exc:
+            return f"the {what} {os.path.abspath(path)} ({option}) is corrupt ({exc})"
+    return None
 
 
 def apply_deferred(options) -> str | None:

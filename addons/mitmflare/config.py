@@ -7,11 +7,10 @@ line, account, field); a file that cannot be read as a whole raises :class:`Conf
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,29 +19,14 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_words import (  # re-exported: light names the mitmflare command imports
+    AUTH_STYLES,
+    ENV_REF,
+    ConfigError,
+    env_file,
+    one_of,
+)
 from .providers.presets import PRESETS, Preset, map_model
-
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class ConfigError(Exception):
-    """The accounts file cannot be used; the message says where and why."""
-
-
-AUTH_STYLES = ("x-api-key", "bearer")
-
-
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """`` (did you mean `anthropic`?)`` for the closest of ``choices`` to a mistyped
-    ``value`` (difflib ratio at least 0.6), else an empty string."""
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
-def one_of(value: str, choices: Iterable[str]) -> str:
-    """Why ``value`` is not accepted: ``must be one of a, b, c`` plus :func:`did_you_mean`."""
-    choices = list(choices)
-    return f"must be one of {', '.join(choices)}{did_you_mean(value, choices)}"
 
 
 class OAuthConfig(BaseModel):
@@ -205,11 +189,6 @@ class AccountsLoad:
     accounts: list[AccountConfig]
     errors: list[str]
     rejected: list[str] = field(default_factory=list)  # per error: its entry's name or #N
-
-
-def env_file(accounts_path: str) -> str:
-    """The ``.env`` file read beside the accounts file."""
-    return os.path.join(os.path.dirname(os.path.abspath(accounts_path)), ".env")
 
 
 def load_accounts(path: str) -> AccountsLoad:

@@ -118,6 +118,7 @@ class Core:
         self.burn = BurnTracker()  # utilization history per account and window (forecasts)
         self.affinity = CacheAffinity()  # conversations' prompt caches, by account
         self.slots = Slots()  # users' requests in flight; wakes requests waiting for a slot
+        self.shared: Any = None  # the SharedState addon when flare_redis is set (.shared_state)
         # per-attempt limits, s: connect, headers, stream headers, stream idle (see .timeouts)
         self.timeouts: tuple[int, int, int, int] = (10, 600, 60, 60)
 
@@ -174,6 +175,8 @@ class Core:
                            "headers": json.dumps(limits.to_dict()) if limits else None})
         log.info("account %s: %s%s%s", account.name, event, f" until {iso_utc(until)}"
                  if until else "", f" ({reason})" if reason else "")
+        if self.shared is not None:  # every other process learns the change
+            self.shared.account_changed(account)
 
     def snapshot_accounts(self, force: bool = False) -> None:
         """Queue the `accounts` table rows when something changed (at most every 5 s)."""

@@ -3,15 +3,15 @@
 ``python -m mitmflare.demo write-accounts FILE SIM_URL``: demo accounts pointed at the
 simulated upstream. ``init-db FILE``: create the analytics tables so Datasette can open the
 file before the first request. ``traffic ANTHROPIC_URL OPENAI_URL``: a steady trickle of
-requests through the proxy with the real SDKs (loopback only; stops when killed).
-``check-ports HOST NAME=PORT…``: one line per port already in use, exit status 1 if any.
+requests through the proxy with the real SDKs, as the demo user (loopback only; stops when
+killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
-import socket
 import sys
 import time
 import uuid
@@ -45,6 +45,8 @@ accounts:
     base_url: {sim}
 """
 
+DEMO_USER = "demo"
+KEY_VARIABLE = "MITMFLARE_DEMO_KEY"  # the demo user's key, for the traffic process
 CLAUDE_MODELS = ["claude-sonnet-4-6", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-8"]
 OPENAI_MODELS = ["gpt-4o-mini", "gpt-4.1", "gpt-5-mini"]
 
@@ -54,6 +56,24 @@ def write_accounts(path: str, sim_url: str) -> None:
         fh.write(DEMO_ACCOUNTS.format(sim=sim_url))
 
 
+def demo_user_key(state: str) -> str:
+    """A fresh access key for the user ``demo`` in the state database ``state``: created,
+    or given a new key and enabled (only key hashes are stored, so an earlier run's key is
+    unknown). The demo's traffic sends it, so it is served with access keys required."""
+    from .users import UserError, UsersStore
+
+    store = UsersStore(state)
+    try:
+        try:
+            _, key = store.add(DEMO_USER)
+        except UserError:
+            store.update(DEMO_USER, disabled=False)
+            _, key = store.rotate(DEMO_USER)
+    finally:
+        store.close()
+    return key
+
+
 def init_db(path: str) -> None:
     from .writer import open_analytics_db
 
@@ -61,11 +81,14 @@ def init_db(path: str) -> None:
 
 
 def traffic(anthropic_url: str, openai_url: str, interval_s: float = 1.0) -> None:
+    """Requests through the proxy until killed, sent with the demo user's key
+    (``$MITMFLARE_DEMO_KEY``, see :func:`demo_user_key`)."""
     import anthropic
     import openai
 
-    claude = anthropic.Anthropic(base_url=anthropic_url, api_key="demo-client", max_retries=2)
-    gpt = openai.OpenAI(base_url=openai_url + "/v1", api_key="demo-client", max_retries=2)
+    key = os.environ.get(KEY_VARIABLE) or "demo-client"
+    claude = anthropic.Anthropic(base_url=anthropic_url, api_key=key, max_retries=2)
+    gpt = openai.OpenAI(base_url=openai_url + "/v1", api_key=key, max_retries=2)
     sessions = [str(uuid.uuid4()) for _ in range(4)]
     time.sleep(3)
     while True:
@@ -89,29 +112,12 @@ def traffic(anthropic_url: str, openai_url: str, interval_s: float = 1.0) -> Non
         time.sleep(random.uniform(0.3, interval_s * 2))
 
 
-def check_ports(host: str, *named: str) -> int:
-    """Print one line per ``NAME=PORT`` whose port cannot be bound on ``host``; 1 if any."""
-    clashes = 0
-    for item in named:
-        name, _, port = item.partition("=")
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, int(port)))
-            except OSError as exc:
-                clashes += 1
-                print(f"{name}: port {port} on {host} is not free ({exc.strerror}); "
-                      f"stop what uses it or choose another port", file=sys.stderr)
-    return 1 if clashes else 0
-
-
 def main(argv: list[str]) -> None:
     command, *args = argv
     if command == "write-accounts":
         write_accounts(*args)
     elif command == "init-db":
         init_db(*args)
-    elif command == "check-ports":
-        raise SystemExit(check_ports(*args))
     elif command == "traffic":
         with contextlib.suppress(KeyboardInterrupt):
             traffic(*args)

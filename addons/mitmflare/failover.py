@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from mitmproxy import ctx, http
+from mitmproxy.utils import asyncio_utils
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
@@ -80,7 +81,8 @@ class Failover:
         if self.client is not None:
             client, self.client = self.client, None
             with contextlib.suppress(RuntimeError):  # no loop left at interpreter exit
-                asyncio.get_running_loop().create_task(client.aclose())
+                asyncio_utils.create_task(client.aclose(),
+                                          name="mitmflare: close the failover client", keep_ref=True)
 
     # -- the loop ---------------------------------------------------------------------------
     async def handle(self, flow: http.HTTPFlow, fc: FlowContext, route: Route) -> Verdict:

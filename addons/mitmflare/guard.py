@@ -19,6 +19,7 @@ import time
 
 from mitmproxy import ctx, http
 
+from .client_errors import error_kind
 from .core import Core, FlowContext
 from .providers import error_response, strip_client_credentials
 
@@ -58,6 +59,15 @@ class Guard:
         fc.account = None
         fc.error = NOT_ROUTED_ERROR
         flow.response = _not_routed(flow.id)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # a flow mitmproxy refused before any request hook ran (see .client_errors) keeps
+        # the client's headers and an error quoting one: neither stays in mitmweb or a
+        # saved flow
+        if flow.metadata.get(ROUTED) is False:
+            strip_client_credentials(flow.request.headers)
+            if flow.error is not None:
+                flow.error.msg = error_kind(flow.error.msg) or "request refused"
 
 
 class Refusal:

@@ -21,6 +21,8 @@ URL is ``https``).
   straight under the reverse-proxy layer, as mitmproxy itself does for ``reverse:http://``
   (the hook mitmproxy documents for this; saves ~15 µs per request). Clients that speak TLS
   to the listener, other modes, and ``ignore_hosts``/``allow_hosts`` keep mitmproxy's choice.
+* JSON, not mitmproxy's HTML pages, for requests its HTTP/1 server refuses by itself (a
+  malformed head, trailers, request smuggling checks): see :mod:`.client_errors`.
 * No onboarding app (``mitm.it``): it runs before the router and never answers here (it skips
   flows that have a response, and the guard gives every flow a placeholder one), yet it
   parses every request's Host header to check (~18 µs per request).
@@ -39,6 +41,7 @@ from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
+from . import client_errors
 from .providers import ANTHROPIC_TARGET, KNOWN_HOSTS, OPENAI_TARGET
 
 log = logging.getLogger("mitmflare")
@@ -52,6 +55,12 @@ class Listener:
     def __init__(self) -> None:
         self._rewritten = False
         self._servers_task: asyncio.Task | None = None
+
+    def load(self, loader) -> None:
+        client_errors.install()
+
+    def done(self) -> None:
+        client_errors.uninstall()
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options

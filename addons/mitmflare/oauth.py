@@ -14,7 +14,6 @@ the state. The YAML pair is identified by a fingerprint (a hash, never the token
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -23,12 +22,16 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from .config import AccountConfig, OAuthConfig
 from .defaults import STATE_PATH
+
+if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module at start
+    import asyncio
+
+    import httpx
+
+    from .config import AccountConfig, OAuthConfig
 from .times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -168,6 +171,10 @@ def token_error(response: httpx.Response) -> RefreshError:
     return RefreshError(text, invalid_grant=code == "invalid_grant")
 
 
+def _pair(tokens: TokenSet) -> dict[str, Any]:
+    return asdict(tokens)
+
+
 class OAuthManager:
     """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
     persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``."""
@@ -197,20 +204,40 @@ class OAuthManager:
     async def refresh(self, account) -> bool:
         """Refresh ``account``'s pair now (joining a refresh already in flight). True when a
         fresh access token is in force afterwards."""
+        import asyncio
+
+        from mitmproxy.utils import asyncio_utils
+
         task = self._inflight.get(account.name)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._refresh(account))
+            task = asyncio_utils.create_task(self._refresh(account),
+                                             name="mitmflare: OAuth refresh", keep_ref=True)
             self._inflight[account.name] = task
             task.add_done_callback(lambda _t, n=account.name: self._inflight.pop(n, None))
         return await asyncio.shield(task)
 
     async def _refresh(self, account) -> bool:
+        import asyncio
+
+        import httpx
+
         from .classify import FAILOVER, Verdict
 
         name = account.name
         current = self.core.tokens.get(name)
         if current is None or not current.refresh_token:
             return False
+        shared = self.core.shared
+        if shared is not None:
+            lease = await shared.refresh_lease(name)
+            if lease is False and await self._adopt_shared(account, current):
+                return True  # another process refreshed it
+            if await self._adopt_newer(account, current):  # rotated by another host earlier
+                current = self.core.tokens[name]
+                if not self.needs_refresh(account, time.time()):
+                    if lease:
+                        await shared.release(name)
+                    return True
         now = time.time()
         try:
             if self.client is None:
@@ -241,13 +268,63 @@ class OAuthManager:
                                 None, None, now)
             return False
         self.core.tokens[name] = fresh
+        if shared is not None:  # before anyone else refreshes: they adopt this pair
+            await shared.store_tokens(name, _pair(fresh))
         self.core.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
         self.core.mark_accounts_changed()
         return True
 
+    async def _adopt_shared(self, account, current: TokenSet) -> bool:
+        """Another process holds the refresh lease: wait (up to the refresh timeout) for the
+        pair it stores in Redis and adopt it. False if none came (then refresh here)."""
+        import asyncio
+
+        deadline = time.monotonic() + REFRESH_TIMEOUT_S + 5
+        while time.monotonic() < deadline:
+            pair = await self.core.shared.stored_tokens(account.name)
+            if pair and pair.get("refresh_token") != current.refresh_token:
+                await self.adopt(account.name, pair)
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _adopt_newer(self, account, current: TokenSet) -> bool:
+        """Adopt the pair in Redis when it was refreshed after ``current`` (another process
+        rotated the refresh token we hold). True when adopted."""
+        pair = await self.core.shared.stored_tokens(account.name)
+        if not pair or pair.get("refresh_token") in (None, current.refresh_token) or \
+                (pair.get("last_refresh_at") or 0) <= (current.last_refresh_at or 0):
+            return False
+        await self.adopt(account.name, pair)
+        return True
+
+    async def adopt(self, name: str, pair: dict[str, Any]) -> None:
+        """Take ``pair`` (fields of :class:`TokenSet`), refreshed by another process, and keep
+        it in ``flare_state`` too (for a restart without Redis)."""
+        import asyncio
+
+        account = self.core.pool.accounts.get(name)
+        current = self.core.tokens.get(name)
+        if account is None or not pair.get("access_token") or (
+                current is not None and current.refresh_token == pair.get("refresh_token")):
+            return
+        fresh = TokenSet(**{k: pair.get(k) for k in
+                            ("access_token", "refresh_token", "expires_at", "last_refresh_at")},
+                         source_fingerprint=pair.get("source_fingerprint") or "")
+        self.core.tokens[name] = fresh
+        self.core.event(account, "tokens_adopted", "pair refreshed by another process")
+        self.core.clear_stale_reauth()
+        self.core.mark_accounts_changed()
+        try:
+            await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
+        except sqlite3.Error:
+            log.exception("OAuth: the adopted pair of %s was not saved to flare_state", name)
+
     async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
         """After ``invalid_grant``: adopt the pair in ``flare_state`` if another process (a
         login, another proxy) rotated it since ``used`` was read. True when adopted."""
+        import asyncio
+
         stored = (await asyncio.to_thread(read_stored_tokens, self.state_path)).get(account.name)
         if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
             return False

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from mitmproxy import command, ctx, exceptions, flow, http
+from mitmproxy.utils import asyncio_utils
 
 from . import __version__, operator_commands
 from .access import presented_key
@@ -44,7 +45,8 @@ class Operations:
         # mitmweb: show each flow's comment (it names the serving account) in the flow list
         if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
             ctx.options.web_columns = [*ctx.options.web_columns, "comment"]
-        self._task = asyncio.get_running_loop().create_task(self._watch_commands())
+        self._task = asyncio_utils.create_task(self._watch_commands(),
+                                               name="mitmflare: operator commands", keep_ref=True)
 
     def done(self) -> None:
         if self._task is not None:
@@ -100,7 +102,8 @@ class Operations:
         total and per provider, ``in_flight`` (requests on accounts; holding a user's slot),
         the accounts file's rejected entries, the database writer's
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
-        written since start) and ``write_errors`` (all items not written), and the analytics
+        written since start) and ``write_errors`` (all items not written), the requests refused
+        for want of a valid access key since start (``auth_refusals``), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
         found deleted and created again; ``pool``: the subscription accounts' windows
         (:func:`.pool_headers.pool_limits`), when there are any."""
@@ -124,10 +127,15 @@ class Operations:
         if self.core.config_errors:
             body["config_error"] = "; ".join(self.core.config_errors)
             body["config_errors"] = self.core.config_errors
+        shared = self.core.shared
+        body["shared_state"] = shared.status() if shared is not None else "off"
+        if shared is not None:
+            body["worker"] = shared.worker
         writer = self.core.writer
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0
         body["write_errors"] = writer.write_errors if writer else 0
+        body["auth_refusals"] = self.core.access.refusals.total if self.core.access else 0
         if writer is not None:  # sizes measured by the writer process (no file I/O here)
             body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes,
                                 "recreated": writer.recreated}

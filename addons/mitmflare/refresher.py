@@ -8,6 +8,7 @@ import logging
 
 import httpx
 from mitmproxy import ctx, exceptions
+from mitmproxy.utils import asyncio_utils
 
 from .core import Core
 from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
@@ -44,7 +45,8 @@ class TokenRefresher:
 
     def running(self) -> None:
         self.manager.client = httpx.AsyncClient(trust_env=False)
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task = asyncio_utils.create_task(self._loop(),
+                                               name="mitmflare: token refresh loop", keep_ref=True)
 
     def done(self) -> None:
         if self._task:
@@ -52,7 +54,8 @@ class TokenRefresher:
         client, self.manager.client = self.manager.client, None
         if client is not None:
             with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(client.aclose())
+                asyncio_utils.create_task(client.aclose(),
+                                          name="mitmflare: close an HTTP client", keep_ref=True)
 
     async def _loop(self) -> None:
         while True:

@@ -18,6 +18,14 @@ from mitmproxy import http
 from .wire import MAX_TEXT, content, header, json_object, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
+MODEL_REQUIRED = ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions")
+"""Endpoints whose API requires a string ``model`` (Anthropic Messages and token counting,
+OpenAI Chat Completions; ``upstream-apis.md`` sections 2 and 4)."""
+MODEL_BEARING = (*MODEL_REQUIRED, "/v1/responses", "/v1/completions", "/v1/embeddings")
+"""Endpoints whose ``model`` says what the request spends (the OpenAI Responses API may take
+its model from a stored prompt instead)."""
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+               list: "an array", dict: "an object"}
 _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 
 
@@ -51,6 +59,28 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
                                       "include_usage": True}
             request.content = json.dumps(body, separators=(",", ":")).encode()
     return info
+
+
+def model_problem(path: str, method: str, body: dict[str, Any] | None,
+                  restricted: bool) -> str | None:
+    """Why a request's ``model`` is unfit (one line for a 400 ``invalid_request_error``), or
+    None. Only POSTs to :data:`MODEL_BEARING` paths (``path`` without its query) are judged:
+    a ``model`` that is present but not a non-empty string is unfit; a missing one (or a body
+    that is not a JSON object) is unfit where the API requires it (:data:`MODEL_REQUIRED`) or
+    when the user may use some models only (``restricted``): the restriction could not be
+    checked, and the upstream would pick a model."""
+    if method != "POST" or path not in MODEL_BEARING:
+        return None
+    if body is None or "model" not in body:
+        if path in MODEL_REQUIRED or restricted:
+            what = "the body is not a JSON object" if body is None else "it has none"
+            return f"mitmflare: this request needs a `model` (a string naming a model); {what}"
+        return None
+    model = body["model"]
+    if isinstance(model, str) and model:
+        return None
+    got = "an empty string" if isinstance(model, str) else _JSON_TYPES.get(type(model), "?")
+    return f"mitmflare: `model` must be a string naming a model, not {got}"
 
 
 def _json_body(request: http.Request) -> dict[str, Any] | None:

@@ -10,10 +10,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy import flow as mitmproxy_flow
+from mitmproxy.utils import asyncio_utils
 
 from .access import Refusal, presented_key
 from .cache_affinity import cache_ttl, conversation_key
@@ -35,7 +37,7 @@ from .providers import (
 from .providers.messages_to_chat import answer_to_anthropic, request_to_chat
 from .providers.presets import ANTHROPIC
 from .ratelimits import parse_limits
-from .request_info import inspect_request
+from .request_info import inspect_request, model_problem
 from .selection import STRATEGIES
 from .wire import header
 
@@ -93,7 +95,7 @@ class Router:
 
     def running(self) -> None:
         self.failover.running()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._ticker = asyncio_utils.create_task(self._tick(), name="mitmflare: router tick", keep_ref=True)
 
     def done(self) -> None:
         if self._ticker:
@@ -159,7 +161,10 @@ class Router:
             fc.convertible = provider == ANTHROPIC and path == "/v1/messages"
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
-            refusal = access.authorize(user, provider, fc.model, fc.started) if access else None
+            problem = model_problem(path, request.method, fc.body,
+                                    user is not None and user.allowed_models is not None)
+            refusal = Refusal(400, "invalid_request", problem) if problem else \
+                access.authorize(user, provider, fc.model, fc.started) if access else None
             if refusal is None and user is not None and not await self.core.slots.take_user(
                     user, flow.id, fc.started + self.core.queue_s):
                 refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
@@ -170,6 +175,8 @@ class Router:
             extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
             flow.response = error_response(provider, refusal.status, refusal.kind,
                                            refusal.message, extra)
+            if refusal.status == 401 and access is not None:  # counted, not each a row
+                access.refused(flow, fc)
             return
         fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
@@ -311,8 +318,12 @@ class Router:
             return
         verdict = await self.failover.handle(flow, fc, self.route)
         if verdict is not None and verdict.action == "ok" and fc.account is not None:
+            now = time.time()
             self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
-                                      time.time())
+                                      now)
+            if self.core.shared is not None:  # every process keeps the conversation here
+                self.core.shared.served(fc.cache.conversation, fc.account.name,
+                                        fc.cache.ttl_s, now)
         if fc.converted and flow.response is not None and not flow.response.stream:
             answer_to_anthropic(flow.response, fc.upstream_model or fc.model or "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
@@ -419,6 +430,11 @@ def _set_body(request: http.Request, fc: FlowContext) -> None:
 
 API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
 """Methods the Anthropic and OpenAI APIs use (``upstream-apis.md``); others are refused here."""
+TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""What a header name may hold (RFC 9110 section 5.6.2, ``tchar``)."""
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a header value may not hold (RFC 9110 section 5.5): CR, LF (mitmproxy joins a folded
+header's lines with CRLF), NUL and the other controls except tab."""
 
 
 def unfit_request(request: http.Request) -> tuple[int, str] | None:
@@ -426,8 +442,11 @@ def unfit_request(request: http.Request) -> tuple[int, str] | None:
     before any account is chosen, else None: a method the APIs do not use (e.g. ``PRI``, the
     HTTP/2 connection preface sent to an HTTP/1 listener, or ``CONNECT``/``TRACE``) → 405;
     a target that is not a path (``*``, absolute- or authority-form) or a protocol upgrade
-    (``Upgrade: h2c``, WebSocket) → 400. The point: nothing a client sends may reach an
-    upstream in a form that makes the proxy fail there and blame the account."""
+    (``Upgrade: h2c``, WebSocket) → 400; a header whose name is not a token (``x-api-key ``)
+    or whose value holds a control character (a bare CR, a folded line, NUL) → 400, without
+    echoing it. The point: nothing a client sends may reach an upstream in a form that makes
+    the proxy fail there and blame the account, or that a lenient server reads differently
+    (a smuggled header, a credential under another spelling)."""
     if request.method not in API_METHODS:
         return 405, f"mitmflare: method {request.method[:20]!r} is not used by the API"
     if not request.path.startswith("/") or (request.authority and not request.is_http2):
@@ -435,6 +454,12 @@ def unfit_request(request: http.Request) -> tuple[int, str] | None:
     if "upgrade" in request.headers or request.http_version not in ("HTTP/1.1", "HTTP/1.0",
                                                                     "HTTP/2.0"):
         return 400, "mitmflare: protocol upgrades and other HTTP versions are not supported"
+    fields = request.headers.fields
+    if b"".join(f[0] for f in fields).translate(None, TOKEN_CHARS) \
+            or CONTROL.search(b"".join(f[1] for f in fields)):
+        return 400, ("mitmflare: malformed header field (a name that is not a token, or a "
+                     "control character such as a bare CR, LF or NUL in a value, e.g. a folded "
+                     "header)")
     return None
 
 

@@ -35,6 +35,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "user": str,               # access-key user (NULL when keys are not required)
     "purpose": str,            # NULL: a client's request; window_start: sent by the proxy
     "upstream_model": str,     # what the upstream served (a mapped or dated name)
+    "auth_refusals": int,      # requests refused for want of a valid key this row stands for
 }
 
 ATTEMPTS = {
@@ -121,9 +122,9 @@ ACCOUNT_WINDOWS = {
 # transaction as the rows, so charts over long ranges never scan `requests`.
 ROLLUP_KEY = ("hour", "provider", "account", "model")
 ROLLUP_SUMS = {
-    # column: SQL expression over one `requests` row
-    "requests": "1",
-    "errors": "(status >= 400 or error is not null)",
+    # column: SQL expression over one `requests` row (a row of refusals stands for several)
+    "requests": "coalesce(auth_refusals, 1)",
+    "errors": "coalesce(auth_refusals, status >= 400 or error is not null)",
     "failovers": "coalesce(failover, 0)",
     "streamed": "coalesce(streamed, 0)",
     "input_tokens": "coalesce(input_tokens, 0)",
@@ -132,6 +133,7 @@ ROLLUP_SUMS = {
     "cache_creation_input_tokens": "coalesce(cache_creation_input_tokens, 0)",
     "cost_usd": "coalesce(cost_usd, 0)",
     "duration_ms": "coalesce(duration_ms, 0)",
+    "auth_refusals": "coalesce(auth_refusals, 0)",
 }
 USAGE_HOURLY = {"hour": str, "provider": str, "account": str, "model": str,
                 **{c: (float if c in ("cost_usd", "duration_ms") else int) for c in ROLLUP_SUMS}}
@@ -208,7 +210,7 @@ ROLLUP_UPSERT = (
     f"select {', '.join(_key_sql())}, {', '.join(f'sum({e})' for e in ROLLUP_SUMS.values())} "
     "from requests where {where} group by 1, 2, 3, 4 "
     f"on conflict ({', '.join(ROLLUP_KEY)}) do update set "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS)
+    + ", ".join(f"{c} = coalesce({c}, 0) + excluded.{c}" for c in ROLLUP_SUMS)
 )
 
 

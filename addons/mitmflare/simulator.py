@@ -23,7 +23,8 @@ OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approv
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
 With ``oauth_enforce`` on, OAuth requests need a live issued access token and the OAuth beta.
 
-Run alone: ``python -m mitmflare.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]``.
+Run alone: ``python -m mitmflare.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
+[--windows [--enforce-windows] [--window-scale 60]]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
 ``GET /_sim/requests``, ``POST /_sim/reset``.
 """
@@ -49,6 +50,8 @@ from typing import Any
 import uvicorn
 
 REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
+FIVE_HOURS_S = 5 * 3600
+WINDOW_TOKENS = 400_000  # a simulated 5-hour window's tokens (the 7-day window: ten times that)
 DEFAULT_USAGE = {"input_tokens": 25, "output_tokens": len(REPLY_WORDS),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
 SENT_KEPT = 200  # answers whose body bytes are kept (SimulatedUpstream.sent)
@@ -70,14 +73,21 @@ class SimulatedUpstream:
     """ASGI app plus a helper to serve it on 127.0.0.1 in a background thread.
 
     ``chunk_delay_s``: pause between SSE events, s. ``chaos``: share (0..1) of unscripted
-    requests answered with a rate limit or an overload, for demos.
+    requests answered with a rate limit or an overload, for demos. ``windows``: rate-limit
+    headers on every answer (:meth:`_window_headers`). ``enforce_windows`` (opt-in, for the
+    demo): an OAuth token's 5-hour window stops at 100 % and its requests get the 429 a used-up
+    window gets (:meth:`_rejection`) until the window resets. ``window_scale``: windows last
+    that many times less than their real length (60: a 5-hour window lasts 5 minutes).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
-                 windows: bool = False) -> None:
+                 windows: bool = False, enforce_windows: bool = False,
+                 window_scale: float = 1.0) -> None:
         self.chunk_delay_s = chunk_delay_s
         self.chaos = chaos
         self.windows = windows
+        self.enforce_windows = enforce_windows
+        self.window_scale = window_scale
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
         self.requests: list[SeenRequest] = []
         self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
@@ -103,6 +113,8 @@ class SimulatedUpstream:
         self.sent.clear()
         self._used.clear()
         self.windows = False
+        self.enforce_windows = False
+        self.window_scale = 1.0
         self._scripts.clear()
         self.token_requests.clear()
         self._refresh_tokens.clear()
@@ -197,6 +209,10 @@ class SimulatedUpstream:
         queue = self._scripts.get(credential or "")
         if queue:
             return queue.popleft()
+        if self.enforce_windows and (credential or "").startswith("sk-ant-oat"):
+            rejection = self._rejection(credential or "")
+            if rejection is not None:
+                return rejection
         if self.chaos and random.random() < self.chaos:
             if random.random() < 0.5:
                 return {"status": 529}
@@ -314,30 +330,60 @@ class SimulatedUpstream:
         while len(self.sent) > SENT_KEPT:
             self.sent.popitem(last=False)
 
+    def _window(self, credential: str, now: float) -> tuple[float, int]:
+        """(start, tokens used) of ``credential``'s 5-hour window, a new one once it ended."""
+        start, used = self._used.get(credential, (now, 0))
+        if now >= int(start + FIVE_HOURS_S / self.window_scale):  # its reset header's time
+            start, used = now, 0
+        return start, used
+
+    def _unified(self, start: float, used: int, status: str) -> dict[str, str]:
+        """The ``anthropic-ratelimit-unified-*`` headers for a window of ``used`` tokens."""
+        u5, u7 = used / WINDOW_TOKENS, used / (10 * WINDOW_TOKENS)
+        reset5 = int(start + FIVE_HOURS_S / self.window_scale)
+        reset7 = int(start + 7 * 86400 / self.window_scale)
+        return {"anthropic-ratelimit-unified-status": status,
+                "anthropic-ratelimit-unified-5h-status": status,
+                "anthropic-ratelimit-unified-5h-utilization": f"{u5:.4f}",
+                "anthropic-ratelimit-unified-5h-reset": str(reset5),
+                "anthropic-ratelimit-unified-7d-status": "allowed",
+                "anthropic-ratelimit-unified-7d-utilization": f"{u7:.4f}",
+                "anthropic-ratelimit-unified-7d-reset": str(reset7),
+                "anthropic-ratelimit-unified-representative-claim": "five_hour",
+                "anthropic-ratelimit-unified-reset": str(reset5)}
+
+    def _rejection(self, credential: str) -> dict[str, Any] | None:
+        """The 429 for an OAuth token whose 5-hour window is used up (``enforce_windows``),
+        as captured from the real upstream (``shared/reference/upstream-apis.md`` 1b: status
+        ``rejected``, ``surpassed-threshold``, ``retry-after`` until the reset,
+        ``x-should-retry: true``, a ``rate_limit_error`` body); None while it has room."""
+        now = time.time()
+        start, used = self._window(credential, now)
+        if used < WINDOW_TOKENS:
+            return None
+        headers = self._unified(start, used, "rejected")
+        reset = int(headers["anthropic-ratelimit-unified-reset"])
+        return {"status": 429, "headers": {
+            **headers, "anthropic-ratelimit-unified-5h-surpassed-threshold": "1.0",
+            "retry-after": str(max(1, reset - int(now))), "x-should-retry": "true"},
+            "body": {"type": "error", "error": {"type": "rate_limit_error",
+                                                "message": "rate limit exceeded"}}}
+
     def _window_headers(self, credential: str, body: dict, usage: dict) -> dict[str, str]:
         """Limit headers as a real upstream sends them with every answer (``windows`` mode):
         unified 5h / 7d windows for OAuth tokens (``sk-ant-oat…``), whose utilization grows
-        with the tokens used (5h: 400k tokens, 7d: 4M); standard request/token buckets for
-        API keys. Header names from ``shared/reference/upstream-apis.md`` section 1."""
+        with the tokens used (5h: 400k tokens, 7d: 4M; with ``enforce_windows`` the 5-hour
+        window stops at 100 %); standard request/token buckets for API keys. Header names
+        from ``shared/reference/upstream-apis.md`` section 1."""
         now = time.time()
-        start, used = self._used.get(credential, (now, 0))
-        if now - start > 5 * 3600:
-            start, used = now, 0
+        start, used = self._window(credential, now)
         used += usage["input_tokens"] + usage["output_tokens"] + body.get("max_tokens", 0) * 40
+        if self.enforce_windows:
+            used = min(used, WINDOW_TOKENS)
         self._used[credential] = (start, used)
         if credential.startswith("sk-ant-oat"):
-            u5, u7 = used / 400_000, used / 4_000_000
-            reset5, reset7 = int(start + 5 * 3600), int(start + 7 * 86400)
-            status = "allowed_warning" if u5 >= 0.8 else "allowed"
-            return {"anthropic-ratelimit-unified-status": status,
-                    "anthropic-ratelimit-unified-5h-status": status,
-                    "anthropic-ratelimit-unified-5h-utilization": f"{u5:.4f}",
-                    "anthropic-ratelimit-unified-5h-reset": str(reset5),
-                    "anthropic-ratelimit-unified-7d-status": "allowed",
-                    "anthropic-ratelimit-unified-7d-utilization": f"{u7:.4f}",
-                    "anthropic-ratelimit-unified-7d-reset": str(reset7),
-                    "anthropic-ratelimit-unified-representative-claim": "five_hour",
-                    "anthropic-ratelimit-unified-reset": str(reset5)}
+            return self._unified(start, used, "allowed_warning" if used >= 0.8 * WINDOW_TOKENS
+                                 else "allowed")
         if credential.startswith("sk-ant-api"):
             reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60))
             return {"anthropic-ratelimit-requests-limit": "1000",
@@ -602,8 +648,16 @@ def main() -> None:
                         help="share of requests answered with a 429 or 529 (0..1)")
     parser.add_argument("--windows", action="store_true",
                         help="send rate-limit headers (unified windows for OAuth tokens)")
+    parser.add_argument("--enforce-windows", action="store_true",
+                        help="answer 429 once an OAuth token's 5-hour window is used up, "
+                             "until it resets")
+    parser.add_argument("--window-scale", type=float, default=1.0,
+                        help="windows last this many times less (60: 5 h become 5 min)")
     args = parser.parse_args()
-    sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos, args.windows)
+    if args.window_scale <= 0:
+        parser.error("--window-scale must be positive")
+    sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos, args.windows,
+                            args.enforce_windows, args.window_scale)
     print(f"simulated upstream on {sim.start(args.host, args.port)}", flush=True)
     try:
         while True:

@@ -40,6 +40,7 @@ import logging
 import time
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import asyncio_utils
 
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
@@ -76,7 +77,8 @@ class Timeouts:
                               o.flare_stream_headers_timeout_s, o.flare_stream_idle_timeout_s)
 
     def running(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self._sweeper = asyncio_utils.create_task(self._sweep_forever(),
+                                                  name="mitmflare: timeout sweep", keep_ref=True)
 
     def done(self) -> None:
         if self._sweeper is not None:

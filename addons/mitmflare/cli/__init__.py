@@ -9,11 +9,12 @@ error.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from dotenv import load_dotenv
 
-from . import data
+from . import data, options
 from .accounts import accounts_app
 from .doctor import doctor
 from .run import ENVIRONMENT, run
@@ -23,6 +24,17 @@ from .users import users_app
 app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
                   help="Operate mitmflare: accounts, users, statistics, live traffic, "
                        "database upkeep and checks. See `mitmflare COMMAND --help`.")
+
+
+@app.callback()
+def files(ctx: typer.Context, demo: Annotated[bool, typer.Option(
+        "--demo", help="Work on the running demo's files (./scripts/run --demo), e.g. "
+                       "`mitmflare --demo users add me`.")] = False) -> None:
+    """Without --accounts/--db/--state (or MITMFLARE_ACCOUNTS/_DB/_STATE), the commands use
+    the running proxy's files (from its runtime file), else those in this folder."""
+    if demo and ctx.invoked_subcommand == "run":
+        options.fail("to start the demo, put --demo after run: mitmflare run --demo")
+    options.use_demo(demo)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
 data.register(app)

@@ -18,18 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import accounts_edit, dotenv_edit, oauth, operator_commands
+from .. import accounts_edit, dotenv_edit, oauth
 from ..accounts_edit import AccountsEditError
-from ..config import AUTH_STYLES, ConfigError, did_you_mean, env_file, load_accounts, one_of
+from ..config_words import AUTH_STYLES, did_you_mean, env_file, one_of
 from ..money import usd
 from ..providers.presets import PRESETS
 from ..times import iso_utc
-from ..writer import open_state_db
 from .options import (
     ACCOUNTS_DEFAULT,
     DB_DEFAULT,
@@ -120,6 +118,8 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
 
     Example: mitmflare accounts list --json
     """
+    from ..config import ConfigError, load_accounts
+
     try:
         configured = load_accounts(accounts).accounts
     except ConfigError as exc:
@@ -296,6 +296,8 @@ def reset(name: str, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare accounts reset work-key
     """
+    from .. import operator_commands
+
     known = operator_commands.queue_reset(state, name)
     typer.echo(f"Reset {name}" + ("" if known else " (no stored state for it yet)") +
                "; a running proxy applies it within 2 s.")
@@ -324,6 +326,10 @@ def login(name: str,
 
     Example: mitmflare accounts login personal-max --priority 1
     """
+    import httpx
+
+    from ..writer import open_state_db
+
     try:
         if access_token or refresh_token:
             expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
@@ -342,6 +348,8 @@ def login(name: str,
 
 def _browser_login(authorize_url: str, token_url: str, client_id: str,
                    redirect_uri: str) -> oauth.TokenSet:
+    import httpx
+
     verifier, challenge = oauth.pkce_pair()
     state = secrets.token_urlsafe(24)
     typer.echo("Open this URL, approve access, then paste the code shown (code#state):")

@@ -12,12 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from .. import retention
 from ..money import usd
-from ..writer import request_line
 from .options import DB_DEFAULT, Db, Json, Yes, canned_sql, fail, interactive, read_db
 
 GROUPS = ("account", "model", "user", "day")
@@ -87,6 +85,8 @@ def tail(last: Annotated[int, typer.Option(help="Show this many recent rows firs
 
     Example: mitmflare tail --last 20
     """
+    from ..writer import request_line
+
     conn = read_db(db)
     seen = 0
     try:
@@ -126,6 +126,8 @@ def prune(older_than: Annotated[str, typer.Option(
 
     Example: mitmflare prune --older-than 90d --dry-run
     """
+    from rich.progress import Progress
+
     before = retention.cutoff(span_seconds(older_than) / 86400.0)
     read_db(db).close()  # exits when the file is missing
     conn = sqlite3.connect(db, timeout=30)

@@ -4,41 +4,58 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import stat
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
-from .. import schema
-from ..config import ConfigError, load_accounts
+from .. import runtime
 from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State
+from .ports import bind_error
 
 SKEW_WARN_S = 5.0
 WAL_WARN_BYTES = 256 * 1024 * 1024
 
 
 def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: State = STATE_DEFAULT,
-           port: Annotated[int, typer.Option(envvar="MITMFLARE_PORT", help="Proxy port.")] = 8080,
-           dashboard_port: Annotated[int, typer.Option(
-               envvar="MITMFLARE_DASHBOARD_PORT", help="Datasette port.")] = 8001,
+           port: Annotated[int | None, typer.Option(
+               envvar="MITMFLARE_PORT", show_default="the running proxy's, else 8080",
+               help="Proxy port.")] = None,
+           dashboard_port: Annotated[int | None, typer.Option(
+               envvar="MITMFLARE_DASHBOARD_PORT", show_default="the running proxy's, else 8001",
+               help="Datasette port.")] = None,
+           redis: Annotated[str, typer.Option(
+               envvar="MITMFLARE_REDIS_URL", show_default="none",
+               help="Redis URL the proxies share (flare_redis): checked when given.")] = "",
            as_json: Json = False) -> None:
     """Check the install and say what to fix (exit 1 when something must be fixed).
 
-    Python, the virtual environment, the accounts file, both databases (integrity, size,
-    WAL size, schema), the ports, the clock against the upstreams' Date headers, and that the
-    state database is private (mode 0600).
+    Python, the virtual environment, the running proxy, the accounts file, both databases
+    (integrity, size, WAL size, schema), the ports (mitmflare's own are told apart from
+    other programs' by the runtime files), the clock against the upstreams' Date headers,
+    and that the state database is private (mode 0600); with a Redis URL, that Redis answers,
+    its version and round-trip time, and that it never evicts mitmflare's keys.
 
     Example: mitmflare doctor
     """
+    from .. import schema
+
     checks: list[tuple[str, str, str]] = []  # (ok | warn | fail, check, detail / what to do)
 
     def add(level: str, name: str, detail: str) -> None:
         checks.append((level, name, detail))
+
+    proxies = _running(state)
+    mine = proxies[0] if proxies and proxies[0]["state"] == str(Path(state).absolute()) else {}
+    port = port or ([lst["port"] for lst in mine.get("listeners") or []] or [8080])[0]
+    dashboard_port = dashboard_port or (mine.get("ports") or {}).get("dashboard") or 8001
+    if proxies:
+        add("ok", "running proxy", "; ".join(
+            f"pid {f.get('pid')}{' (demo)' if f.get('demo') else ''}: {f.get('accounts')}"
+            for f in proxies))
 
     version = sys.version.split()[0]
     add("ok" if sys.version_info >= (3, 12) else "fail", "python",
@@ -53,9 +70,13 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
         mode = stat.S_IMODE(os.stat(state).st_mode)
         add("ok" if mode & 0o077 == 0 else "fail", "state database mode",
             f"{mode:o}" if mode & 0o077 == 0 else f"{mode:o}: it holds secrets; chmod 600 {state}")
+    own = {number: f"mitmflare's own {what} (pid {facts.get('pid')})"
+           for facts in proxies for number, what in runtime.own_ports(facts).items()}
     for name, number in (("proxy port", port), ("dashboard port", dashboard_port)):
-        add(*_port(name, number))
+        add(*_port(name, number, own))
     _clock(db, add)
+    if redis:
+        _redis(redis, add)
     failed = any(level == "fail" for level, _, _ in checks)
     if as_json:
         typer.echo(json.dumps([{"level": lv, "check": c, "detail": d} for lv, c, d in checks],
@@ -67,6 +88,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
 
 def _accounts(path: str, add) -> None:
+    from ..config import ConfigError, load_accounts
+
     if not Path(path).exists():
         add("fail", "accounts file", f"{path} is missing: ./scripts/run creates it from "
                                      f"config/accounts.example.yaml, or `mitmflare accounts add`")
@@ -112,14 +135,21 @@ def _database(path: str, name: str, tables: dict, add) -> None:
                                       "…): the proxy adds them when it starts")
 
 
-def _port(name: str, number: int) -> tuple[str, str, str]:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", number))
-            return "ok", name, f"{number} is free"
-        except OSError:
-            pass
+def _running(state: str) -> list[dict]:
+    """The running proxies' runtime facts: first the one using ``state``, if it runs."""
+    beside = runtime.read(Path(state).absolute().parent / runtime.FILE_NAME)
+    others = [f for f in runtime.running() if not beside or f.get("pid") != beside.get("pid")]
+    return ([beside] if beside else []) + others
+
+
+def _port(name: str, number: int, own: dict[int, str]) -> tuple[str, str, str]:
+    """``own``: ``{port: what}`` of the running mitmflare processes."""
+    if bind_error("127.0.0.1", number) is None:
+        return "ok", name, f"{number} is free"
+    if number in own:
+        return "ok", name, f"{number}: {own[number]}"
+    import httpx
+
     try:
         if httpx.get(f"http://127.0.0.1:{number}/health", timeout=2).json().get("version"):
             return "ok", name, f"{number}: a mitmflare proxy is running there"
@@ -147,3 +177,40 @@ def _clock(db: str, add) -> None:
         f"{worst:+.0f} s against the upstreams" + (
             "" if abs(worst) < SKEW_WARN_S else ": cooldowns end at the wrong time; sync the "
                                                 "clock (NTP)"))
+
+
+def _redis(url: str, add) -> None:
+    """Redis of ``flare_redis``: reachable, version (>= 6), round trip, eviction policy (an
+    evicting policy could drop cooldowns, leases and token pairs: ``noeviction`` or a
+    ``volatile-*`` one keeps keys without a TTL)."""
+    import time
+
+    import redis as redis_py
+
+    try:
+        with redis_py.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            start = time.perf_counter()
+            client.ping()
+            rtt_ms = (time.perf_counter() - start) * 1000
+            server = client.info("server")
+            policy = client.info("memory").get("maxmemory_policy", "?")
+    except (redis_py.RedisError, OSError) as exc:
+        add("fail", "redis", f"{_safe_url(url)} does not answer ({exc}); processes serve on "
+                             "their own state until it does")
+        return
+    version = str(server.get("redis_version", "?"))
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    add("ok" if major >= 6 else "warn", "redis",
+        f"{_safe_url(url)}: version {version}, round trip {rtt_ms:.1f} ms" +
+        ("" if major >= 6 else "; mitmflare is tested with 6 and later"))
+    evicting = policy.startswith("allkeys-")
+    add("warn" if evicting else "ok", "redis memory policy",
+        f"{policy}" + ("; it may evict mitmflare's keys (cooldowns, refresh leases, token "
+                       "pairs): use noeviction" if evicting else ""))
+
+
+def _safe_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url

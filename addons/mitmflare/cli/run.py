@@ -21,13 +21,15 @@ from typing import Annotated
 
 import typer
 
-from .. import dashboard, demo
+from .. import demo
 from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
-from . import startup
+from . import lock, ports, startup
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 LOOPBACK = ("127.", "localhost", "::1")
+DEMO = ".demo"  # the demo's files, relative to the working directory
+DEMO_WINDOW_SCALE = 60  # the demo's simulated usage windows last 60 times less: 5 h -> 5 min
 
 ENVIRONMENT = """\
 Environment (also read from a .env file in the working directory):
@@ -88,13 +90,19 @@ def run(ctx: typer.Context,
     sim_port = _env_int("MITMFLARE_SIM_PORT", 9099)
     keys = own_sets.get("flare_require_access_keys") in ("true", "1")
 
-    ports = [f"proxy (MITMFLARE_PORT)={port}", f"dashboard (MITMFLARE_DASHBOARD_PORT)={ds_port}"]
-    if web:
-        ports.append(f"mitmweb (MITMFLARE_WEB_PORT)={web_port}")
+    wanted = [("proxy (MITMFLARE_PORT)", host, port)]
     if demo_mode:
-        ports.append(f"OpenAI listener (MITMFLARE_PORT+10)={port + 10}")
-    if demo.check_ports(host, *ports) or (demo_mode and demo.check_ports(
-            "127.0.0.1", f"simulated upstream (MITMFLARE_SIM_PORT)={sim_port}")):
+        wanted.append(("OpenAI listener (MITMFLARE_PORT+10)", host, port + 10))
+    wanted.append(("dashboard (MITMFLARE_DASHBOARD_PORT)", host, ds_port))
+    if web:
+        wanted.append(("mitmweb (MITMFLARE_WEB_PORT)", host, web_port))
+    if demo_mode:
+        wanted.append(("simulated upstream (MITMFLARE_SIM_PORT)", "127.0.0.1", sim_port))
+    held = _demo_lock(wanted) if demo_mode else None
+    taken = ports.clashes(wanted)
+    for line in taken:
+        typer.echo(line, err=True)
+    if taken:
         raise typer.Exit(1)
     loopback = host.startswith(LOOPBACK)
     if not loopback and not keys and not insecure_open:
@@ -103,15 +111,19 @@ def run(ctx: typer.Context,
                    f"create keys with 'mitmflare users add NAME'), or pass --insecure-open.",
                    err=True)
         raise typer.Exit(1)
+    from .. import dashboard
+
     meta = ".mitmflare/datasette-metadata.yml"
     if dashboard.main([meta] + ([] if loopback else ["--require-auth"])):
         raise typer.Exit(1)
 
     procs: list[subprocess.Popen] = []
 
-    def spawn(args: list[str], log: str | None = None) -> subprocess.Popen:
+    def spawn(args: list[str], log: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         out = open(log, "ab") if log else None  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                env={**os.environ, **env} if env else None)
         procs.append(proc)
         return proc
 
@@ -124,17 +136,20 @@ def run(ctx: typer.Context,
     modes = [f"reverse:https://anthropic.mitmflare.invalid@{host}:{port}"]
     try:
         if demo_mode:
-            Path(".demo").mkdir(exist_ok=True)
             accounts, db, state = (".demo/accounts.yaml", ".demo/mitmflare.db",
                                    ".demo/mitmflare-state.db")
             ds_log = ".demo/datasette.log"
             spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
-                   "40", "--chaos", "0.08", "--windows"], ".demo/simulator.log")
+                   "40", "--chaos", "0.08", "--windows", "--enforce-windows", "--window-scale",
+                   str(DEMO_WINDOW_SCALE)], ".demo/simulator.log")
             demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
+            demo_key = demo.demo_user_key(state)
             modes.append(f"reverse:https://openai.mitmflare.invalid@{host}:{port + 10}")
             typer.echo(f"Demo: a simulated upstream on 127.0.0.1:{sim_port} answers 8 % of "
-                       f"requests with a rate-limit or overload error on purpose, so you can "
-                       f"watch failover.", err=True)
+                       f"requests with a rate-limit or overload error on purpose, and its "
+                       f"5-hour windows last {5 * 60 // DEMO_WINDOW_SCALE} minutes (a used-up "
+                       f"one is refused until it resets), so you can watch failover and "
+                       f"recovery.", err=True)
         else:
             accounts = os.environ.get("MITMFLARE_ACCOUNTS") or ACCOUNTS_PATH
             db = os.environ.get("MITMFLARE_DB") or DB_PATH
@@ -157,14 +172,17 @@ def run(ctx: typer.Context,
         typer.echo(f"Proxy:     ANTHROPIC_BASE_URL=http://{host}:{port}", err=True)
         if demo_mode:
             spawn([py, "-m", "mitmflare.demo", "traffic", f"http://{host}:{port}",
-                   f"http://{host}:{port + 10}"])
+                   f"http://{host}:{port + 10}"], env={demo.KEY_VARIABLE: demo_key})
         tool = ["mitmweb", "--set", f"web_host={host}", "--set", f"web_port={web_port}",
                 "--set", "web_open_browser=false"] if web else ["mitmdump"]
         if web:
             typer.echo("mitmweb:   open the URL printed below (it carries the access token)",
                        err=True)
+        info = f"demo,dashboard={ds_port},simulated upstream={sim_port}" if demo_mode else \
+            f"dashboard={ds_port}"
         options = {"flare_accounts": accounts, "flare_db": db, "flare_state": state,
-                   "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1"}
+                   "connection_strategy": "lazy", "flow_detail": "0" if demo_mode else "1",
+                   "flare_runtime_info": info}
         if demo_mode:
             options["flare_request_log"] = "true"
         options.update(own_sets)  # the user's --set wins, and each option goes once
@@ -193,4 +211,19 @@ def run(ctx: typer.Context,
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if held is not None:
+            lock.release(held)
     raise typer.Exit(code)
+
+
+def _demo_lock(wanted: list[tuple[str, str, int]]) -> int:
+    """Hold ``.demo/run.lock`` (see :mod:`.lock`) naming this run's ports; exit 1 with one
+    line naming the running demo's PID and ports when another demo from this folder holds it."""
+    Path(DEMO).mkdir(exist_ok=True)
+    try:
+        return lock.take(f"{DEMO}/run.lock", {name.split(" (")[0]: port for name, _, port in wanted})
+    except lock.Held as held:
+        typer.echo(f"refusing to start: a demo from this folder is already running "
+                   f"({lock.holder_line(held.facts)}) and owns {DEMO}/; stop it first (Ctrl-C "
+                   f"where it runs, or kill {held.facts.get('pid', 'its PID')})", err=True)
+        raise typer.Exit(1) from None

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 READY_TIMEOUT_S = 30.0
 SETTLE_S = 1.0
@@ -43,6 +41,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = READY_TIMEOUT_
     ``SETTLE_S`` apart, with the proxy still running (mitmdump exits just after start when an
     error was logged while starting); None then, else why not (the process ended, something
     else answers, or ``timeout`` s passed)."""
+    import urllib.error
+    import urllib.request
+
     deadline = time.monotonic() + timeout
     last = "no answer"
     answered = 0

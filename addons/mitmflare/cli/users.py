@@ -12,10 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..defaults import STATE_PATH
 from ..money import usd
 from ..users import User, UserError, UsersStore
-from .options import Json, State, fail
+from .options import STATE_DEFAULT, Json, State, creatable_state, fail
 
 users_app = typer.Typer(no_args_is_help=True,
                         help="Per-user access keys (with --set flare_require_access_keys=true). "
@@ -36,6 +35,7 @@ MaxConcurrent = Annotated[int | None, typer.Option(
 
 
 def _store(state: str) -> UsersStore:
+    creatable_state(state)
     return UsersStore(state)
 
 
@@ -53,7 +53,7 @@ def _show_key(user: User, key: str, what: str) -> None:
 @users_app.command("add")
 def add(name: str, models: Models = None, providers: Providers = None,
         daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
-        max_concurrent: MaxConcurrent = None, state: State = STATE_PATH) -> None:
+        max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT) -> None:
     """Create a user and print its access key once.
 
     Example: mitmflare users add alice --daily-cap 5 --models 'claude-sonnet-*'
@@ -71,7 +71,7 @@ def add(name: str, models: Models = None, providers: Providers = None,
 
 
 @users_app.command("list")
-def list_users(as_json: Json = False, state: State = STATE_PATH) -> None:
+def list_users(as_json: Json = False, state: State = STATE_DEFAULT) -> None:
     """List users (never their keys: only the first 8 characters).
 
     Example: mitmflare users list --json
@@ -114,13 +114,13 @@ def _update(name: str, state: str, done: str, **changes) -> None:
 
 
 @users_app.command("disable")
-def disable(name: str, state: State = STATE_PATH) -> None:
+def disable(name: str, state: State = STATE_DEFAULT) -> None:
     """Refuse the user's key; its history stays. Example: mitmflare users disable alice"""
     _update(name, state, "Disabled", disabled=True)
 
 
 @users_app.command("enable")
-def enable(name: str, state: State = STATE_PATH) -> None:
+def enable(name: str, state: State = STATE_DEFAULT) -> None:
     """Accept a disabled user's key again. Example: mitmflare users enable alice"""
     _update(name, state, "Enabled", disabled=False)
 
@@ -129,7 +129,7 @@ def enable(name: str, state: State = STATE_PATH) -> None:
 def set_limits(name: str, models: Models = None, providers: Providers = None,
                daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
                no_caps: Annotated[bool, typer.Option("--no-caps", help="Remove both caps.")] = False,
-               max_concurrent: MaxConcurrent = None, state: State = STATE_PATH) -> None:
+               max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT) -> None:
     """Change a user's allowed models/providers, spend caps and concurrency limit (options
     not given stay).
 
@@ -150,7 +150,7 @@ def set_limits(name: str, models: Models = None, providers: Providers = None,
 
 
 @users_app.command("rotate")
-def rotate(name: str, state: State = STATE_PATH) -> None:
+def rotate(name: str, state: State = STATE_DEFAULT) -> None:
     """Give the user a new key; the old one stops working within 2 s.
 
     Example: mitmflare users rotate alice
@@ -166,7 +166,7 @@ def rotate(name: str, state: State = STATE_PATH) -> None:
 
 
 @users_app.command("remove")
-def remove(name: str, state: State = STATE_PATH) -> None:
+def remove(name: str, state: State = STATE_DEFAULT) -> None:
     """Delete the user (its rows in the analytics database keep its name).
 
     Example: mitmflare users remove alice

@@ -7,10 +7,10 @@ OpenAI API documentation, the official SDKs and Claude Code).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from mitmproxy import http
-from mitmproxy.net.http.url import hostport
-from mitmproxy.proxy.mode_specs import ReverseMode
+if TYPE_CHECKING:  # mitmproxy is imported where used: `mitmflare` imports .presets at start
+    from mitmproxy import http
 
 ANTHROPIC_TARGET = "anthropic.mitmflare.invalid"  # the documented listeners' reverse targets
 OPENAI_TARGET = "openai.mitmflare.invalid"        # (see .listener: never resolvable)
@@ -21,9 +21,11 @@ OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1
                 "/v1/models")
 OAUTH_BETA = "oauth-2025-04-20"  # required in anthropic-beta with an OAuth bearer token
 # Headers that carry a client's credential for some API (Anthropic, OpenAI, Azure OpenAI, Google,
-# HTTP proxies): all are removed before a request can go upstream.
+# HTTP proxies) or session (cookies): all are removed before a request can go upstream, under
+# any spelling a server may read as one of them (case, ``_`` for ``-``, stray blanks: see
+# :func:`canonical_name`).
 CLIENT_CREDENTIAL_HEADERS = ("x-api-key", "authorization", "proxy-authorization", "api-key",
-                             "x-goog-api-key")
+                             "x-goog-api-key", "cookie")
 REDACTED_HEADERS = ("x-api-key", "authorization")  # the ones an account's credential uses
 
 
@@ -60,7 +62,7 @@ def detect_provider(flow: http.HTTPFlow) -> str | None:
     """Provider of a client request: the listener's reverse target when it is a known host,
     else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
     mode = flow.client_conn.proxy_mode
-    if isinstance(mode, ReverseMode):
+    if mode.type_name == "reverse":
         provider = KNOWN_HOSTS.get(mode.address[0])
         if provider:
             return provider
@@ -83,7 +85,7 @@ def upstream_headers(headers: http.Headers, host: str, wire: str, kind: str, aut
     kept: list[tuple[bytes, bytes]] = []
     betas: list[str] = []
     for field in headers.fields:
-        name = field[0].lower()
+        name = field[0].translate(_FOLD, b" \t")  # canonical_name, inlined (hot path)
         if name in _REPLACED_NAMES:
             if name == b"host":
                 kept.append((field[0], host.encode("utf-8", "surrogateescape")))
@@ -110,6 +112,8 @@ def retarget(request: http.Request, scheme: str, host: str, port: int) -> str:
     """Point ``request`` at ``scheme://host:port`` (and its HTTP/2 authority), as mitmproxy's
     ``host``/``port`` setters do, in one step; returns the ``Host`` header value for
     :func:`upstream_headers`."""
+    from mitmproxy.net.http.url import hostport
+
     data = request.data
     data.scheme, data.host, data.port = scheme.encode(), host, port
     value = hostport(scheme, host, port)
@@ -119,15 +123,24 @@ def retarget(request: http.Request, scheme: str, host: str, port: int) -> str:
 
 
 _CREDENTIAL_NAMES = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
+_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_", b"abcdefghijklmnopqrstuvwxyz-")
+
+
+def canonical_name(name: bytes) -> bytes:
+    """A header name as a lenient server may read it: lower case, ``_`` as ``-``, without
+    spaces or tabs (``X_Api_Key `` → ``x-api-key``). One C call (``bytes.translate``)."""
+    return name.translate(_FOLD, b" \t")
+
 _REDACTED_NAMES = frozenset(name.encode() for name in REDACTED_HEADERS)
 _REPLACED_NAMES = _CREDENTIAL_NAMES | {b"host", b"accept-encoding"}
 
 
 def strip_client_credentials(headers: http.Headers) -> None:
-    """Remove every credential header (:data:`CLIENT_CREDENTIAL_HEADERS`), in one pass over
-    the raw header fields (this runs at least twice per request)."""
+    """Remove every credential header (:data:`CLIENT_CREDENTIAL_HEADERS`, by
+    :func:`canonical_name`), in one pass over the raw header fields (this runs at least twice
+    per request)."""
     fields = headers.fields
-    kept = tuple(f for f in fields if f[0].lower() not in _CREDENTIAL_NAMES)
+    kept = tuple(f for f in fields if f[0].translate(_FOLD, b" \t") not in _CREDENTIAL_NAMES)
     if len(kept) != len(fields):
         headers.fields = kept
 
@@ -162,6 +175,8 @@ def error_response(provider: str | None, status: int, kind: str, message: str,
     """A response in the upstream's own error shape, marked ``x-should-retry: false`` unless
     ``headers`` says otherwise. Anthropic: ``{"type":"error","error":{"type","message"}}``;
     OpenAI: ``{"error":{"message","type","param","code"}}``."""
+    from mitmproxy import http
+
     a_type, o_type, o_code = _ERROR_TYPES[kind]
     if provider == "openai":
         body = {"error": {"message": message, "type": o_type, "param": None, "code": o_code}}
