@@ -214,6 +214,18 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
+    """The first true value of ``check()``, polled every ``interval`` s; AssertionError after
+    ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
 def accounts_yaml(base_url: str, *accounts: dict) -> str:
     """YAML text for ``accounts`` (dicts of fields), each pointed at ``base_url``."""
     lines = ["accounts:"]

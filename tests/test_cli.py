@@ -21,7 +21,7 @@ import yaml
 from datasette.app import Datasette
 from typer.testing import CliRunner
 
-from conftest import ROOT, Proxy, accounts_yaml
+from conftest import ROOT, Proxy, accounts_yaml, wait_for
 from mitmflare import retention
 from mitmflare.cli import app
 from mitmflare.cli.data import span_seconds
@@ -53,15 +53,6 @@ def ask(p: Proxy, **kwargs) -> anthropic.types.Message:
     return anthropic.Anthropic(base_url=p.url, api_key="c", max_retries=0).messages.create(
         model="claude-sonnet-4-6", max_tokens=5, messages=MSG, **kwargs)
 
-
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_accounts_add_edit_and_remove_keep_the_file_and_reach_the_proxy(sim, running):

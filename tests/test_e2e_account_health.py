@@ -17,7 +17,7 @@ import pytest
 import yaml
 from datasette.app import Datasette
 
-from conftest import ROOT, Proxy, accounts_yaml, free_port
+from conftest import ROOT, Proxy, accounts_yaml, free_port, wait_for
 
 METADATA = yaml.safe_load((ROOT / "datasette-metadata.yml").read_text())
 KEY = "sk-ant-api03-HEALTH"
@@ -39,15 +39,6 @@ def windows(p: Proxy, account: str, count: int, timeout: float = 15.0) -> dict[s
                        timeout=timeout)
     return {r["window"]: r for r in rows}
 
-
-def wait_for(check, timeout: float = 15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ import os
 import socket
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
 import pytest
 
-from conftest import MITMDUMP, Proxy, accounts_yaml
+from conftest import MITMDUMP, Proxy, accounts_yaml, wait_for
 from mitmflare import runtime
 
 MITMFLARE = MITMDUMP.with_name("mitmflare")
@@ -53,15 +52,6 @@ def keyed(registry, dashboard, sim_server, tmp_path_factory) -> Iterator[Proxy]:
     yield p
     p.stop()
 
-
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def mitmflare(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import BUNDLE, MITMDUMP, accounts_yaml, free_port
 from mitmflare.listener import unreachable_mode
@@ -61,6 +62,23 @@ def test_an_option_given_twice_stops_the_proxy_and_sends_nothing(sim, tmp_path):
     assert proc.returncode == 1
     text = log.read_text()
     assert "mitmflare cannot start" in text and "flare_db" in text and "b.db" in text
+    assert sim.requests == []
+
+
+@pytest.mark.parametrize("bad", ["flare_max_cooldown_s=0", "flare_queue_s=-1",
+                                 "flare_oauth_refresh_buffer_min=-5"])
+def test_a_bad_option_value_stops_the_proxy_at_once(sim, tmp_path, bad):
+    """A part raising OptionsError while the listener sets its own options once looped
+    through mitmproxy's rollback forever (300 MB of log in 10 minutes, SIGTERM ignored)."""
+    (tmp_path / "accounts.yaml").write_text(accounts_yaml(sim.url, {"name": "a", "api_key": "k"}))
+    proc, log = _start(tmp_path, BUNDLE, f"reverse:{sim.url}@127.0.0.1:{free_port()}",
+                       "flare_accounts=accounts.yaml", "flare_db=a.db", bad)
+    try:
+        assert proc.wait(30) == 1
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert len(text) < 20_000 and bad.split("=")[0] in text
     assert sim.requests == []
 
 

@@ -86,6 +86,8 @@ class Bundle:
                     raise TypeError(f"{type(part).__name__}.{name} must not be async")
         self.refusal: str | None = None  # why the bundle serves no request (see the module)
         self.choices: dict[str, Sequence[str]] = {}  # option -> its allowed values
+        self._configuring = False      # inside configure (see there)
+        self._pending: set[str] = set()  # options set by a part meanwhile
         self._dispatch(parts)
 
     def _dispatch(self, parts: list[object]) -> None:
@@ -122,14 +124,29 @@ class Bundle:
                            + [Refusal(self.refusal)])
 
     def configure(self, updated: set[str]) -> None:
-        # mitmproxy checks an option's choices only when its own command line parser reads it
-        # (not for a script's deferred --set, nor for :set in mitmweb): checked here
-        for name in updated & self.choices.keys():
-            value = getattr(ctx.options, name)
-            if value not in self.choices[name]:
-                raise exceptions.OptionsError(f"{name}={value!r}: choose one of "
-                                              f"{', '.join(self.choices[name])}")
-        self._call("configure", updated)
+        """Check the options' choices, then configure the parts in order. A part that sets an
+        option while configuring (the listener does) makes mitmproxy call this again inside
+        this call: those options are configured after this call's parts, never inside it, so
+        an OptionsError raised for a bad value cannot loop through mitmproxy's rollback (which
+        configures again, and the listener sets its option again, …)."""
+        if self._configuring:
+            self._pending |= updated
+            return
+        self._configuring = True
+        try:
+            # mitmproxy checks an option's choices only when its own command line parser reads
+            # it (not for a script's deferred --set, nor for :set in mitmweb): checked here
+            for name in updated & self.choices.keys():
+                value = getattr(ctx.options, name)
+                if value not in self.choices[name]:
+                    raise exceptions.OptionsError(f"{name}={value!r}: choose one of "
+                                                  f"{', '.join(self.choices[name])}")
+            self._call("configure", updated)
+            while self._pending:
+                again, self._pending = self._pending, set()
+                self._call("configure", again)
+        finally:
+            self._configuring, self._pending = False, set()
 
     def running(self) -> None:
         self._call("running")
