@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.utils import asyncio_utils
 
 from . import __version__, runtime
 from .times import iso_utc
@@ -84,7 +85,8 @@ class RuntimeFile:
         facts = self.facts()
         old = self.paths
         self.paths = runtime.paths_for(facts["state"], facts["pid"])
-        task = asyncio.get_running_loop().create_task(self._save(facts, old))
+        task = asyncio_utils.create_task(self._save(facts, old),
+                                         name="mitmflare: runtime file", keep_ref=True)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
