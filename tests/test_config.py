@@ -62,7 +62,7 @@ def test_a_bad_entry_costs_only_itself_and_names_line_account_and_field(text, ex
 @pytest.mark.parametrize(("text", "expected"), [
     ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: [oops\n",
      "YAML syntax error at line 5"),
-    ("servers: []\n", "line 1: the file must be a mapping with one key, 'accounts'"),
+    ("servers: []\n", "line 1: the file must be a mapping with the key 'accounts'"),
     ("accounts: {a: 1}\n", "line 1: 'accounts' must be a list"),
 ])
 def test_a_file_that_cannot_be_read_as_a_whole_is_rejected(text, expected):

@@ -281,7 +281,7 @@ class Failover:
           could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
           back at a known time; none at all (paused, needs login, benched): 503 without."""
         now = time.time()
-        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible)
+        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible, fc.family)
                     if fc.family is None or a.in_family(fc.family)]
         if not accounts:
             where = f"{fc.family} " if fc.family else ""
@@ -322,7 +322,8 @@ class Failover:
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
         if fc.model:
-            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible)
+            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible,
+                                                                  fc.family)
                        if not a.serves(fc.model)]
             if skipped:
                 text += f"; skipped {', '.join(skipped)} (cannot serve {fc.model})"

@@ -35,6 +35,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "user": str,               # access-key user (NULL when keys are not required)
     "purpose": str,            # NULL: a client's request; window_start: sent by the proxy
     "upstream_model": str,     # what the upstream served (a mapped or dated name)
+    "cost_source": str,        # genai-prices | account (its price:) | NULL (no price known)
 }
 
 ATTEMPTS = {

@@ -11,7 +11,9 @@ scripted answers (:meth:`SimulatedUpstream.script`); with none queued it answers
 A scripted answer is a dict: ``status``, ``headers``, ``body`` (JSON error body),
 ``usage`` (Anthropic-style token counts for a success), ``error_event`` (an SSE error sent
 after the first text delta), ``delay_s`` (before answering), ``stall_after`` (silent for an hour
-after that many SSE events).
+after that many SSE events), ``tool_calls`` (``[{"id", "name", "arguments": {...}}]``: the
+answer calls these tools instead of saying the reply words; Messages and Chat Completions, JSON
+and SSE), ``finish_reason`` / ``stop_reason`` (the stop reason in that API's terms).
 
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
@@ -277,7 +279,7 @@ class SimulatedUpstream:
                 await self._stream(send, headers, _anthropic_events(model, usage, answer),
                                    answer.get("stall_after"))
             else:
-                await _send_json(send, 200, _anthropic_message(model, usage), headers)
+                await _send_json(send, 200, _anthropic_message(model, usage, answer), headers)
         elif path.startswith("/v1/chat/completions"):
             include = (body.get("stream_options") or {}).get("include_usage") is True
             if stream:
@@ -358,30 +360,50 @@ def _anthropic_usage(usage: dict) -> dict:
     return out
 
 
-def _anthropic_message(model: str, usage: dict) -> dict:
+def _anthropic_message(model: str, usage: dict, answer: dict | None = None) -> dict:
+    """A Message: the reply words, or the scripted ``tool_calls`` as ``tool_use`` blocks with
+    ``stop_reason: tool_use`` (or the scripted ``stop_reason``)."""
+    calls = (answer or {}).get("tool_calls")
+    content = [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
+               for c in calls] if calls else [{"type": "text", "text": " ".join(REPLY_WORDS)}]
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": model, "content": [{"type": "text", "text": " ".join(REPLY_WORDS)}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": _anthropic_usage(usage)}
+            "model": model, "content": content,
+            "stop_reason": (answer or {}).get("stop_reason") or ("tool_use" if calls else
+                                                                 "end_turn"),
+            "stop_sequence": None, "usage": _anthropic_usage(usage)}
 
 
 def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
     start_usage = {**_anthropic_usage(usage), "output_tokens": 1}
-    message = {**_anthropic_message(model, usage), "content": [], "stop_reason": None,
-               "usage": start_usage}
-    events = [_sse("message_start", {"type": "message_start", "message": message}),
-              _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}}),
-              _sse("ping", {"type": "ping"})]
-    for i, word in enumerate(REPLY_WORDS):
-        events.append(_sse("content_block_delta", {
-            "type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}}))
-        if i == 0 and answer.get("error_event"):
-            events.append(_sse("error", {"type": "error", "error": answer["error_event"]}))
-            return events
-    events += [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-               _sse("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    whole = _anthropic_message(model, usage, answer)
+    message = {**whole, "content": [], "stop_reason": None, "usage": start_usage}
+    events = [_sse("message_start", {"type": "message_start", "message": message})]
+    for index, call in enumerate(answer.get("tool_calls") or []):
+        arguments = json.dumps(call["arguments"])
+        half = len(arguments) // 2  # arguments arrive in pieces, as real streams send them
+        events.append(_sse("content_block_start", {
+            "type": "content_block_start", "index": index, "content_block": {
+                "type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}}))
+        events += [_sse("content_block_delta", {
+            "type": "content_block_delta", "index": index,
+            "delta": {"type": "input_json_delta", "partial_json": piece}})
+            for piece in (arguments[:half], arguments[half:])]
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    if not answer.get("tool_calls"):
+        events += [_sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}}),
+                   _sse("ping", {"type": "ping"})]
+        for i, word in enumerate(REPLY_WORDS):
+            events.append(_sse("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}}))
+            if i == 0 and answer.get("error_event"):
+                events.append(_sse("error", {"type": "error", "error": answer["error_event"]}))
+                return events
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    events += [_sse("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": whole["stop_reason"],
+                                                "stop_sequence": None},
                                       "usage": {"output_tokens": usage["output_tokens"]}}),
                _sse("message_stop", {"type": "message_stop"})]
     return events
