@@ -48,6 +48,7 @@ import time
 import uuid
 from typing import Any
 
+from ..sse import split_events
 from ..wire import count, json_object, text
 
 DEFAULT_MAX_TOKENS = 4096
@@ -439,16 +440,9 @@ class AnthropicEvents:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        buf = self._buf + chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
-            return []
-        self._buf = buf[end + 2:]
+        blocks, self._buf = split_events(self._buf + chunk)
         events = []
-        for block in buf[:end].split(b"\n\n"):
+        for block in blocks:
             data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
                               if line.startswith(b"data:"))
             event = json_object(data)
@@ -467,30 +461,26 @@ def sse_data(data: Any) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
-class ChatStreamConverter:
-    """Turns an Anthropic event stream into a ``chat.completion.chunk`` stream, incrementally:
-    :meth:`feed` returns the chunks for every complete upstream event in the bytes given;
-    ``feed(b"")`` at the end of the stream closes it.
+class AnthropicStream:
+    """Base of the converters of an Anthropic event stream into an OpenAI one: :meth:`feed`
+    returns the converted events for every complete upstream event in the bytes given (a
+    partial event waits for its end); ``feed(b"")`` at the end of the stream closes it.
 
-    ``include_usage``: every chunk has ``usage: null`` and a last chunk with empty
-    ``choices`` carries the usage, before ``data: [DONE]`` (``stream_options.include_usage``).
-    ``request``: the client's body (its ``response_format`` tool's input is streamed as
-    content). An upstream ``error`` event becomes an OpenAI error chunk; a stream that ends
-    before ``message_stop`` (or at least ``message_delta``) ends with one too."""
+    It keeps the message's id (``<prefix><Anthropic id>``), model, stop reason and usage
+    (``message_start``, then the cumulative ``message_delta``); subclasses say what each event
+    becomes: :meth:`_begin`, :meth:`_block_start`, :meth:`_block_delta`, :meth:`_block_stop`,
+    :meth:`_error`, :meth:`_finish`. A stream that ends before ``message_delta`` gave a stop
+    reason ends with :meth:`_error`."""
 
-    def __init__(self, model: str, include_usage: bool = True,
-                 request: dict[str, Any] | None = None) -> None:
+    prefix = ""
+
+    def __init__(self, model: str) -> None:
         self.model = model
-        self.include_usage = include_usage
-        self.unwrap = json_unwrap(request or {})
         self._events = AnthropicEvents()
-        self._id = f"chatcmpl-{uuid.uuid4().hex}"
+        self._id = f"{self.prefix}{uuid.uuid4().hex}"
         self._created = int(time.time())
         self._started = self._finished = False
-        self._blocks: dict[int, tuple[str, int]] = {}  # Anthropic index -> (kind, tool index)
-        self._tools = 0
-        self._json: dict[int, list[str]] = {}  # wrapped response_format answers, by index
-        self._stop: str | None = None
+        self._stop: str | None = None  # Anthropic stop_reason
         self._usage: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> bytes:
@@ -506,6 +496,94 @@ class ChatStreamConverter:
             out.append(self._end())
         return b"".join(out)
 
+    def _event(self, event: dict[str, Any]) -> bytes:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") if isinstance(event.get("message"), dict) else {}
+            self.model = text(message.get("model")) or self.model
+            if isinstance(message.get("id"), str):
+                self._id = f"{self.prefix}{message['id']}"
+            self._usage.update(message.get("usage") or {})
+            self._started = True
+            return self._begin()
+        if kind == "error":
+            self._finished = True
+            return self._error(event.get("error") if isinstance(event.get("error"), dict) else {})
+        if not self._started:
+            return b""
+        if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
+            index = event.get("index")
+            if not isinstance(index, int):
+                return b""
+            if kind == "content_block_start":
+                block = event.get("content_block")
+                return self._block_start(index, block if isinstance(block, dict) else {})
+            if kind == "content_block_delta":
+                delta = event.get("delta")
+                return self._block_delta(index, delta if isinstance(delta, dict) else {})
+            return self._block_stop(index)
+        if kind == "message_delta":
+            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            self._stop = str(delta.get("stop_reason") or "end_turn")
+            if isinstance(event.get("usage"), dict):
+                self._usage.update({k: v for k, v in event["usage"].items() if v is not None})
+            return b""
+        if kind == "message_stop":
+            return self._end()
+        return b""  # ping and event types added later
+
+    def _end(self) -> bytes:
+        self._finished = True
+        if self._stop is None:
+            return self._error({"type": "api_error",
+                                "message": "the upstream stream ended before it finished"})
+        return self._finish()
+
+    @staticmethod
+    def _openai_error(error: dict[str, Any]) -> dict[str, Any]:
+        """An Anthropic stream's ``error`` object as an OpenAI ``error`` object."""
+        return json.loads(error_to_openai(500, json.dumps({"error": error}).encode()))["error"]
+
+    def _begin(self) -> bytes:
+        raise NotImplementedError
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _block_stop(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def _error(self, error: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _finish(self) -> bytes:
+        raise NotImplementedError
+
+
+class ChatStreamConverter(AnthropicStream):
+    """Turns an Anthropic event stream into a ``chat.completion.chunk`` stream, incrementally
+    (see :class:`AnthropicStream`).
+
+    ``include_usage``: every chunk has ``usage: null`` and a last chunk with empty
+    ``choices`` carries the usage, before ``data: [DONE]`` (``stream_options.include_usage``).
+    ``request``: the client's body (its ``response_format`` tool's input is streamed as
+    content). An upstream ``error`` event becomes an OpenAI error chunk (no ``[DONE]``); a
+    stream cut short ends with one too."""
+
+    prefix = "chatcmpl-"
+
+    def __init__(self, model: str, include_usage: bool = True,
+                 request: dict[str, Any] | None = None) -> None:
+        super().__init__(model)
+        self.include_usage = include_usage
+        self.unwrap = json_unwrap(request or {})
+        self._blocks: dict[int, tuple[str, int]] = {}  # Anthropic index -> (kind, tool index)
+        self._tools = 0
+        self._json: dict[int, list[str]] = {}  # wrapped response_format answers, by index
+
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         data: dict[str, Any] = {"id": self._id, "object": "chat.completion.chunk",
                                 "created": self._created, "model": self.model,
@@ -516,41 +594,13 @@ class ChatStreamConverter:
             data["usage"] = None
         return sse_data(data)
 
-    def _event(self, event: dict[str, Any]) -> bytes:
-        kind = event.get("type")
-        if kind == "message_start":
-            message = event.get("message") if isinstance(event.get("message"), dict) else {}
-            self.model = text(message.get("model")) or self.model
-            if isinstance(message.get("id"), str):
-                self._id = f"chatcmpl-{message['id']}"
-            self._usage.update(message.get("usage") or {})
-            self._started = True
-            return self._chunk({"role": "assistant", "content": ""})
-        if not self._started and kind != "error":
-            return b""
-        if kind == "content_block_start":
-            return self._block_start(event)
-        if kind == "content_block_delta":
-            return self._block_delta(event)
-        if kind == "content_block_stop":
-            return self._block_stop(event)
-        if kind == "message_delta":
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
-            self._stop = finish_reason(delta.get("stop_reason"), self._tools > 0)
-            if isinstance(event.get("usage"), dict):
-                self._usage.update({k: v for k, v in event["usage"].items() if v is not None})
-            return b""
-        if kind == "message_stop":
-            return self._end()
-        if kind == "error":
-            self._finished = True
-            error = event.get("error") if isinstance(event.get("error"), dict) else {}
-            return sse_data(json.loads(error_to_openai(500, json.dumps({"error": error}).encode())))
-        return b""  # ping and event types added later
+    def _begin(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
 
-    def _block_start(self, event: dict[str, Any]) -> bytes:
-        block = event.get("content_block") if isinstance(event.get("content_block"), dict) else {}
-        index = event.get("index")
+    def _error(self, error: dict[str, Any]) -> bytes:
+        return sse_data({"error": self._openai_error(error)})
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
         kind = block.get("type")
         if kind == "tool_use" and self.unwrap is not None and block.get("name") == JSON_TOOL:
             self._blocks[index] = ("json", 0)
@@ -569,9 +619,7 @@ class ChatStreamConverter:
             return self._chunk({"content": block["text"]})
         return b""
 
-    def _block_delta(self, event: dict[str, Any]) -> bytes:
-        delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
-        index = event.get("index")
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
         block, tool = self._blocks.get(index, ("", 0))
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str):
@@ -587,15 +635,12 @@ class ChatStreamConverter:
                 self._json[index].append(piece)
                 return b""
             return self._chunk({"content": piece})
-        if block == "tool":
+        if block in ("tool", "tool+"):
             self._blocks[index] = ("tool+", tool)  # its arguments are no longer empty
-            return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
-        if block == "tool+":
             return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
         return b""
 
-    def _block_stop(self, event: dict[str, Any]) -> bytes:
-        index = event.get("index")
+    def _block_stop(self, index: int) -> bytes:
         block, tool = self._blocks.get(index, ("", 0))
         if block == "tool":  # no argument at all: an empty object, as a JSON text
             return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": "{}"}}]})
@@ -604,13 +649,8 @@ class ChatStreamConverter:
             return self._chunk({"content": json_answer(value, True)})
         return b""
 
-    def _end(self) -> bytes:
-        self._finished = True
-        if self._stop is None:
-            error = {"type": "error", "error": {
-                "type": "api_error", "message": "the upstream stream ended before it finished"}}
-            return sse_data(json.loads(error_to_openai(502, json.dumps(error).encode())))
-        out = [self._chunk({}, self._stop)]
+    def _finish(self) -> bytes:
+        out = [self._chunk({}, finish_reason(self._stop, self._tools > 0))]
         if self.include_usage:
             out.append(sse_data({"id": self._id, "object": "chat.completion.chunk",
                                  "created": self._created, "model": self.model,

@@ -39,7 +39,7 @@ from typing import Any
 from ..wire import json_object, text
 from .chat_to_messages import (
     JSON_TOOL,
-    AnthropicEvents,
+    AnthropicStream,
     error_to_openai,
     json_answer,
     json_unwrap,
@@ -182,45 +182,26 @@ def message_to_response(body: bytes, model: str, request: dict[str, Any] | None 
         data.get("stop_reason") or "end_turn", data.get("usage"), int(time.time()))).encode()
 
 
-class ResponsesStreamConverter:
-    """Turns an Anthropic event stream into a Responses event stream, incrementally:
-    :meth:`feed` returns the events for every complete upstream event in the bytes given;
-    ``feed(b"")`` at the end of the stream closes it.
+class ResponsesStreamConverter(AnthropicStream):
+    """Turns an Anthropic event stream into a Responses event stream, incrementally (see
+    :class:`.chat_to_messages.AnthropicStream`).
 
     Each Anthropic ``text`` block becomes a ``message`` output item, each ``tool_use`` block a
     ``function_call`` item (the ``response_format`` tool's input: a message's text); thinking
     is left out. The item's text or arguments are kept until its ``.done`` events and the
     terminal ``response.completed`` (or ``response.incomplete``), which carry them whole. An
-    upstream ``error`` event, or a stream that ends before ``message_stop``, ends it with an
-    ``error`` event."""
+    upstream ``error`` event, or a stream cut short, ends it with an ``error`` event."""
+
+    prefix = "resp_"
 
     def __init__(self, model: str, request: dict[str, Any] | None = None) -> None:
-        self.model = model
+        super().__init__(model)
         self.request = request or {}
         self.unwrap = json_unwrap(responses_to_chat(self.request))
-        self._events = AnthropicEvents()
-        self._id = f"resp_{uuid.uuid4().hex}"
-        self._created = int(time.time())
         self._seq = 0
-        self._started = self._finished = False
         self._output: dict[int, dict[str, Any]] = {}  # output index -> finished item
         self._open: dict[int, dict[str, Any]] = {}  # Anthropic index -> item being streamed
         self._parts: dict[int, list[str]] = {}      # Anthropic index -> its text or arguments
-        self._stop: str | None = None
-        self._usage: dict[str, Any] = {}
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._finished:
-            return b""
-        events = self._events.feed(chunk) if chunk else self._events.rest()
-        out = []
-        for event in events:
-            out.append(self._event(event))
-            if self._finished:
-                return b"".join(out)
-        if not chunk:
-            out.append(self._end())
-        return b"".join(out)
 
     def _emit(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, **fields, "sequence_number": self._seq}
@@ -233,50 +214,18 @@ class ResponsesStreamConverter:
                                [self._output[i] for i in sorted(self._output)],
                                self._stop, self._usage, self._created)
 
-    def _event(self, event: dict[str, Any]) -> bytes:
-        kind = event.get("type")
-        if kind == "message_start":
-            message = event.get("message") if isinstance(event.get("message"), dict) else {}
-            self.model = text(message.get("model")) or self.model
-            if isinstance(message.get("id"), str):
-                self._id = f"resp_{message['id']}"
-            self._usage.update(message.get("usage") or {})
-            self._started = True
-            response = self._response()
-            return self._emit("response.created", response=response) + \
-                self._emit("response.in_progress", response=response)
-        if kind == "error":
-            self._finished = True
-            error = event.get("error") if isinstance(event.get("error"), dict) else {}
-            return self._error(error)
-        if not self._started:
-            return b""
-        if kind == "content_block_start":
-            return self._block_start(event)
-        if kind == "content_block_delta":
-            return self._block_delta(event)
-        if kind == "content_block_stop":
-            return self._block_stop(event.get("index"))
-        if kind == "message_delta":
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
-            self._stop = str(delta.get("stop_reason") or "end_turn")
-            if isinstance(event.get("usage"), dict):
-                self._usage.update({k: v for k, v in event["usage"].items() if v is not None})
-            return b""
-        if kind == "message_stop":
-            return self._end()
-        return b""  # ping and event types added later
+    def _begin(self) -> bytes:
+        response = self._response()
+        return self._emit("response.created", response=response) + \
+            self._emit("response.in_progress", response=response)
 
     def _error(self, error: dict[str, Any]) -> bytes:
-        body = json.loads(error_to_openai(500, json.dumps({"error": error}).encode()))["error"]
+        body = self._openai_error(error)
         return self._emit("error", code=body["code"] or body["type"], message=body["message"],
                           param=None)
 
-    def _block_start(self, event: dict[str, Any]) -> bytes:
-        block = event.get("content_block") if isinstance(event.get("content_block"), dict) else {}
-        index, kind = event.get("index"), block.get("type")
-        if not isinstance(index, int):
-            return b""
+    def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
+        kind = block.get("type")
         where = len(self._output) + len(self._open)
         if kind == "text" or (kind == "tool_use" and self.unwrap is not None
                               and block.get("name") == JSON_TOOL):
@@ -303,10 +252,8 @@ class ResponsesStreamConverter:
         return self._emit("response.output_text.delta", item_id=item["id"],
                           output_index=item["_index"], content_index=0, delta=piece, logprobs=[])
 
-    def _block_delta(self, event: dict[str, Any]) -> bytes:
-        index = event.get("index")
-        item = self._open.get(index) if isinstance(index, int) else None
-        delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        item = self._open.get(index)
         if item is None:
             return b""
         kind = delta.get("type")
@@ -322,8 +269,8 @@ class ResponsesStreamConverter:
             return b""
         return self._text(item, piece)
 
-    def _block_stop(self, index: Any) -> bytes:
-        item = self._open.pop(index, None) if isinstance(index, int) else None
+    def _block_stop(self, index: int) -> bytes:
+        item = self._open.pop(index, None)
         if item is None:
             return b""
         parts = self._parts.pop(index)
@@ -350,11 +297,7 @@ class ResponsesStreamConverter:
         self._output[where] = done
         return out + self._emit("response.output_item.done", output_index=where, item=done)
 
-    def _end(self) -> bytes:
-        self._finished = True
-        if self._stop is None:
-            return self._error({"type": "api_error",
-                                "message": "the upstream stream ended before it finished"})
+    def _finish(self) -> bytes:
         out = b"".join(self._block_stop(index) for index in list(self._open))
         response = self._response()
         kind = "response.completed" if response["status"] == "completed" else \
