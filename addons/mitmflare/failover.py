@@ -28,6 +28,7 @@ from mitmproxy import ctx, http
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
+from .fallbacks import fallback_choice
 from .option_types import decimal
 from .pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from .providers import error_response
@@ -119,7 +120,7 @@ class Failover:
                 self._give_up(flow, fc)
                 break
             if fc.stream and self._client_retries(flow) and not same:
-                if self.core.choose(fc) is None:
+                if self.core.choose(fc) is None and fallback_choice(self.core, fc) is None:
                     flow.response = self.no_account_response(fc)
                 else:
                     self._ask_client_to_retry(flow, fc, verdict)

@@ -17,7 +17,21 @@ HEADER = "x-mitmflare-model-fallback"
 def fall_back(core: Core, fc: FlowContext) -> Account | None:
     """The account for the next fallback of ``fc``'s model that one can serve now, with
     ``fc.model`` set to that model (``fc.asked_model`` keeps the client's); None, with ``fc``
-    unchanged, when no fallback is configured or none can be served.
+    unchanged, when no fallback is configured or none can be served (see
+    :func:`fallback_choice`)."""
+    found = fallback_choice(core, fc)
+    if found is None:
+        return None
+    model, account = found
+    fc.notes.append(f"{fc.model} could not be served now: fell back to {model}")
+    fc.asked_model = fc.asked_model or fc.model
+    fc.model, fc.excluded = model, _still_excluded(fc)
+    return account
+
+
+def fallback_choice(core: Core, fc: FlowContext) -> tuple[str, Account] | None:
+    """(fallback model, the account the strategy picks for it) for ``fc`` now, or None; ``fc``
+    is left as it was.
 
     Fallbacks are tried in their order, each once per request, starting after the one being
     served. Accounts this request failed on are tried again for another model (a model-scoped
@@ -31,14 +45,21 @@ def fall_back(core: Core, fc: FlowContext) -> Account | None:
     user = next((u for u in core.users.values() if u.name == fc.user), None) \
         if fc.user else None
     model, excluded = fc.model, fc.excluded
-    for candidate in chain[start:]:
-        if candidate == asked or (user is not None and user.allows(fc.provider, candidate)):
-            continue
-        fc.model, fc.excluded = candidate, {n for n in excluded if n in fc.skipped}
-        account = core.choose(fc)
-        if account is not None:
-            fc.asked_model = asked
-            fc.notes.append(f"{model} could not be served now: fell back to {candidate}")
-            return account
-    fc.model, fc.excluded = model, excluded
-    return None
+    try:
+        fc.excluded = _still_excluded(fc)
+        for candidate in chain[start:]:
+            if candidate == asked or (user is not None and user.allows(fc.provider, candidate)):
+                continue
+            fc.model = candidate
+            account = core.choose(fc)
+            if account is not None:
+                return candidate, account
+        return None
+    finally:
+        fc.model, fc.excluded = model, excluded
+
+
+def _still_excluded(fc: FlowContext) -> set[str]:
+    """The accounts a request for another model must still skip: those it could not use at
+    all (no credential, a failed token refresh)."""
+    return {name for name in fc.excluded if name in fc.skipped}
