@@ -97,7 +97,8 @@ def test_streamed_chat_completion_with_the_usage_chunk_and_cache_tokens(sim, gat
     assert (usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens,
             usage.completion_tokens) == (160, 100, 11)
     assert sim.requests[-1].body["stream"] is True
-    r = gateway.wait_rows(1, "select * from requests where streamed = 1 and account = 'claude'")[0]
+    r = gateway.wait_rows(1, "select * from requests where streamed = 1 and account = 'claude' "
+                             "order by started_at")[0]
     assert (r["input_tokens"], r["cache_read_input_tokens"], r["cache_creation_input_tokens"],
             r["output_tokens"]) == (10, 100, 50, 11)
     assert r["cost_usd"] == pytest.approx(cost_usd("anthropic", "claude-sonnet-4-5", 10, 11,
