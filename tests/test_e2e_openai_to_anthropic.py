@@ -198,11 +198,11 @@ def test_responses_api_json_and_streamed_with_a_function_tool(sim, gateway):
         {"type": "function_call_output", "call_id": "toolu_w1", "output": "sunny"}])
     assert sim.requests[-1].body["messages"][-1]["content"] == [
         {"type": "tool_result", "tool_use_id": "toolu_w1", "content": "sunny"}]
-    rows = row(gateway, count=6)
-    assert {r["path"] for r in rows} >= {"/v1/responses"}
-    streamed = [r for r in rows if r["path"] == "/v1/responses" and r["streamed"]]
-    assert streamed and all(r["output_tokens"] and r["upstream_model"] == "claude-sonnet-4-5"
-                            for r in streamed)
+    rows = gateway.wait_rows(5, "select * from requests where path = '/v1/responses' "
+                                "order by started_at")
+    assert [(r["streamed"], r["model"], r["upstream_model"], r["account"]) for r in rows] == [
+        (streamed, "gpt-4.1", "claude-sonnet-4-5", "claude") for streamed in (0, 1, 0, 1, 0)]
+    assert all(r["output_tokens"] == len(REPLY_WORDS) for r in rows[:2])
 
 
 def test_prefix_and_compatibility_routes(sim, gateway):
