@@ -62,7 +62,7 @@ def test_a_bad_entry_costs_only_itself_and_names_line_account_and_field(text, ex
 @pytest.mark.parametrize(("text", "expected"), [
     ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: [oops\n",
      "YAML syntax error at line 5"),
-    ("servers: []\n", "line 1: the file must be a mapping with one key, 'accounts'"),
+    ("servers: []\n", "line 1: the file must be a mapping with the key 'accounts'"),
     ("accounts: {a: 1}\n", "line 1: 'accounts' must be a list"),
 ])
 def test_a_file_that_cannot_be_read_as_a_whole_is_rejected(text, expected):
@@ -96,3 +96,22 @@ def test_identity_survives_a_rename():
                          "  - {name: b2, provider: anthropic, api_key: other, id: team-b}\n").accounts
     assert [a.identity for a in one] == [a.identity for a in two]
     assert "k1" not in one[0].identity
+
+
+def test_fallbacks_and_prices_are_read_and_a_bad_fallbacks_costs_only_itself():
+    loaded = parse_accounts(
+        "accounts:\n  - name: local\n    provider: openai-compatible\n    api_key: k\n"
+        "    base_url: http://127.0.0.1:9/v1\n"
+        "    price: {input: 0.5, output: 1.5, cache_read: 0.05}\n"
+        "fallbacks:\n  claude-opus-4-5: [claude-sonnet-4-5, claude-haiku-4-5]\n")
+    assert loaded.errors == []
+    assert loaded.fallbacks == {"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"]}
+    assert loaded.accounts[0].price.rates() == {"input": 0.5, "output": 1.5,
+                                                "cache_read": 0.05, "cache_write": 0.5}
+    bad = parse_accounts(ENTRY + "fallbacks:\n  claude-opus-4-5: claude-sonnet-4-5\n")
+    assert [a.name for a in bad.accounts] == ["ok"] and bad.fallbacks == {}
+    assert bad.errors == ["<accounts>: line 6: fallbacks: must map each model to a list of "
+                          "models (e.g. claude-opus-4-5: [claude-sonnet-4-5]); no fallbacks "
+                          "are used"] and bad.rejected == ["fallbacks"]
+    price = parse_accounts(ENTRY + "    price: {input: -1, output: 2}\n")
+    assert price.accounts == [] and "price.input" in price.errors[0]

@@ -1,7 +1,7 @@
 """End to end: a Max (OAuth) account, a z.ai coding-plan key and an OpenRouter key serve one
-Claude session with failover across them; prefix and compatibility routes; conversion of
-answers and errors checked by the real SDKs; the real Claude Code CLI through an
-OpenAI-compatible account."""
+Claude session with failover across them; the MiniMax preset, and a NanoGPT account priced by
+its own price:; prefix and compatibility routes; conversion of answers and errors checked by
+the real SDKs; the real Claude Code CLI through an OpenAI-compatible account."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from conftest import ROOT, Proxy, accounts_yaml
 from mitmflare.pricing import cost_usd
 
 ZAI, ROUTER, GPT, CLAUDE_KEY = "zai-KEY-1", "sk-or-v1-ROUTER", "sk-proj-GPT", "sk-ant-api03-KEY"
+MINIMAX, NANO = "minimax-KEY-1", "nano-KEY-1"
 GLM = {"opus": "glm-4.6", "sonnet": "glm-4.6", "haiku": "glm-4.5-air"}
 ROUTED = {"opus": "anthropic/claude-opus-4.1", "sonnet": "anthropic/claude-sonnet-4.5",
           "haiku": "anthropic/claude-3.5-haiku"}
@@ -198,6 +199,42 @@ def test_converted_errors_keep_their_status_and_take_anthropic_types(sim, gatewa
     with pytest.raises(anthropic.RateLimitError) as limited:
         c.messages.create(model="openrouter/claude-sonnet-4-6", max_tokens=5, messages=MSG)
     assert limited.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_minimax_serves_claude_requests_with_its_auth_and_prices_then_fails_over(sim, proxy):
+    nano_price = {"input": 0.4, "output": 1.6}
+    p = proxy(accounts_yaml(
+        sim.url,
+        {"name": "mm", "provider": "minimax", "api_key": MINIMAX,
+         "models": {"sonnet": "MiniMax-M2", "haiku": "MiniMax-M2"}},
+        {"name": "nano", "provider": "nanogpt", "base_url": f"{sim.url}/v1", "api_key": NANO,
+         "priority": 1, "models": {"sonnet": "local-llm-7b"}, "price": nano_price}))
+    c = claude(p)
+    answer = c.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=MSG)
+    assert answer.content[0].text.startswith("This is a simulated answer")
+    seen = sim.requests[-1]
+    assert (seen.credential, seen.path, seen.body["model"]) == (MINIMAX, "/v1/messages",
+                                                                "MiniMax-M2")
+    assert seen.headers["x-api-key"] == MINIMAX and "authorization" not in seen.headers
+    with c.messages.stream(model="claude-haiku-4-5", max_tokens=20, messages=MSG) as stream:
+        assert "simulated answer" in "".join(stream.text_stream)
+    # MiniMax limited: the NanoGPT account serves, converted, priced from its own price:
+    sim.script(MINIMAX, {"status": 429, "headers": {"retry-after": "30"}})
+    assert c.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=MSG).content
+    assert (sim.requests[-1].credential, sim.requests[-1].body["model"]) == (NANO,
+                                                                             "local-llm-7b")
+    rows = p.wait_rows(3, "select * from requests where status = 200 order by started_at")
+    assert [(r["account"], r["provider"], r["upstream_model"], r["cost_source"])
+            for r in rows] == [("mm", "minimax", "MiniMax-M2", "genai-prices"),
+                               ("mm", "minimax", "MiniMax-M2", "genai-prices"),
+                               ("nano", "nanogpt", "local-llm-7b", "account")]
+    assert rows[0]["cost_usd"] == pytest.approx(row_cost(rows[0], "minimax"))
+    assert rows[0]["cost_usd"] != pytest.approx(row_cost({**rows[0], "upstream_model":
+                                                          "claude-sonnet-4-6"}, "anthropic"))
+    assert rows[2]["cost_usd"] == pytest.approx(
+        (rows[2]["input_tokens"] * 0.4 + rows[2]["output_tokens"] * 1.6) / 1e6)
+    events = p.wait_rows(1, "select account, reason from account_events where event = 'cooldown'")
+    assert events[0]["account"] == "mm"
 
 
 def claude_code_binary() -> str | None:

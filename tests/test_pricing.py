@@ -8,6 +8,7 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from mitmflare.pricing import cost_usd
+from mitmflare.rows import ACCOUNT_PRICE, PRICE_PROVIDER, complete
 
 MODELS = [("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-sonnet-4-5"),
           ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4.1"), ("zai", "glm-4.6"),
@@ -44,3 +45,22 @@ def test_long_context_tier_boundary(total_input):
     counts = (total_input - 3_000, 900, 2_000, 600, 400)
     assert cost_usd("anthropic", "claude-sonnet-4-5", *counts) == pytest.approx(
         library_cost("anthropic", "claude-sonnet-4-5", *counts), rel=1e-9)
+
+
+def test_the_accounts_price_is_used_only_for_models_genai_prices_does_not_know():
+    price = {"input": 2.0, "output": 8.0, "cache_read": 0.5, "cache_write": 2.5}
+    base = {"id": "r", "status": 200, "started_at": 0.0, "input_tokens": 1000,
+            "output_tokens": 500, "cache_read_input_tokens": 4000,
+            "cache_creation_input_tokens": 200, ACCOUNT_PRICE: price}
+    local = complete({**base, "model": "local-llm-7b", PRICE_PROVIDER: None})
+    assert local["cost_source"] == "account" and ACCOUNT_PRICE not in local
+    assert local["cost_usd"] == pytest.approx((1000 * 2 + 500 * 8 + 4000 * 0.5 + 200 * 2.5) / 1e6)
+    known = complete({**base, "model": "claude-sonnet-4-6", PRICE_PROVIDER: "anthropic"})
+    assert known["cost_source"] == "genai-prices"
+    assert known["cost_usd"] == pytest.approx(cost_usd("anthropic", "claude-sonnet-4-6", 1000,
+                                                       500, 4000, 200, 0))
+    unknown = complete({**base, "model": "local-llm-7b", ACCOUNT_PRICE: None})
+    assert (unknown["cost_usd"], unknown["cost_source"]) == (None, None)
+    nothing = complete({"id": "r", "status": 502, "model": "local-llm-7b",
+                        ACCOUNT_PRICE: price})
+    assert (nothing["cost_usd"], nothing["cost_source"]) == (None, None)

@@ -111,6 +111,7 @@ class AccountsFile:
         first = self._stamp is None and not self.core.pool.accounts
         self._stamp = stamp
         self.core.config_errors = loaded.errors
+        self.core.fallbacks = loaded.fallbacks
         for error in loaded.errors:
             log.log(self._level, "account entry left out: %s", error)
         added, removed, renamed = self.core.pool.replace(configs)

@@ -64,6 +64,26 @@ class Budget(BaseModel):
     month: float | None = Field(default=None, ge=0)
 
 
+class Price(BaseModel):
+    """An account's own prices in USD per million tokens, used for models genai-prices does
+    not know. ``input`` and ``output`` are required; ``cache_read`` and ``cache_write`` default
+    to ``input`` (never less than the tokens may cost)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+    def rates(self) -> dict[str, float]:
+        """USD per million tokens of each kind: ``input``, ``output``, ``cache_read``,
+        ``cache_write`` (defaults filled in)."""
+        return {"input": self.input, "output": self.output,
+                "cache_read": self.input if self.cache_read is None else self.cache_read,
+                "cache_write": self.input if self.cache_write is None else self.cache_write}
+
+
 class AccountConfig(BaseModel):
     """One configured account, as written in the YAML file.
 
@@ -80,6 +100,7 @@ class AccountConfig(BaseModel):
     ``sticky``: conversations stay on it while their prompt cache lives (see
     :mod:`.cache_affinity`); pay-as-you-go accounts may turn it off. ``max_concurrent``:
     at most this many requests in flight on it (None: no cap; see :mod:`.concurrency`).
+    ``price``: see :class:`Price`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,6 +118,7 @@ class AccountConfig(BaseModel):
     models: dict[str, str] | None = None
     default_model: str | None = None
     budget_usd: Budget | None = None
+    price: Price | None = None
     sticky: bool = True  # keep conversations here while their prompt cache lives
     max_concurrent: int | None = Field(default=None, ge=1)
 
@@ -189,6 +211,7 @@ class AccountsLoad:
     accounts: list[AccountConfig]
     errors: list[str]
     rejected: list[str] = field(default_factory=list)  # per error: its entry's name or #N
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)  # model -> models to serve
 
 
 def load_accounts(path: str) -> AccountsLoad:
@@ -229,13 +252,22 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
     if root is None:
         return AccountsLoad([], [])
     data = yaml.SafeLoader(text).construct_document(root)
-    if not isinstance(data, dict) or set(data) - {"accounts"}:
-        raise ConfigError(f"{source}: line 1: the file must be a mapping with one key, 'accounts'")
+    if not isinstance(data, dict) or set(data) - {"accounts", "fallbacks"}:
+        raise ConfigError(f"{source}: line 1: the file must be a mapping with the key "
+                          f"'accounts' (and optionally 'fallbacks')")
     items = data.get("accounts") or []
     if not isinstance(items, list):
         raise ConfigError(f"{source}: line {_line(root, ['accounts'])}: 'accounts' must be a list")
 
     result = AccountsLoad([], [])
+    fallbacks = data.get("fallbacks") or {}
+    if _fallbacks_ok(fallbacks):
+        result.fallbacks = {model: list(chain) for model, chain in fallbacks.items()}
+    else:
+        result.errors.append(f"{source}: line {_line(root, ['fallbacks'])}: fallbacks: must map "
+                             f"each model to a list of models (e.g. claude-opus-4-5: "
+                             f"[claude-sonnet-4-5]); no fallbacks are used")
+        result.rejected.append("fallbacks")
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         label = item.get("name", f"#{index + 1}") if isinstance(item, dict) else f"#{index + 1}"
@@ -255,6 +287,13 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         seen[account.name] = line
         result.accounts.append(account)
     return result
+
+
+def _fallbacks_ok(fallbacks: Any) -> bool:
+    """True for a mapping of model names to lists of model names (``fallbacks:``)."""
+    return isinstance(fallbacks, dict) and all(
+        isinstance(model, str) and model and isinstance(chain, list)
+        and all(isinstance(m, str) and m for m in chain) for model, chain in fallbacks.items())
 
 
 class _EntryError(ValueError):

@@ -75,6 +75,8 @@ class FlowContext:
     raw_body: bytes = b""           # the client's body as sent
     upstream_model: str | None = None    # model asked of the current account
     converted: bool = False         # the current attempt converts Anthropic ⇄ OpenAI
+    upstream_body: bytes | None = None   # a converted whole answer as the upstream sent it
+    asked_model: str | None = None  # the client's model when a fallback model serves instead
     row_id: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -107,6 +109,7 @@ class Core:
         self.max_cooldown_s = 6 * 3600.0
         self.queue_s = 10.0  # hold a request this long (s) for a cooling account (flare_queue_s)
         self.config_errors: list[str] = []  # why the accounts file (or entries) were rejected
+        self.fallbacks: dict[str, list[str]] = {}  # model -> models to serve instead (in order)
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None
         self.access = None  # the AccessKeys addon (see .access)

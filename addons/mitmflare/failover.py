@@ -29,6 +29,7 @@ from mitmproxy.utils import asyncio_utils
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from .core import Core, FlowContext
+from .fallbacks import fallback_choice
 from .option_types import decimal
 from .pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from .providers import error_response
@@ -121,7 +122,7 @@ class Failover:
                 self._give_up(flow, fc)
                 break
             if fc.stream and self._client_retries(flow) and not same:
-                if self.core.choose(fc) is None:
+                if self.core.choose(fc) is None and fallback_choice(self.core, fc) is None:
                     flow.response = self.no_account_response(fc)
                 else:
                     self._ask_client_to_retry(flow, fc, verdict)
@@ -284,7 +285,7 @@ class Failover:
           could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
           back at a known time; none at all (paused, needs login, benched): 503 without."""
         now = time.time()
-        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible)
+        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible, fc.family)
                     if fc.family is None or a.in_family(fc.family)]
         if not accounts:
             where = f"{fc.family} " if fc.family else ""
@@ -325,7 +326,8 @@ class Failover:
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
         if fc.model:
-            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible)
+            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible,
+                                                                  fc.family)
                        if not a.serves(fc.model)]
             if skipped:
                 text += f"; skipped {', '.join(skipped)} (cannot serve {fc.model})"

@@ -187,7 +187,7 @@ class Operations:
         now = time.time()
         lines = []
         for client in (ANTHROPIC, OPENAI):
-            convertible = client == ANTHROPIC
+            convertible = True  # Messages / Chat Completions: accounts that map models convert
             accounts = self.core.pool.for_client(client, convertible)
             if not accounts:
                 continue

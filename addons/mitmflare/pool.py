@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import AccountConfig
-from .providers.presets import ANTHROPIC, OPENAI
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +117,16 @@ class Account:
         """The format its upstream speaks: ``anthropic`` or ``openai``."""
         return self.config.wire
 
-    def takes(self, client: str, convertible: bool) -> bool:
+    def takes(self, client: str, convertible: bool, family: str | None = None) -> bool:
         """True when requests in the ``client`` format (``anthropic``/``openai``) can go to this
-        account: same format (passed through), or an Anthropic Messages request (``convertible``)
-        converted for an OpenAI-format account that maps models."""
+        account: same format (passed through), or a request that can be converted
+        (``convertible``: Anthropic Messages, OpenAI Chat Completions or Responses) for an
+        account of the other format that maps models (``models:`` / ``default_model:``) or
+        that the compatibility route's model prefix (``family``) names."""
         if self.wire == client:
             return True
-        return (convertible and client == ANTHROPIC and self.wire == OPENAI
-                and bool(self.config.models or self.config.default_model))
+        return convertible and (bool(self.config.models or self.config.default_model)
+                                or (family is not None and self.in_family(family)))
 
     def serves(self, model: str | None) -> bool:
         """True when the account can serve ``model`` (always for requests without a model)."""
@@ -201,10 +202,12 @@ class AccountPool:
     def get(self, name: str) -> Account | None:
         return self.accounts.get(name)
 
-    def for_client(self, client: str, convertible: bool = False) -> list[Account]:
+    def for_client(self, client: str, convertible: bool = False,
+                   family: str | None = None) -> list[Account]:
         """Accounts that take requests in the ``client`` format (see :meth:`Account.takes`)."""
-        return [a for a in self.accounts.values() if a.takes(client, convertible)]
+        return [a for a in self.accounts.values() if a.takes(client, convertible, family)]
 
-    def available(self, client: str, now: float, convertible: bool = False) -> list[Account]:
+    def available(self, client: str, now: float, convertible: bool = False,
+                  family: str | None = None) -> list[Account]:
         return [a for a in self.accounts.values()
-                if a.takes(client, convertible) and a.is_available(now)]
+                if a.takes(client, convertible, family) and a.is_available(now)]

@@ -35,6 +35,19 @@ PROBE_TOKENS = 1_000_000           # tokens per kind when asking for a rate
 LINEAR_TOLERANCE = Decimal("1e-12")  # USD per USD of cost the rates may miss a check by
 
 
+def account_cost(price: dict[str, float], input_tokens: int | None, output_tokens: int | None,
+                 cache_read: int | None, cache_write: int | None) -> float | None:
+    """Cost of one request in USD from an account's own ``price:`` (USD per million tokens:
+    ``input``, ``output``, ``cache_read``, ``cache_write``; see
+    :meth:`.config.Price.rates`), for models genai-prices does not know. None when nothing was
+    counted. Token arguments follow :class:`mitmflare.usage.Usage`."""
+    if input_tokens is None and output_tokens is None:
+        return None
+    tokens = {"input": input_tokens, "output": output_tokens, "cache_read": cache_read,
+              "cache_write": cache_write}
+    return sum((tokens[kind] or 0) * price[kind] for kind in tokens) / 1_000_000
+
+
 def cost_usd(provider: str | None, model: str | None, input_tokens: int | None,
              output_tokens: int | None, cache_read: int | None, cache_write: int | None,
              cache_write_1h: int | None) -> float | None:

@@ -17,8 +17,8 @@ from .core import Core, FlowContext
 from .defaults import DB_PATH
 from .option_types import decimal
 from .providers import CLIENT_CREDENTIAL_HEADERS
-from .providers.messages_to_chat import StreamConverter
-from .rows import BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
+from .providers.convert import stream_converter
+from .rows import ACCOUNT_PRICE, BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from .sse import UsageTap
 from .wire import content, header
 from .writer_process import WriterProcess
@@ -115,16 +115,17 @@ class Recorder:
             return
         if not response.headers.get("content-type", "").startswith(SSE):
             return
-        tap = fc.tap = UsageTap(fc.provider)  # reads what the client gets (its own format)
-        convert = StreamConverter(fc.upstream_model or fc.model or "").feed \
+        # the usage as the upstream counts it: read in its own format, before any conversion
+        tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.provider)
+        convert = stream_converter(fc.path, fc.body, fc.upstream_model or fc.model or "") \
             if fc.converted else None
         limit = self.copy_limit
         kept = fc.stream_copy = bytearray() if limit else None
 
         def forward(chunk: bytes) -> list[bytes]:
+            tap.feed(chunk)
             if convert is not None:
                 chunk = convert(chunk)  # b"" at the end of the stream closes the conversion
-            tap.feed(chunk)
             if kept is not None and len(kept) < limit:
                 kept.extend(chunk[:limit - len(kept)])
             # Never hand mitmproxy an empty chunk: HTTP/1.1 chunked encoding would send it
@@ -157,7 +158,7 @@ class Recorder:
             "provider": fc.account.provider if fc.account else fc.provider or None,
             "account": fc.account.name if fc.account else None,
             "method": flow.request.method, "path": fc.path.split("?", 1)[0],
-            "model": fc.model, "upstream_model": fc.upstream_model,
+            "model": fc.asked_model or fc.model, "upstream_model": fc.upstream_model,
             "status": response.status_code if response else None,
             "streamed": int(fc.stream), "duration_ms": round((now - started) * 1000, 3),
             "ttfb_ms": round((fc.ttfb - started) * 1000, 3) if fc.ttfb else None,
@@ -166,14 +167,19 @@ class Recorder:
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
             FORMAT: fc.provider,
             PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
+            ACCOUNT_PRICE: fc.account.config.price.rates() if fc.account and
+            fc.account.config.price else None,
         }
         if response is None:
             pass
         elif fc.tap is not None and response.stream:
             row.update({k: v for k, v in fc.tap.usage.as_row().items() if v is not None})
-            row["model"] = fc.model or fc.tap.model
+            row["model"] = fc.asked_model or fc.model or fc.tap.model
             row["upstream_model"] = fc.tap.model or fc.upstream_model
             row["error"] = error or fc.tap.error
+        elif fc.upstream_body is not None:  # converted: read as the upstream sent it
+            row[BODY], row[FORMAT] = fc.upstream_body, fc.account.wire if fc.account else None
+            row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)
         elif response.raw_content:
             row[BODY] = content(response)
             row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)

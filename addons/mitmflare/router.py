@@ -22,6 +22,8 @@ from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from .core import Core, FlowContext
 from .failover import Failover, free_at
+from .fallbacks import HEADER as FALLBACK_HEADER
+from .fallbacks import fall_back
 from .guard import ROUTED, take_placeholder
 from .oauth_clients import keep_for_claude_code
 from .option_types import decimal
@@ -29,12 +31,13 @@ from .pool import AVAILABLE, COOLING_DOWN, Account
 from .providers import (
     detect_route,
     error_response,
+    made_here,
     redact_credentials,
     retarget,
     strip_client_credentials,
     upstream_headers,
 )
-from .providers.messages_to_chat import answer_to_anthropic, request_to_chat
+from .providers.convert import convert_answer, convert_request, convertible, upstream_path
 from .providers.presets import ANTHROPIC
 from .ratelimits import parse_limits
 from .request_info import inspect_request, model_problem
@@ -158,7 +161,7 @@ class Router:
             if ttl:
                 fc.cache = self.core.affinity.context(
                     conversation_key(fc.client_session, fc.body), ttl, fc.started)
-            fc.convertible = provider == ANTHROPIC and path == "/v1/messages"
+            fc.convertible = convertible(provider, path)
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
             problem = model_problem(path, request.method, fc.body,
@@ -221,14 +224,16 @@ class Router:
                     ) -> bool:
         """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
         credentials, refreshing an OAuth token that is about to expire first. Returns False
-        when no account is usable. Waits for a token refresh, and, when every account that
-        could serve is cooling down and the soonest is free again within ``flare_queue_s`` of
-        the request's arrival, until then, or while they are at their ``max_concurrent``, until
-        a slot is free (at most that long; instead of answering 429)."""
+        when no account is usable. When no account can serve the model now, a configured
+        fallback model is served (:mod:`.fallbacks`); else it waits for a token refresh, and,
+        when every account that could serve is cooling down and the soonest is free again
+        within ``flare_queue_s`` of the request's arrival, until then, or while they are at
+        their ``max_concurrent``, until a slot is free (at most that long; instead of
+        answering 429)."""
         core = self.core
         while True:
             if account is None:
-                account = core.choose(fc)
+                account = core.choose(fc) or fall_back(core, fc)
                 if account is None:
                     wait = self._queue_wait(fc)
                     if wait is None:
@@ -260,7 +265,7 @@ class Router:
         now = time.time()
         deadline = fc.started + self.core.queue_s
         frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
-                    fc.provider, fc.convertible)
+                    fc.provider, fc.convertible, fc.family)
                  if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
                  and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
         full = any(at <= now and a.full() and a.name not in fc.excluded for at, a in frees)
@@ -284,7 +289,7 @@ class Router:
         scheme, host, port, prefix = account.target
         host_header = retarget(request, scheme, host, port)
         fc.converted = fc.provider != account.wire
-        path = "/v1/chat/completions" if fc.converted else fc.path
+        path = upstream_path(account.wire) if fc.converted else fc.path
         if cfg.preset.versioned_base and path.startswith("/v1/"):
             path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
         request.path = prefix + path
@@ -308,6 +313,8 @@ class Router:
         response = flow.response
         redact_credentials(flow.request.headers, fc.account.name)
         fc.ttfb = now
+        if fc.asked_model is not None:
+            response.headers[FALLBACK_HEADER] = fc.model or ""
         fc.account.state.last_date = (header(response.headers, b"date"), now)  # clock skew
         fc.limits = parse_limits(fc.account.wire, response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
@@ -324,8 +331,12 @@ class Router:
             if self.core.shared is not None:  # every process keeps the conversation here
                 self.core.shared.served(fc.cache.conversation, fc.account.name,
                                         fc.cache.ttl_s, now)
-        if fc.converted and flow.response is not None and not flow.response.stream:
-            answer_to_anthropic(flow.response, fc.upstream_model or fc.model or "")
+        if fc.asked_model is not None and flow.response is not None:
+            flow.response.headers[FALLBACK_HEADER] = fc.model or ""
+        if fc.converted and flow.response is not None and not flow.response.stream \
+                and not made_here(flow.response):
+            fc.upstream_body = flow.response.content
+            convert_answer(flow.response, fc.path, fc.body, fc.upstream_model or fc.model or "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
         if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
@@ -370,7 +381,8 @@ class Router:
             self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
                                       if v[1] > now}
         tried = {a["account"] for a in fc.attempts} | fc.excluded
-        usable = {a.name for a in self.core.pool.available(fc.provider, now, fc.convertible)}
+        usable = {a.name for a in self.core.pool.available(fc.provider, now, fc.convertible,
+                                                            fc.family)}
         if usable <= tried:  # nothing left to steer to: the retry starts over on every account
             self._retry_exclusions.pop(_digest(flow), None)
             return
@@ -419,7 +431,7 @@ def _set_body(request: http.Request, fc: FlowContext) -> None:
     account maps to, or the client's own bytes (the common case: nothing is re-encoded)."""
     body = fc.body
     if fc.converted and body is not None:
-        request.content = json.dumps(request_to_chat(body, fc.upstream_model or ""),
+        request.content = json.dumps(convert_request(fc.path, body, fc.upstream_model or ""),
                                      separators=(",", ":")).encode()
     elif body is not None and fc.upstream_model and body.get("model") != fc.upstream_model:
         request.content = json.dumps({**body, "model": fc.upstream_model},

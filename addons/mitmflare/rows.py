@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from . import schema
-from .pricing import cost_usd
+from .pricing import account_cost, cost_usd
 from .sse import UsageTap
 from .times import iso_utc
 from .usage import usage_from_json
@@ -19,16 +19,20 @@ BODY = "_body"          # raw response body kept for parsing here (bytes)
 BODY_IS_SSE = "_sse"    # the kept body is an event stream
 FORMAT = "_format"      # the client's format (anthropic/openai): how the body reads
 PRICE_PROVIDER = "_price"  # genai-prices provider id of the account (None: by model)
+ACCOUNT_PRICE = "_account_price"  # the account's own `price:` (USD per MTok), or None
 PAYLOAD = "_payload"    # captured bodies and headers (flare_payloads), see payload_row
 
 
 def complete(row: dict[str, Any]) -> dict[str, Any]:
-    """Fill usage, model, error and ``cost_usd`` of a row; drop the private keys; make every
-    value fit its column's type (:func:`conform`)."""
+    """Fill usage, model, error, ``cost_usd`` and ``cost_source`` of a row; drop the private
+    keys; make every value fit its column's type (:func:`conform`). The cost comes from
+    genai-prices, else from the account's ``price:`` (``cost_source`` says which; NULL when
+    neither knows the model)."""
     body: bytes | None = row.pop(BODY, None)
     is_sse = row.pop(BODY_IS_SSE, False)
     wire = row.pop(FORMAT, None) or row.get("provider") or ""
     price_provider = row.pop(PRICE_PROVIDER, None)
+    account_price = row.pop(ACCOUNT_PRICE, None)
     reported = None
     if body:
         status = row.get("status") or 0
@@ -49,10 +53,15 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(row.get("started_at"), float):
         row["started_at"] = iso_utc(row["started_at"])
     conform(row)
-    row["cost_usd"] = cost_usd(price_provider, row.get("upstream_model"), row.get("input_tokens"),
-                               row.get("output_tokens"), row.get("cache_read_input_tokens"),
-                               row.get("cache_creation_input_tokens"),
-                               row.get("cache_creation_1h_input_tokens"))
+    counts = (row.get("input_tokens"), row.get("output_tokens"),
+              row.get("cache_read_input_tokens"), row.get("cache_creation_input_tokens"))
+    cost = cost_usd(price_provider, row.get("upstream_model"), *counts,
+                    row.get("cache_creation_1h_input_tokens"))
+    source = "genai-prices" if cost is not None else None
+    if cost is None and account_price:
+        cost = account_cost(account_price, *counts)
+        source = "account" if cost is not None else None
+    row["cost_usd"], row["cost_source"] = cost, source
     return row
 
 

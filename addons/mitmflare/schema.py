@@ -36,6 +36,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "purpose": str,            # NULL: a client's request; window_start: sent by the proxy
     "upstream_model": str,     # what the upstream served (a mapped or dated name)
     "auth_refusals": int,      # requests refused for want of a valid key this row stands for
+    "cost_source": str,        # genai-prices | account (its price:) | NULL (no price known)
 }
 
 ATTEMPTS = {

@@ -46,7 +46,7 @@ class Selector:
         ``warm``: accounts where the request's conversation has a live prompt cache, best
         first (:mod:`.cache_affinity`): the first of them that can serve is chosen, whatever
         the strategy, unless it opted out (``sticky: false``)."""
-        candidates = [a for a in pool.available(provider, now, convertible)
+        candidates = [a for a in pool.available(provider, now, convertible, family)
                       if a.name not in exclude and a.serves(model)
                       and (family is None or a.in_family(family))
                       and not _model_cooling(a, model, now) and not a.full()]

@@ -16,8 +16,11 @@ words, Anthropic Messages only: ``thinking`` with its ``signature``, ``redacted_
 ``text`` with ``citations``, ``tool_use`` with its ``input``; streamed as the real API does,
 with ``thinking_delta``, ``signature_delta``, ``citations_delta`` and ``input_json_delta``
 events), ``chunk_bytes`` (send a stream in pieces of that many bytes, cut anywhere, also
-inside an event or a UTF-8 character). The bytes of each answer's body are kept by its
-``request-id`` header (:attr:`SimulatedUpstream.sent`, the latest 200).
+inside an event or a UTF-8 character), ``tool_calls`` (``[{"id", "name", "arguments":
+{...}}]``: the answer calls these tools instead of saying the reply words; Messages and Chat
+Completions, JSON and SSE), ``finish_reason`` / ``stop_reason`` (the stop reason in that API's
+terms). The bytes of each answer's body are kept by its ``request-id`` header
+(:attr:`SimulatedUpstream.sent`, the latest 200).
 
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
@@ -304,7 +307,7 @@ class SimulatedUpstream:
                 await self._stream(send, headers, _pieces(events, answer.get("chunk_bytes")),
                                    answer.get("stall_after"))
             else:
-                message = _anthropic_message(model, usage, answer.get("blocks"))
+                message = _anthropic_message(model, usage, answer)
                 self._keep(headers, json.dumps(message).encode())
                 await _send_json(send, 200, message, headers)
         elif path.startswith("/v1/chat/completions"):
@@ -424,13 +427,24 @@ def _anthropic_usage(usage: dict) -> dict:
     return out
 
 
-def _anthropic_message(model: str, usage: dict, blocks: list[dict] | None = None) -> dict:
-    """A Messages answer: the reply words as one text block, or the scripted ``blocks``
-    (``stop_reason`` ``tool_use`` when one is a ``tool_use`` block)."""
-    content = blocks or [{"type": "text", "text": " ".join(REPLY_WORDS)}]
+def _scripted_blocks(answer: dict) -> list[dict] | None:
+    """The content blocks a scripted answer asks for: its ``blocks``, or its ``tool_calls``
+    as ``tool_use`` blocks; None for the reply words."""
+    calls = answer.get("tool_calls")
+    return answer.get("blocks") or ([{"type": "tool_use", "id": c["id"], "name": c["name"],
+                                      "input": c["arguments"]} for c in calls] if calls else None)
+
+
+def _anthropic_message(model: str, usage: dict, answer: dict | None = None) -> dict:
+    """A Messages answer: the reply words as one text block, or the scripted blocks (see
+    :func:`_scripted_blocks`); ``stop_reason`` the scripted one, else ``tool_use`` when a
+    block is a ``tool_use`` block, else ``end_turn``."""
+    answer = answer or {}
+    content = _scripted_blocks(answer) or [{"type": "text", "text": " ".join(REPLY_WORDS)}]
     tool = any(b.get("type") == "tool_use" for b in content)
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": model, "content": content, "stop_reason": "tool_use" if tool else "end_turn",
+            "model": model, "content": content,
+            "stop_reason": answer.get("stop_reason") or ("tool_use" if tool else "end_turn"),
             "stop_sequence": None, "usage": _anthropic_usage(usage)}
 
 
@@ -477,8 +491,8 @@ def _block_events(index: int, block: dict) -> list[bytes]:
 
 def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
     start_usage = {**_anthropic_usage(usage), "output_tokens": 1}
-    blocks = answer.get("blocks")
-    final = _anthropic_message(model, usage, blocks)
+    blocks = _scripted_blocks(answer)
+    final = _anthropic_message(model, usage, answer)
     message = {**final, "content": [], "stop_reason": None, "usage": start_usage}
     events = [_sse("message_start", {"type": "message_start", "message": message})]
     if blocks:
@@ -502,7 +516,8 @@ def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
             return events
     events += [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
                _sse("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "delta": {"stop_reason": final["stop_reason"],
+                                                "stop_sequence": None},
                                       "usage": {"output_tokens": usage["output_tokens"]}}),
                _sse("message_stop", {"type": "message_stop"})]
     return events

@@ -46,15 +46,8 @@ class UsageTap:
         """Take the next raw chunk (any split, ``\\n`` or ``\\r\\n`` line ends)."""
         if not chunk:
             return
-        buf = self._buf + chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
-            return
-        self._buf = buf[end + 2:]
-        for block in buf[:end].split(b"\n\n"):
+        blocks, self._buf = split_events(self._buf + chunk)
+        for block in blocks:
             if block:
                 self.events += 1
                 self._event(block)
@@ -113,6 +106,17 @@ class UsageTap:
     def _set_error(self, error: dict[str, Any]) -> None:
         self.error_type = text(error.get("type")) or text(error.get("code")) or "error"
         self.error = f"{self.error_type}: {error.get('message', '')}"[:500]
+
+
+def split_events(buf: bytes) -> tuple[list[bytes], bytes]:
+    """(the complete events in ``buf``, each without its blank line, and the unfinished
+    rest); ``\r\n`` line ends are read as ``\n``."""
+    if b"\r" in buf:
+        buf = buf.replace(b"\r\n", b"\n")
+    end = buf.rfind(b"\n\n")
+    if end < 0:
+        return [], buf
+    return buf[:end].split(b"\n\n"), buf[end + 2:]
 
 
 def _loads(data: bytes) -> dict[str, Any]:

@@ -20,6 +20,7 @@ KNOWN_HOSTS = {ANTHROPIC_TARGET: "anthropic", OPENAI_TARGET: "openai",
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings",
                 "/v1/models")
 OAUTH_BETA = "oauth-2025-04-20"  # required in anthropic-beta with an OAuth bearer token
+ANTHROPIC_VERSION = b"2023-06-01"  # the API version Claude Code and the SDKs send
 # Headers that carry a client's credential for some API (Anthropic, OpenAI, Azure OpenAI, Google,
 # HTTP proxies) or session (cookies): all are removed before a request can go upstream, under
 # any spelling a server may read as one of them (case, ``_`` for ``-``, stray blanks: see
@@ -80,7 +81,9 @@ def upstream_headers(headers: http.Headers, host: str, wire: str, kind: str, aut
     ``x-api-key`` or ``bearer`` (how an API key is sent). Anthropic OAuth:
     ``Authorization: Bearer`` plus ``oauth-2025-04-20`` in ``anthropic-beta``, keeping the
     client's other betas; an Anthropic-format API key drops that beta. ``converted``: the
-    request was converted to the OpenAI format, so the ``anthropic-*`` headers go.
+    request was converted to the other format, so the client's ``anthropic-*`` headers go;
+    converted for an Anthropic upstream it gets ``anthropic-version: 2023-06-01`` (and the
+    OAuth beta for an OAuth account).
     """
     kept: list[tuple[bytes, bytes]] = []
     betas: list[str] = []
@@ -99,7 +102,10 @@ def upstream_headers(headers: http.Headers, host: str, wire: str, kind: str, aut
         kept.append((b"authorization", b"Bearer " + secret.encode()))
     else:
         kept.append((b"x-api-key", secret.encode()))
-    if not converted and wire == "anthropic":
+    if converted and wire == "anthropic":
+        kept.append((b"anthropic-version", ANTHROPIC_VERSION))
+        betas = []
+    if wire == "anthropic":
         betas = [b for b in betas if b and b != OAUTH_BETA]
         if kind == "oauth":
             betas.append(OAUTH_BETA)
@@ -168,6 +174,12 @@ _ERROR_TYPES = {
     "authentication": ("authentication_error", "invalid_request_error", "invalid_api_key"),
     "permission": ("permission_error", "invalid_request_error", "permission_denied"),
 }
+
+
+def made_here(response: http.Response) -> bool:
+    """True for an answer mitmflare made itself (already in the client's format), False for
+    an upstream's answer (also one marked ``x-mitmflare-error: request_fault``)."""
+    return response.headers.get("x-mitmflare-error", "request_fault") != "request_fault"
 
 
 def error_response(provider: str | None, status: int, kind: str, message: str,

@@ -28,6 +28,7 @@ from typing import Any
 from mitmproxy import http
 
 from ..wire import count, json_object, text
+from . import made_here
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
@@ -197,7 +198,7 @@ def answer_to_anthropic(response: http.Response, model: str) -> None:
     """Rewrite a whole (not streamed) upstream answer in place for an Anthropic client: error
     bodies, a re-sent event stream, or a chat completion. Answers mitmflare made itself
     (``x-mitmflare-error``) are in the client's format already and stay as they are."""
-    if "x-mitmflare-error" in response.headers:
+    if made_here(response):
         return
     body = response.content or b""
     if response.status_code >= 400:
