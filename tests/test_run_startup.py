@@ -57,6 +57,7 @@ def test_the_users_set_replaces_runs_own_and_ready_means_mitmflare_answers(tmp_p
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/messages", headers={"x-api-key": "k"},
                             json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": []})
         assert answer.status_code == 404 and answer.json()["type"] == "error"  # no account yet
+        assert (tmp_path / "accounts.yaml").stat().st_mode & 0o777 == 0o600  # created private
         deadline = time.time() + 10
         while not other.exists():
             assert time.time() < deadline

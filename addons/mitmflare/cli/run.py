@@ -12,7 +12,6 @@ in ``.demo/``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -157,7 +156,10 @@ def run(ctx: typer.Context,
             ds_log = "mitmflare-dashboard.log"
             if not Path(accounts).exists():
                 Path(accounts).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(ROOT / "config" / "accounts.example.yaml", accounts)
+                # private from the start: the keys the operator adds will live here
+                fd = os.open(accounts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as created:
+                    created.write((ROOT / "config" / "accounts.example.yaml").read_bytes())
                 typer.echo(f"Created {accounts} with no account yet: add one (its comments show "
                            f"how; API keys via ${{VARS}} or a .env file beside it, or `mitmflare "
                            f"accounts add`) and it is picked up within 2 s. Or try --demo.",
