@@ -94,7 +94,7 @@ def test_past_flare_queue_s_the_answer_is_a_429_naming_the_cap(sim, capped):
     assert (s1, s2, s3) == (200, 200, 429)
     assert body["error"]["type"] == "rate_limit_error"
     assert "max_concurrent" in body["error"]["message"]
-    assert "a (1 requests in flight" in body["error"]["message"]
+    assert "a (1 request in flight" in body["error"]["message"]
     assert QUEUE_S - 0.1 < t3 < QUEUE_S + 1.5
 
 
@@ -107,7 +107,7 @@ def test_a_users_cap_holds_only_that_user(sim, capped):
         second = pool.submit(post, p, keys["alice"])
         other = pool.submit(post, p, keys["bob"])
         status, body, took = second.result()
-        assert status == 429 and "user alice has 1 requests in flight" in \
+        assert status == 429 and "user alice has 1 request in flight" in \
             body["error"]["message"]
         assert QUEUE_S - 0.1 < took < QUEUE_S + 1.5
         assert other.result()[0] == 200 and first.result()[0] == 200

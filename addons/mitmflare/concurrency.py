@@ -93,3 +93,8 @@ class SlotRelease:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.core.slots.give_back(flow.id)
+
+
+def in_flight(count: int) -> str:
+    """``1 request in flight`` / ``3 requests in flight`` (for the messages clients see)."""
+    return f"{count} request{'' if count == 1 else 's'} in flight"

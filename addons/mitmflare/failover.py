@@ -28,6 +28,7 @@ from mitmproxy import ctx, http
 from mitmproxy.utils import asyncio_utils
 
 from .classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
+from .concurrency import in_flight
 from .core import Core, FlowContext
 from .fallbacks import fallback_choice
 from .option_types import decimal
@@ -372,6 +373,5 @@ def _held(account: Account, fc: FlowContext, now: float) -> tuple[float | None, 
     if account.name in fc.excluded:
         return now, "refused this request for now", True
     if account.full():
-        return now, f"{account.state.in_flight} requests in flight, its limit (max_concurrent)", \
-            True
+        return now, f"{in_flight(account.state.in_flight)}, its limit (max_concurrent)", True
     return None, "not usable", False

@@ -20,6 +20,7 @@ from mitmproxy.utils import asyncio_utils
 from .access import Refusal, presented_key
 from .cache_affinity import cache_ttl, conversation_key
 from .classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
+from .concurrency import in_flight
 from .core import Core, FlowContext
 from .failover import Failover, free_at
 from .fallbacks import HEADER as FALLBACK_HEADER
@@ -171,7 +172,7 @@ class Router:
             if refusal is None and user is not None and not await self.core.slots.take_user(
                     user, flow.id, fc.started + self.core.queue_s):
                 refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
-                                  f"{user.max_concurrent} requests in flight, its limit "
+                                  f"{in_flight(user.max_concurrent)}, its limit "
                                   f"(max_concurrent); retry when one has finished", 1)
         if refusal is not None:
             fc.error = refusal.message
