@@ -14,7 +14,7 @@ import httpx
 import pytest
 from test_e2e_access_keys import new_key
 
-from conftest import BUNDLE, MITMDUMP, Proxy, accounts_yaml, free_port
+from conftest import BUNDLE, MITMDUMP, Proxy, accounts_yaml, free_port, wait_for
 
 ACCOUNT_KEY, OPENAI_KEY = "sk-ant-api03-ACCOUNT-HOLES", "sk-proj-ACCOUNT-HOLES"
 CANARY = "sk-ant-api03-CLIENT-CANARY-hole"
@@ -160,7 +160,9 @@ def test_refused_requests_are_counted_not_each_recorded(sim, proxy):
         for i in range(200):
             assert client.post("/v1/messages", content=BODY, headers={
                 "x-api-key": f"mfk_{i}"}).status_code == 401
-        health = client.get("/health", headers={"x-api-key": key}).json()
+        # the new key reaches the proxy within 2 s; until then /health says only the status
+        health = wait_for(lambda: (lambda h: h if "auth_refusals" in h else None)(
+            client.get("/health", headers={"x-api-key": key}).json()))
     assert health["auth_refusals"] == 200
     assert p.wait_rows(1, "select * from requests where status = 401")[0]["auth_refusals"] == 1
     p.stop()  # the minute's second row is written at the latest at shutdown
