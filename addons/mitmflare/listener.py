@@ -63,6 +63,12 @@ class Listener:
         client_errors.uninstall()
 
     def configure(self, updated: set[str]) -> None:
+        # mitmproxy's tlsconfig makes its certificate store in its `running` hook, after the
+        # listeners are up: a request in between made its `request` hook fail, and mitmproxy
+        # exits on an error logged during startup. Made here, before anything listens.
+        tls = ctx.master.addons.get("tlsconfig") if hasattr(ctx, "master") else None
+        if tls is not None and getattr(tls, "certstore", None) is None:
+            tls.configure({"confdir"})
         o = ctx.options
         if "connection_strategy" in o and o.connection_strategy != "lazy":
             o.connection_strategy = "lazy"
