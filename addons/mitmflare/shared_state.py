@@ -43,6 +43,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from .pool import Account, AccountState
+from .redis_url import SCHEMES, redacted
 from .times import iso_utc
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ LEASE_KEY = "mitmflare:refresh-lease:"    # held by the one process refreshing a
 LEASE_MS = 30_000
 RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
            "end return 0")
-SCHEMES = ("redis", "rediss", "unix")
 SHARED_FIELDS = tuple(f for f in AccountState.PERSISTED
                       if f not in ("requests", "failures", "last_used", "identity"))
 QUEUE_MAX = 10_000
@@ -164,7 +164,7 @@ class SharedState:
                 await asyncio.wait_for(self._resync(client), TIMEOUT_S * 5)
                 if not self.connected:
                     log.info("shared state: connected to %s as worker %s",
-                             _redacted(self.url), self.worker)
+                             redacted(self.url), self.worker)
                 self.connected, self.down_since = True, None
                 self._client = client
                 self._first.set()
@@ -321,14 +321,6 @@ class SharedState:
 
 def _shared(state: AccountState) -> dict[str, Any]:
     return {f: getattr(state, f) for f in SHARED_FIELDS}
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password (for logs)."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
 
 
 def _reason(error: BaseException) -> str:

@@ -187,6 +187,8 @@ def _redis(url: str, add) -> None:
 
     import redis as redis_py
 
+    from ..redis_url import redacted
+
     try:
         with redis_py.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
             start = time.perf_counter()
@@ -195,22 +197,15 @@ def _redis(url: str, add) -> None:
             server = client.info("server")
             policy = client.info("memory").get("maxmemory_policy", "?")
     except (redis_py.RedisError, OSError) as exc:
-        add("fail", "redis", f"{_safe_url(url)} does not answer ({exc}); processes serve on "
+        add("fail", "redis", f"{redacted(url)} does not answer ({exc}); processes serve on "
                              "their own state until it does")
         return
     version = str(server.get("redis_version", "?"))
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     add("ok" if major >= 6 else "warn", "redis",
-        f"{_safe_url(url)}: version {version}, round trip {rtt_ms:.1f} ms" +
+        f"{redacted(url)}: version {version}, round trip {rtt_ms:.1f} ms" +
         ("" if major >= 6 else "; mitmflare is tested with 6 and later"))
     evicting = policy.startswith("allkeys-")
     add("warn" if evicting else "ok", "redis memory policy",
         f"{policy}" + ("; it may evict mitmflare's keys (cooldowns, refresh leases, token "
                        "pairs): use noeviction" if evicting else ""))
-
-
-def _safe_url(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    password = urlsplit(url).password
-    return url.replace(f":{password}@", ":***@", 1) if password else url
