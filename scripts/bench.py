@@ -186,7 +186,7 @@ def writer_rate(rows: int = 50_000) -> float:
     """Rows/s the database writer process takes from the proxy's side and writes (pickled
     over its pipe, usage parsed, cost computed, hourly rollup), on rows whose token counts
     vary as real traffic's do (no two usages alike)."""
-    from mitmflare.writer_process import WriterProcess
+    from mitmflare.storage.writer_process import WriterProcess
 
     models = ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5", "gpt-4o",
               "claude-sonnet-4-5"]  # the last one has long-context tiers
@@ -299,7 +299,7 @@ def main() -> int:
 
     try:
         sim_port, bare_port, flare_port = free_port(), free_port(), free_port()
-        spawn([str(BIN / "python"), "-m", "mitmflare.simulator", "--port", str(sim_port),
+        spawn([str(BIN / "python"), "-m", "mitmflare.demo.simulator", "--port", str(sim_port),
                "--chunk-delay-ms", str(SSE_CHUNK_DELAY_MS)], "sim.log")
         sim = f"http://127.0.0.1:{sim_port}"
         wait_http(sim + "/v1/models")

@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 from datasette_dashboards import replace_opts_in_query
 
-from mitmflare import schema
-from mitmflare.writer import open_analytics_db
+from mitmflare.storage import schema
+from mitmflare.storage.writer import open_analytics_db
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = ["max-1", "max-2", "max-3", "key-team", "key-ci", "openai-main"]

@@ -52,7 +52,7 @@ def main() -> int:
     procs = []
     try:
         sim_port, port = free_port(), free_port()
-        procs.append(subprocess.Popen([str(BIN / "python"), "-m", "mitmflare.simulator",
+        procs.append(subprocess.Popen([str(BIN / "python"), "-m", "mitmflare.demo.simulator",
                                        "--port", str(sim_port)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models")

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mitmflare.simulator import SimulatedUpstream
+from mitmflare.demo.simulator import SimulatedUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "addons" / "bundle.py"

@@ -28,23 +28,23 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.proxy import layer
 
-from .access import AccessKeys
-from .account_health import AccountHealth
-from .accounts_file import AccountsFile
-from .concurrency import SlotRelease
+from .addons.access import AccessKeys
+from .addons.account_health import AccountHealth
+from .addons.accounts_file import AccountsFile
+from .addons.concurrency import SlotRelease
+from .addons.guard import Guard, Refusal
+from .addons.listener import Listener
+from .addons.log_format import LogFormat
+from .addons.oauth_clients import OAuthClients
+from .addons.operations import Operations
+from .addons.pool_headers import PoolHeaders
+from .addons.recorder import Recorder
+from .addons.refresher import TokenRefresher
+from .addons.router import Router
+from .addons.runtime_file import RuntimeFile
+from .addons.shared_state import SharedState
+from .addons.timeouts import Timeouts
 from .core import Core
-from .guard import Guard, Refusal
-from .listener import Listener
-from .log_format import LogFormat
-from .oauth_clients import OAuthClients
-from .operations import Operations
-from .pool_headers import PoolHeaders
-from .recorder import Recorder
-from .refresher import TokenRefresher
-from .router import Router
-from .runtime_addon import RuntimeFile
-from .shared_state import SharedState
-from .timeouts import Timeouts
 
 log = logging.getLogger("mitmflare")
 

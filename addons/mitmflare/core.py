@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .cache_affinity import CacheAffinity, CacheContext
-from .classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
-from .concurrency import Slots
-from .oauth import OAuthManager, TokenSet
-from .pool import AVAILABLE, Account, AccountPool
+from .addons.concurrency import Slots
+from .providers.oauth import OAuthManager, TokenSet
 from .providers.presets import ANTHROPIC, OPENAI
-from .ratelimits import Limits
-from .selection import Selector
-from .sse import UsageTap
+from .providers.sse import UsageTap
+from .routing.cache_affinity import CacheAffinity, CacheContext
+from .routing.classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
+from .routing.pool import AVAILABLE, Account, AccountPool
+from .routing.ratelimits import Limits
+from .routing.selection import Selector
+from .routing.usage_windows import BurnTracker, window_rows
+from .storage.writer import DatabaseWriter
 from .times import iso_utc
-from .usage_windows import BurnTracker, window_rows
-from .writer import DatabaseWriter
 
 log = logging.getLogger("mitmflare")
 

@@ -1,9 +1,12 @@
 """The ``mitmflare`` command: operator jobs on the files the proxy uses.
 
-It finds those files by the proxy's defaults (:mod:`mitmflare.defaults`), relative to the
+It finds those files by the proxy's defaults (:mod:`mitmflare.config.defaults`), relative to the
 working directory, each overridable by a flag or a ``MITMFLARE_*`` environment variable.
 Every subcommand has ``--help`` with an example and exits non-zero with a one-line reason on
 error.
+
+May import ``config``, ``storage``, ``providers`` and ``demo`` (lazily, to start fast); never
+``addons`` (the proxy's parts run only inside mitmdump).
 """
 
 from __future__ import annotations

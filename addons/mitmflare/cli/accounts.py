@@ -22,10 +22,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import accounts_edit, dotenv_edit, oauth
-from ..accounts_edit import AccountsEditError
-from ..config_words import AUTH_STYLES, did_you_mean, env_file, one_of
+from ..config import accounts_edit, dotenv_edit
+from ..config.accounts_edit import AccountsEditError
+from ..config.words import AUTH_STYLES, did_you_mean, env_file, one_of
 from ..money import usd
+from ..providers import oauth
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from .options import (
@@ -118,7 +119,7 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
 
     Example: mitmflare accounts list --json
     """
-    from ..config import ConfigError, load_accounts
+    from ..config.accounts import ConfigError, load_accounts
 
     try:
         configured = load_accounts(accounts).accounts
@@ -296,7 +297,7 @@ def reset(name: str, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare accounts reset work-key
     """
-    from .. import operator_commands
+    from ..storage import operator_commands
 
     known = operator_commands.queue_reset(state, name)
     typer.echo(f"Reset {name}" + ("" if known else " (no stored state for it yet)") +
@@ -328,7 +329,7 @@ def login(name: str,
     """
     import httpx
 
-    from ..writer import open_state_db
+    from ..storage.writer import open_state_db
 
     try:
         if access_token or refresh_token:

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import retention
 from ..money import usd
+from ..storage import retention
 from .options import DB_DEFAULT, Db, Json, Yes, canned_sql, fail, interactive, read_db
 
 GROUPS = ("account", "model", "user", "day")
@@ -85,7 +85,7 @@ def tail(last: Annotated[int, typer.Option(help="Show this many recent rows firs
 
     Example: mitmflare tail --last 20
     """
-    from ..writer import request_line
+    from ..storage.writer import request_line
 
     conn = read_db(db)
     seen = 0

@@ -41,7 +41,7 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
     Example: mitmflare doctor
     """
-    from .. import schema
+    from ..storage import schema
 
     checks: list[tuple[str, str, str]] = []  # (ok | warn | fail, check, detail / what to do)
 
@@ -88,7 +88,7 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
 
 def _accounts(path: str, add) -> None:
-    from ..config import ConfigError, load_accounts
+    from ..config.accounts import ConfigError, load_accounts
 
     if not Path(path).exists():
         add("fail", "accounts file", f"{path} is missing: ./scripts/run creates it from "
@@ -187,7 +187,7 @@ def _redis(url: str, add) -> None:
 
     import redis as redis_py
 
-    from ..redis_url import redacted
+    from ..config.redis_url import redacted
 
     try:
         with redis_py.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:

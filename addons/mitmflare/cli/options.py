@@ -16,7 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from .. import runtime
-from ..defaults import ACCOUNTS_PATH, DB_PATH, METADATA_PATH, STATE_PATH
+from ..config.defaults import ACCOUNTS_PATH, DB_PATH, METADATA_PATH, STATE_PATH
 
 DEMO_DIR = ".demo"  # where `mitmflare run --demo` keeps its files, relative to its folder
 FOUND = "the running proxy's, else "

@@ -20,8 +20,8 @@ from typing import Annotated
 
 import typer
 
-from .. import demo
-from ..defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
+from ..config.defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
+from ..demo import helpers as demo
 from . import lock, ports, startup
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -110,7 +110,7 @@ def run(ctx: typer.Context,
                    f"create keys with 'mitmflare users add NAME'), or pass --insecure-open.",
                    err=True)
         raise typer.Exit(1)
-    from .. import dashboard
+    from ..storage import dashboard
 
     meta = ".mitmflare/datasette-metadata.yml"
     if dashboard.main([meta] + ([] if loopback else ["--require-auth"])):
@@ -138,7 +138,7 @@ def run(ctx: typer.Context,
             accounts, db, state = (".demo/accounts.yaml", ".demo/mitmflare.db",
                                    ".demo/mitmflare-state.db")
             ds_log = ".demo/datasette.log"
-            spawn([py, "-m", "mitmflare.simulator", "--port", str(sim_port), "--chunk-delay-ms",
+            spawn([py, "-m", "mitmflare.demo.simulator", "--port", str(sim_port), "--chunk-delay-ms",
                    "40", "--chaos", "0.08", "--windows", "--enforce-windows", "--window-scale",
                    str(DEMO_WINDOW_SCALE)], ".demo/simulator.log")
             demo.write_accounts(accounts, f"http://127.0.0.1:{sim_port}")
@@ -173,7 +173,7 @@ def run(ctx: typer.Context,
                    err=True)
         typer.echo(f"Proxy:     ANTHROPIC_BASE_URL=http://{host}:{port}", err=True)
         if demo_mode:
-            spawn([py, "-m", "mitmflare.demo", "traffic", f"http://{host}:{port}",
+            spawn([py, "-m", "mitmflare.demo.helpers", "traffic", f"http://{host}:{port}",
                    f"http://{host}:{port + 10}"], env={demo.KEY_VARIABLE: demo_key})
         tool = ["mitmweb", "--set", f"web_host={host}", "--set", f"web_port={web_port}",
                 "--set", "web_open_browser=false"] if web else ["mitmdump"]

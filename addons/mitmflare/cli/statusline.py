@@ -72,7 +72,7 @@ def statusline(
 
 
 def render(health: dict) -> str:
-    """The line for a ``/health`` body (see :meth:`mitmflare.operations.Operations.health`
+    """The line for a ``/health`` body (see :meth:`mitmflare.addons.operations.Operations.health`
     and ``serving``); reset times in local time."""
     import time
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..money import usd
-from ..users import User, UserError, UsersStore
+from ..storage.users import User, UserError, UsersStore
 from .options import STATE_DEFAULT, Json, State, creatable_state, fail
 
 users_app = typer.Typer(no_args_is_help=True,

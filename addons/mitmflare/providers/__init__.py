@@ -1,4 +1,10 @@
-"""What differs between upstream providers: detection, credentials, error bodies.
+"""Wire formats and what differs between upstream providers: detection, credentials, error
+bodies (this module); presets, conversions between the Anthropic and OpenAI formats, reading
+untrusted JSON and SSE, usage parsing, request inspection and the Claude OAuth token endpoint
+(its sub-modules).
+
+May import ``config`` (defaults and account types) and the top-level helpers; never
+``addons`` or ``storage``.
 
 Facts from ``shared/reference/upstream-apis.md`` sections 2, 3, 5 and 8 (Anthropic and
 OpenAI API documentation, the official SDKs and Claude Code).

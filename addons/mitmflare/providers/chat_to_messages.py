@@ -48,8 +48,8 @@ import time
 import uuid
 from typing import Any
 
-from ..sse import split_events
-from ..wire import count, json_object, text
+from .sse import split_events
+from .wire import count, json_object, text
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` when the client sets no limit (Anthropic requires one)."""

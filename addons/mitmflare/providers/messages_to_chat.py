@@ -27,8 +27,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..wire import count, json_object, text
 from . import made_here
+from .wire import count, json_object, text
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}

@@ -36,7 +36,6 @@ import time
 import uuid
 from typing import Any
 
-from ..wire import json_object, text
 from .chat_to_messages import (
     JSON_TOOL,
     AnthropicStream,
@@ -46,6 +45,7 @@ from .chat_to_messages import (
     usage_to_openai,
 )
 from .chat_to_messages import request_to_messages as chat_request_to_messages
+from .wire import json_object, text
 
 INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded":
               "max_output_tokens", "refusal": "content_filter"}

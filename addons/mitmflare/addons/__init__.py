@@ -1,0 +1,9 @@
+"""The mitmproxy addons: one concern each, with hooks (``load``, ``configure``, ``request``, …).
+
+:func:`mitmflare.bundle.make_addons` lists them in hook order: listener, guard, log format,
+accounts file, access keys, shared state, token refresher, account health, OAuth clients,
+operations, runtime file, router (with failover), pool headers, slot release, recorder,
+timeouts. ``client_errors`` is mitmproxy's HTTP/1 server answering in JSON.
+
+May import every other sub-package; nothing outside ``bundle`` and ``core`` imports it.
+"""

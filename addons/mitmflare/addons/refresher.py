@@ -1,0 +1,66 @@
+"""Addon: keeps OAuth (Claude subscription) accounts' tokens fresh. See :mod:`.oauth`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from mitmproxy import ctx, exceptions
+from mitmproxy.utils import asyncio_utils
+
+from ..core import Core
+from ..providers.oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
+
+log = logging.getLogger("mitmflare")
+
+IDLE_CHECK_S = 30.0
+
+
+class TokenRefresher:
+    """Options ``flare_oauth_*`` and the background refresh of idle accounts."""
+
+    def __init__(self, core: Core) -> None:
+        self.manager = OAuthManager(core)
+        core.oauth = self.manager
+        self._task: asyncio.Task | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("flare_oauth_token_url", str, DEFAULT_TOKEN_URL,
+                          "OAuth token endpoint used to refresh subscription accounts.")
+        loader.add_option("flare_oauth_client_id", str, DEFAULT_CLIENT_ID,
+                          "OAuth client id sent with token refreshes.")
+        loader.add_option("flare_oauth_refresh_buffer_min", int, 30,
+                          "Refresh an OAuth access token this many minutes before it expires.")
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if o.flare_oauth_refresh_buffer_min < 0:
+            raise exceptions.OptionsError("flare_oauth_refresh_buffer_min must be >= 0")
+        self.manager.token_url = o.flare_oauth_token_url
+        self.manager.client_id = o.flare_oauth_client_id
+        self.manager.buffer_s = o.flare_oauth_refresh_buffer_min * 60.0
+        self.manager.state_path = o.flare_state
+
+    def running(self) -> None:
+        self.manager.client = httpx.AsyncClient(trust_env=False)
+        self._task = asyncio_utils.create_task(self._loop(),
+                                               name="mitmflare: token refresh loop", keep_ref=True)
+
+    def done(self) -> None:
+        if self._task:
+            self._task.cancel()
+        client, self.manager.client = self.manager.client, None
+        if client is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio_utils.create_task(client.aclose(),
+                                          name="mitmflare: close an HTTP client", keep_ref=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.manager.refresh_idle()
+            except Exception:
+                log.exception("OAuth background refresh")
+            await asyncio.sleep(IDLE_CHECK_S)

@@ -1,0 +1,490 @@
+"""Addon: picks an account for every client request and sends the request with its credentials.
+
+Hot path (``request``/``responseheaders``): account selection, header rewriting and reading the
+rate-limit headers. No I/O happens here. Failures are handled by :mod:`.failover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy import flow as mitmproxy_flow
+from mitmproxy.utils import asyncio_utils
+
+from ..config.option_types import decimal
+from ..core import Core, FlowContext
+from ..providers import (
+    detect_route,
+    error_response,
+    made_here,
+    redact_credentials,
+    retarget,
+    strip_client_credentials,
+    upstream_headers,
+)
+from ..providers.convert import convert_answer, convert_request, convertible, upstream_path
+from ..providers.presets import ANTHROPIC
+from ..providers.request_info import inspect_request, model_problem
+from ..providers.wire import header
+from ..routing.cache_affinity import cache_ttl, conversation_key
+from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
+from ..routing.fallbacks import HEADER as FALLBACK_HEADER
+from ..routing.fallbacks import fall_back
+from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
+from ..routing.ratelimits import parse_limits
+from ..routing.selection import STRATEGIES
+from .access import Refusal, presented_key
+from .concurrency import in_flight
+from .failover import Failover, free_at
+from .guard import ROUTED, take_placeholder
+from .oauth_clients import keep_for_claude_code
+
+log = logging.getLogger("mitmflare")
+
+TICK_S = 1.0
+QUEUE_MARGIN_S = 0.05  # after a cooldown ends, before the held request is sent
+RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
+RETRY_COUNT_HEADER = "x-stainless-retry-count"
+CLIENT_PATH = "mitmflare.path"            # flow.metadata: the client's own path (for replays)
+USER = "mitmflare.user"                   # flow.metadata: the user its access key named
+REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay must use
+
+
+class Router:
+    """Selection, credentials, rate-limit learning; failover through :class:`.failover.Failover`."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.failover = Failover(core)
+        self._ticker: asyncio.Task | None = None
+        self._retry_exclusions: dict[bytes, tuple[set[str], float, bool]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option("flare_strategy", str, "session",
+                          "Account selection: session (sticky for flare_session_hours), "
+                          "round-robin, least-requests or weighted.", choices=STRATEGIES)
+        loader.add_option("flare_session_hours", str, "5",
+                          "Hours (a decimal number > 0) the session strategy keeps using one "
+                          "account.")
+        loader.add_option("flare_headroom", str, "0.95",
+                          "Utilization (a decimal number in (0, 1]) at which an account counts "
+                          "as near its limit and is chosen only when nothing better is free.")
+        loader.add_option("flare_queue_s", int, 10,
+                          "When every account is cooling down and one is free again within "
+                          "this many seconds of a request's arrival, hold the request until "
+                          "then instead of answering 429 (0: never hold).")
+        loader.add_option("flare_max_cooldown_s", int, 6 * 3600,
+                          "Upper bound (s) for a cooldown taken from rate-limit headers.")
+        self.failover.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if o.flare_max_cooldown_s <= 0:
+            raise exceptions.OptionsError("flare_max_cooldown_s must be > 0")
+        self.core.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
+        self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
+        self.core.strategy = o.flare_strategy
+        self.core.max_cooldown_s = float(o.flare_max_cooldown_s)
+        if o.flare_queue_s < 0:
+            raise exceptions.OptionsError("flare_queue_s must be >= 0")
+        self.core.queue_s = float(o.flare_queue_s)
+        self.failover.configure(updated)
+
+    def running(self) -> None:
+        self.failover.running()
+        self._ticker = asyncio_utils.create_task(self._tick(), name="mitmflare: router tick", keep_ref=True)
+
+    def done(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        self.failover.done()
+
+    # -- hooks ------------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Fail closed: the client's credentials go first, and any unexpected exception is
+        answered here (500 in the provider's error shape) instead of letting the raw request
+        through. Takes the guard's placeholder answer away and marks the flow routed (see
+        :mod:`.guard`) only once it is done with it."""
+        presented = presented_key(flow.request.headers)
+        strip_client_credentials(flow.request.headers)  # at once: nothing below can leak them
+        if not take_placeholder(flow):
+            return
+        try:
+            await self._request(flow, presented)
+        except Exception as exc:
+            self._internal_error(flow, exc)
+        flow.metadata[ROUTED] = True
+
+    async def _request(self, flow: http.HTTPFlow, presented: str | None) -> None:
+        request = flow.request
+        replay = bool(flow.is_replay)
+        if replay:  # a replayed flow goes through the router again, from the client's path
+            request.path = flow.metadata.get(CLIENT_PATH, request.path)
+        client_path = flow.metadata[CLIENT_PATH] = request.path
+        provider, full_path, compat = detect_route(flow)
+        if full_path != client_path:
+            request.path = full_path
+        path = full_path.split("?", 1)[0]
+        fc = FlowContext(provider=provider or "", started=time.time(), path=full_path,
+                         client_session=None, model=None, user_agent=None, flow_id=flow.id,
+                         replay=replay)
+        fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
+        self.core.flows[flow.id] = fc
+        unfit = unfit_request(request)
+        if unfit is not None:  # answered here: never sent, so never charged to an account
+            status, fc.error = unfit
+            flow.response = error_response(provider, status, "invalid_request", fc.error)
+            return
+        access = self.core.access
+        user, refusal = access.authenticate(presented) if access else (None, None)
+        if replay and refusal is not None:  # its key was removed when it was first sent
+            user, refusal = self._replayed_user(flow, user, refusal)
+        if user is not None and refusal is None:
+            flow.metadata[USER] = user.name
+        fc.user = user.name if user else None
+        if refusal is None and provider is None:
+            fc.error = "no provider serves this path"
+            flow.response = error_response(None, 404, "not_found",
+                                           f"mitmflare: no provider serves {path}")
+            return
+        if refusal is None:
+            info = inspect_request(provider, request)
+            fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
+            fc.body, fc.raw_body = info.body, request.raw_content or b""
+            ttl = cache_ttl(fc.body) if provider == ANTHROPIC else 0.0  # cache_control
+            if ttl:
+                fc.cache = self.core.affinity.context(
+                    conversation_key(fc.client_session, fc.body), ttl, fc.started)
+            fc.convertible = convertible(provider, path)
+            if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
+                fc.family, fc.model = fc.model.split("/", 1)
+            problem = model_problem(path, request.method, fc.body,
+                                    user is not None and user.allowed_models is not None)
+            refusal = Refusal(400, "invalid_request", problem) if problem else \
+                access.authorize(user, provider, fc.model, fc.started) if access else None
+            if refusal is None and user is not None and not await self.core.slots.take_user(
+                    user, flow.id, fc.started + self.core.queue_s):
+                refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
+                                  f"{in_flight(user.max_concurrent)}, its limit "
+                                  f"(max_concurrent); retry when one has finished", 1)
+        if refusal is not None:
+            fc.error = refusal.message
+            extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
+            flow.response = error_response(provider, refusal.status, refusal.kind,
+                                           refusal.message, extra)
+            if refusal.status == 401 and access is not None:  # counted, not each a row
+                access.refused(flow, fc)
+            return
+        fc.user_agent = header(request.headers, b"user-agent")
+        fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
+        refused = keep_for_claude_code(self.core, fc, request.headers)
+        if refused is not None:
+            fc.error = refused
+            flow.response = error_response(provider, 403, "permission", refused)
+            return
+        pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
+        if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
+            flow.response = self.failover.no_account_response(fc)
+
+    def _replayed_user(self, flow: http.HTTPFlow, user, refusal):
+        """A replay (mitmweb, ``flare.replay``) is authorised as the user of the original
+        request, if that user still exists and is enabled; else the refusal stands."""
+        name = flow.metadata.get(USER)
+        prior = next((u for u in self.core.users.values() if u.name == name), None)
+        if prior is None or prior.disabled:
+            return user, refusal
+        return prior, None
+
+    def _internal_error(self, flow: http.HTTPFlow, exc: Exception) -> None:
+        """Answer a flow whose routing raised: 500 ``api_error`` in the provider's shape, the
+        traceback logged once, and the row recorded with the error. Nothing is sent upstream."""
+        log.error("mitmflare could not route flow %s", flow.id, exc_info=exc)
+        fc = self.core.flows.get(flow.id)
+        if fc is None:
+            fc = FlowContext(provider="", started=time.time(), path=flow.request.path,
+                             client_session=None, model=None, user_agent=None, flow_id=flow.id)
+            self.core.flows[flow.id] = fc
+        self._release(fc)
+        fc.account = None
+        fc.error = f"internal_error: {type(exc).__name__}"
+        flow.metadata.pop("mitmflare.account", None)
+        strip_client_credentials(flow.request.headers)
+        flow.response = error_response(
+            fc.provider or None, 500, "internal",
+            f"mitmflare could not route this request ({type(exc).__name__}); it was not sent "
+            f"upstream. Flow id {flow.id} (see the proxy's log).")
+
+    async def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None,
+                    ) -> bool:
+        """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
+        credentials, refreshing an OAuth token that is about to expire first. Returns False
+        when no account is usable. When no account can serve the model now, a configured
+        fallback model is served (:mod:`.fallbacks`); else it waits for a token refresh, and,
+        when every account that could serve is cooling down and the soonest is free again
+        within ``flare_queue_s`` of the request's arrival, until then, or while they are at
+        their ``max_concurrent``, until a slot is free (at most that long; instead of
+        answering 429)."""
+        core = self.core
+        while True:
+            if account is None:
+                account = core.choose(fc) or fall_back(core, fc)
+                if account is None:
+                    wait = self._queue_wait(fc)
+                    if wait is None:
+                        return False
+                    await core.slots.wait(wait)  # sooner when a slot is given back
+                    continue
+            if core.oauth and core.oauth.needs_refresh(account, time.time()) \
+                    and not await core.oauth.refresh(account):
+                fc.excluded.add(account.name)
+                fc.skipped[account.name] = "refresh_failed: its OAuth token could not be " \
+                                           "refreshed (see the proxy's log)"
+                account = None
+                continue
+            secret = core.secret(account)
+            if secret is None:
+                fc.excluded.add(account.name)
+                fc.skipped[account.name] = "no_credential: it has no credential in force"
+                account = None
+                continue
+            self._apply(flow, fc, account, secret)
+            return True
+
+    def _queue_wait(self, fc: FlowContext) -> float | None:
+        """Seconds to hold ``fc``'s request until the soonest cooling account that could
+        serve it is free (one it already failed on for a rate limit counts, and is tried
+        again), or, when none is but one is at its ``max_concurrent``, until ``flare_queue_s``
+        after the request came (the wait ends sooner when a slot is given back); None when
+        neither comes before then."""
+        now = time.time()
+        deadline = fc.started + self.core.queue_s
+        frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
+                    fc.provider, fc.convertible, fc.family)
+                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
+                 and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
+        full = any(at <= now and a.full() and a.name not in fc.excluded for at, a in frees)
+        frees = [(at, a) for at, a in frees if now < at <= deadline]
+        if not frees:
+            if not full or deadline <= now:
+                return None
+            if not any(n.startswith("waited for a free slot") for n in fc.notes):
+                fc.notes.append("waited for a free slot (max_concurrent)")
+            return deadline - now
+        at, account = min(frees, key=lambda f: f[0])
+        fc.excluded.discard(account.name)
+        fc.notes.append(f"held {at - now:.1f} s for {account.name} (all cooling down)")
+        return at - now + QUEUE_MARGIN_S
+
+    def _apply(self, flow: http.HTTPFlow, fc: FlowContext, account: Account, secret: str) -> None:
+        now = time.time()
+        self._release(fc)
+        request = flow.request
+        cfg = account.config
+        scheme, host, port, prefix = account.target
+        host_header = retarget(request, scheme, host, port)
+        fc.converted = fc.provider != account.wire
+        path = upstream_path(account.wire) if fc.converted else fc.path
+        if cfg.preset.versioned_base and path.startswith("/v1/"):
+            path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
+        request.path = prefix + path
+        fc.upstream_model = cfg.upstream_model(fc.model) if fc.model else None
+        _set_body(request, fc)
+        upstream_headers(request.headers, host_header, account.wire, cfg.credential_kind,
+                         cfg.auth_style, secret, fc.converted)
+        fc.account = account
+        fc.attempt_started = now
+        fc.attempt_mono = time.monotonic()
+        account.state.in_flight += 1
+        account.state.requests += 1
+        account.state.last_used = now
+        flow.metadata["mitmflare.account"] = account.name
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        now = time.time()
+        response = flow.response
+        redact_credentials(flow.request.headers, fc.account.name)
+        fc.ttfb = now
+        if fc.asked_model is not None:
+            response.headers[FALLBACK_HEADER] = fc.model or ""
+        fc.account.state.last_date = (header(response.headers, b"date"), now)  # clock skew
+        fc.limits = parse_limits(fc.account.wire, response.headers, now)
+        self.core.learn(fc.account, fc.limits, now)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        verdict = await self.failover.handle(flow, fc, self.route)
+        if verdict is not None and verdict.action == "ok" and fc.account is not None:
+            now = time.time()
+            self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
+                                      now)
+            if self.core.shared is not None:  # every process keeps the conversation here
+                self.core.shared.served(fc.cache.conversation, fc.account.name,
+                                        fc.cache.ttl_s, now)
+        if fc.asked_model is not None and flow.response is not None:
+            flow.response.headers[FALLBACK_HEADER] = fc.model or ""
+        if fc.converted and flow.response is not None and not flow.response.stream \
+                and not made_here(flow.response):
+            fc.upstream_body = flow.response.content
+            convert_answer(flow.response, fc.path, fc.body, fc.upstream_model or fc.model or "")
+        if verdict is not None and verdict.action != "ok" and fc.account is not None:
+            self._remember_for_retry(flow, fc)
+        if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
+            redact_credentials(flow.request.headers, fc.account.name)
+        self._release(fc)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is None or fc.account is None:
+            return
+        redact_credentials(flow.request.headers, fc.account.name)
+        if fc.timed_out:  # the row says which limit (see .timeouts)
+            flow.error = mitmproxy_flow.Error(f"{fc.timed_out}: mitmflare closed the upstream "
+                                              f"connection")
+        elif flow.response is None and fc.ttfb is None \
+                and not _client_left(flow):
+            now = time.time()
+            server = flow.server_conn
+            if server.error or server.timestamp_tcp_setup is None:
+                # The upstream could not be reached: the account's (its address, its network).
+                self.core.apply(fc.account, Verdict(TRANSIENT, "connect_error",
+                                                    cooldown_until=now + TRANSIENT_COOLDOWN_S),
+                                fc.model, None, now)
+            else:  # it dropped the connection before answering: maybe the request's doing
+                self.core.count_error(fc.account, Verdict(
+                    TRANSIENT, "upstream_closed", cooldown_until=now + TRANSIENT_COOLDOWN_S),
+                    fc.model, None, now)
+        self._release(fc)
+
+    def _release(self, fc: FlowContext) -> None:
+        """Give back the account's slot the request held (see :mod:`.concurrency`)."""
+        if fc.account is not None:
+            fc.account.state.in_flight -= 1
+            self.core.slots.freed()
+
+    # -- retries by the client itself -------------------------------------------------------
+    def _remember_for_retry(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
+        if RETRY_COUNT_HEADER not in flow.request.headers:
+            return
+        now = time.time()
+        if len(self._retry_exclusions) > 1000:
+            self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
+                                      if v[1] > now}
+        tried = {a["account"] for a in fc.attempts} | fc.excluded
+        usable = {a.name for a in self.core.pool.available(fc.provider, now, fc.convertible,
+                                                            fc.family)}
+        if usable <= tried:  # nothing left to steer to: the retry starts over on every account
+            self._retry_exclusions.pop(_digest(flow), None)
+            return
+        self._retry_exclusions[_digest(flow)] = (tried, now + RETRY_MEMORY_S, fc.had_transient)
+
+    def _excluded_for_retry(self, flow: http.HTTPFlow) -> tuple[set[str], bool]:
+        """(accounts the client's earlier try of this request failed on, whether one of those
+        failures was a transient error) for a client's own retry, else (empty, False)."""
+        if not self._retry_exclusions:
+            return set(), False
+        count = flow.request.headers.get(RETRY_COUNT_HEADER, "0")
+        if count in ("", "0"):
+            return set(), False
+        tried, expires, transient = self._retry_exclusions.get(_digest(flow), (set(), 0.0, False))
+        return (set(tried), transient) if expires > time.time() else (set(), False)
+
+    # -- periodic work ----------------------------------------------------------------------
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("mitmflare ticker")
+
+    def tick(self, now: float) -> None:
+        """Return accounts whose cooldown has passed and refresh the `accounts` table."""
+        for account in self.core.pool.accounts.values():
+            st = account.state
+            if st.cooldown_until and st.cooldown_until <= now:
+                st.cooldown_until = 0.0
+                reason, st.cooldown_reason = st.cooldown_reason, ""
+                self.core.event(account, "recovered", reason)
+                self.core.persist(account)
+            expired = [m for m, t in st.model_cooldowns.items() if t <= now]
+            for model in expired:
+                del st.model_cooldowns[model]
+                st.model_reasons.pop(model, None)
+                self.core.event(account, "model_recovered", model)
+                self.core.persist(account)
+        self.core.snapshot_accounts()
+
+
+def _set_body(request: http.Request, fc: FlowContext) -> None:
+    """The body for the current account: converted to the OpenAI format, or with the model the
+    account maps to, or the client's own bytes (the common case: nothing is re-encoded)."""
+    body = fc.body
+    if fc.converted and body is not None:
+        request.content = json.dumps(convert_request(fc.path, body, fc.upstream_model or ""),
+                                     separators=(",", ":")).encode()
+    elif body is not None and fc.upstream_model and body.get("model") != fc.upstream_model:
+        request.content = json.dumps({**body, "model": fc.upstream_model},
+                                     separators=(",", ":")).encode()
+    elif request.raw_content is not fc.raw_body:
+        request.raw_content = fc.raw_body
+
+
+API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
+"""Methods the Anthropic and OpenAI APIs use (``upstream-apis.md``); others are refused here."""
+TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""What a header name may hold (RFC 9110 section 5.6.2, ``tchar``)."""
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a header value may not hold (RFC 9110 section 5.5): CR, LF (mitmproxy joins a folded
+header's lines with CRLF), NUL and the other controls except tab."""
+
+
+def unfit_request(request: http.Request) -> tuple[int, str] | None:
+    """(status, message) when ``request`` cannot be an API request and is answered locally,
+    before any account is chosen, else None: a method the APIs do not use (e.g. ``PRI``, the
+    HTTP/2 connection preface sent to an HTTP/1 listener, or ``CONNECT``/``TRACE``) → 405;
+    a target that is not a path (``*``, absolute- or authority-form) or a protocol upgrade
+    (``Upgrade: h2c``, WebSocket) → 400; a header whose name is not a token (``x-api-key ``)
+    or whose value holds a control character (a bare CR, a folded line, NUL) → 400, without
+    echoing it. The point: nothing a client sends may reach an upstream in a form that makes
+    the proxy fail there and blame the account, or that a lenient server reads differently
+    (a smuggled header, a credential under another spelling)."""
+    if request.method not in API_METHODS:
+        return 405, f"mitmflare: method {request.method[:20]!r} is not used by the API"
+    if not request.path.startswith("/") or (request.authority and not request.is_http2):
+        return 400, "mitmflare: the request target must be a path (origin form)"
+    if "upgrade" in request.headers or request.http_version not in ("HTTP/1.1", "HTTP/1.0",
+                                                                    "HTTP/2.0"):
+        return 400, "mitmflare: protocol upgrades and other HTTP versions are not supported"
+    fields = request.headers.fields
+    if b"".join(f[0] for f in fields).translate(None, TOKEN_CHARS) \
+            or CONTROL.search(b"".join(f[1] for f in fields)):
+        return 400, ("mitmflare: malformed header field (a name that is not a token, or a "
+                     "control character such as a bare CR, LF or NUL in a value, e.g. a folded "
+                     "header)")
+    return None
+
+
+def _digest(flow: http.HTTPFlow) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(flow.request.path.encode())
+    h.update(flow.request.raw_content or b"")
+    return h.digest()
+
+
+def _client_left(flow: http.HTTPFlow) -> bool:
+    """True when the flow ended because the client went away (mitmproxy's "Client
+    disconnected." error, or a closed client connection): no fault of the account."""
+    return (not flow.client_conn.connected
+            or (flow.error is not None and flow.error.msg.startswith("Client disconnected")))

@@ -1,0 +1,213 @@
+"""The account pool: configured accounts plus their live state (cooldowns, counters, limits).
+
+Everything here runs on the proxy's event loop and does no I/O. Times are Unix epoch seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config.accounts import AccountConfig
+
+log = logging.getLogger(__name__)
+
+# Status names, as shown in /health, the `accounts` table and account_events.
+AVAILABLE = "available"
+COOLING_DOWN = "cooling_down"
+PAUSED = "paused"
+NEEDS_REAUTH = "needs_reauth"
+BENCHED = "benched"
+OVER_BUDGET = "over_budget"
+
+
+@dataclass
+class AccountState:
+    """Mutable state of one account. Persisted in ``flare_state`` (see :mod:`.state_store`).
+
+    ``cooldown_until``: epoch s before which the account is not chosen (0 = none).
+    ``backoff_s``: current exponential cooldown for 429s that carry no reset time, s.
+    ``benched``: out of quota until an operator resumes it (``flare.resume``).
+    ``limits``: the latest parsed rate-limit snapshot (see :mod:`.ratelimits`).
+    ``constrained_until``: epoch s until which the account is near a limit (chosen last).
+    ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
+    ``model_backoff_s``: model -> current exponential model cooldown (s) when no reset is known
+    (e.g. ``out_of_credits``); ``model_reasons``: model -> why it cools down.
+    ``reauth_fingerprint``: fingerprint of the credential that was rejected (``needs_reauth``
+    ends when the account's credential changes). ``identity``: the account's
+    :attr:`~.config.AccountConfig.identity`, to recognise it after a rename.
+    """
+
+    cooldown_until: float = 0.0
+    cooldown_reason: str = ""
+    backoff_s: float = 0.0
+    needs_reauth: bool = False
+    benched: bool = False
+    benched_reason: str = ""
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    last_used: float = 0.0
+    limits: dict[str, Any] = field(default_factory=dict)
+    constrained_until: float = 0.0
+    model_cooldowns: dict[str, float] = field(default_factory=dict)
+    model_backoff_s: dict[str, float] = field(default_factory=dict)
+    model_reasons: dict[str, str] = field(default_factory=dict)
+    reauth_fingerprint: str = ""
+    identity: str = ""
+    over_budget_until: float = 0.0  # epoch s: spent its day/month budget until then
+    over_budget_reason: str = ""
+    window_started_for: float = 0.0  # the 5h reset (epoch s) a window start was sent after
+    window_started_at: float = 0.0   # when that request was sent (epoch s)
+    last_date: tuple[str | None, float] = (None, 0.0)  # upstream Date header, local epoch s
+    consecutive_errors: int = 0  # transient upstream errors since its last good answer
+
+    PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
+                 "benched_reason", "requests", "failures", "last_used", "limits",
+                 "constrained_until", "model_cooldowns", "model_backoff_s", "model_reasons",
+                 "reauth_fingerprint", "identity", "window_started_for",
+                 "window_started_at")
+
+    def to_persisted(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.PERSISTED}
+
+    def resume(self) -> None:
+        """What an operator's resume does: no cooldown, bench or ``needs_reauth`` mark, and
+        no model cooldowns or backoffs (``flare.resume``, ``mitmflare accounts reset``)."""
+        self.cooldown_until, self.cooldown_reason, self.backoff_s = 0.0, "", 0.0
+        self.benched, self.benched_reason, self.needs_reauth = False, "", False
+        self.constrained_until, self.consecutive_errors = 0.0, 0
+        self.model_cooldowns.clear()
+        self.model_backoff_s.clear()
+        self.model_reasons.clear()
+
+    def restore(self, data: dict[str, Any]) -> None:
+        for key in self.PERSISTED:
+            if key in data and data[key] is not None:
+                setattr(self, key, data[key])
+
+
+@dataclass
+class Account:
+    """A configured account with its state. ``order`` is its position in the YAML file;
+    ``target`` its upstream as (scheme, host, port, path prefix), parsed once."""
+
+    config: AccountConfig
+    order: int
+    state: AccountState = field(default_factory=AccountState)
+    target: tuple[str, str, int, str] = ("https", "", 443, "")
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.config.upstream)
+        default = 443 if url.scheme == "https" else 80
+        self.target = (url.scheme, url.hostname or "", url.port or default, url.path.rstrip("/"))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def provider(self) -> str:
+        return self.config.provider
+
+    @property
+    def wire(self) -> str:
+        """The format its upstream speaks: ``anthropic`` or ``openai``."""
+        return self.config.wire
+
+    def takes(self, client: str, convertible: bool, family: str | None = None) -> bool:
+        """True when requests in the ``client`` format (``anthropic``/``openai``) can go to this
+        account: same format (passed through), or a request that can be converted
+        (``convertible``: Anthropic Messages, OpenAI Chat Completions or Responses) for an
+        account of the other format that maps models (``models:`` / ``default_model:``) or
+        that the compatibility route's model prefix (``family``) names."""
+        if self.wire == client:
+            return True
+        return convertible and (bool(self.config.models or self.config.default_model)
+                                or (family is not None and self.in_family(family)))
+
+    def serves(self, model: str | None) -> bool:
+        """True when the account can serve ``model`` (always for requests without a model)."""
+        return model is None or self.config.upstream_model(model) is not None
+
+    def in_family(self, family: str) -> bool:
+        """For the compatibility route's model prefix (``anthropic/…``, ``zai/…``)."""
+        return family in (self.provider, self.wire)
+
+    def status(self, now: float) -> str:
+        """One of available / cooling_down / paused / needs_reauth / benched / over_budget."""
+        if self.config.paused:
+            return PAUSED
+        if self.state.needs_reauth:
+            return NEEDS_REAUTH
+        if self.state.benched:
+            return BENCHED
+        if self.state.over_budget_until > now:
+            return OVER_BUDGET
+        if self.state.cooldown_until > now:
+            return COOLING_DOWN
+        return AVAILABLE
+
+    def blocked(self, now: float) -> tuple[float, str]:
+        """(until when, why) the account is not available: epoch s (0: until an operator or
+        a new credential acts) and the reason; (0, "") when available or paused."""
+        st, status = self.state, self.status(now)
+        if status == COOLING_DOWN:
+            return st.cooldown_until, st.cooldown_reason
+        if status == OVER_BUDGET:
+            return st.over_budget_until, st.over_budget_reason
+        if status == BENCHED:
+            return 0.0, st.benched_reason
+        return 0.0, ""
+
+    def full(self) -> bool:
+        """True when ``max_concurrent`` requests are in flight on it (no slot free)."""
+        cap = self.config.max_concurrent
+        return cap is not None and self.state.in_flight >= cap
+
+    def is_available(self, now: float) -> bool:
+        return self.status(now) == AVAILABLE
+
+
+class AccountPool:
+    """The accounts in file order, keyed by name. State survives config reloads by name."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    def replace(self, configs: list[AccountConfig]) -> tuple[list[str], list[str], dict[str, str]]:
+        """Install a new configuration. An account keeps its state across the reload when its
+        name is unchanged, or when it was renamed (same :attr:`AccountConfig.identity` as a
+        removed account). Returns (added names, removed names, {new name: old name})."""
+        old = self.accounts
+        names = {cfg.name for cfg in configs}
+        gone = {a.config.identity: a for n, a in old.items() if n not in names and a.config.identity}
+        new: dict[str, Account] = {}
+        renamed: dict[str, str] = {}
+        for order, cfg in enumerate(configs):
+            previous = old.get(cfg.name)
+            if previous is None and cfg.identity in gone:
+                previous = gone.pop(cfg.identity)
+                renamed[cfg.name] = previous.name
+            state = previous.state if previous and previous.provider == cfg.provider else AccountState()
+            state.identity = cfg.identity or ""
+            new[cfg.name] = Account(cfg, order, state)
+        self.accounts = new
+        added = [n for n in new if n not in old and n not in renamed]
+        removed = [n for n in old if n not in new and n not in renamed.values()]
+        return added, removed, renamed
+
+    def get(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def for_client(self, client: str, convertible: bool = False,
+                   family: str | None = None) -> list[Account]:
+        """Accounts that take requests in the ``client`` format (see :meth:`Account.takes`)."""
+        return [a for a in self.accounts.values() if a.takes(client, convertible, family)]
+
+    def available(self, client: str, now: float, convertible: bool = False,
+                  family: str | None = None) -> list[Account]:
+        return [a for a in self.accounts.values()
+                if a.takes(client, convertible, family) and a.is_available(now)]
