@@ -196,8 +196,10 @@ class Operations:
                 self.core.pool, client, self.core.strategy, now, convertible=convertible,
                 session_hours=self.core.session_hours, model=model or None)
             for account in accounts:
-                lines.append((account.name, account.provider, f"{client} requests",
-                              _verdict(account, chosen, model, now)))
+                verdict = _verdict(account, chosen, model, now)
+                if self.core.oauth_clients == "claude-code" and account.config.oauth is not None:
+                    verdict += "; Claude Code only (flare_oauth_clients=claude-code)"
+                lines.append((account.name, account.provider, f"{client} requests", verdict))
         return _aligned([("ACCOUNT", "PROVIDER", "CLIENT FORMAT",
                           f"NEXT REQUEST FOR {model or 'any model'}"), *lines])
 
@@ -237,6 +239,9 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
     if model and st.model_cooldowns.get(model, 0) > now:
         return (f"no: {model} cools down until {iso_utc(st.model_cooldowns[model])} "
                 f"({st.model_reasons.get(model, '')})")
+    if account.full():
+        return (f"no: at its cap, {st.in_flight} in flight "
+                f"(max_concurrent {account.config.max_concurrent})")
     if chosen is not None and chosen.name == account.name:
         return "yes: the strategy's choice for the next request"
     near = " and near a limit" if st.constrained_until > now else ""
