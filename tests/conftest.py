@@ -226,6 +226,18 @@ def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
     raise AssertionError("condition not met in time")
 
 
+def start_login(args: list[str], program: list[str] | None = None,
+                ) -> tuple[subprocess.Popen, str]:
+    """Start ``mitmflare accounts login`` (or ``program``) with ``args`` as a process waiting
+    for the pasted code; returns it and the authorization URL it printed."""
+    program = program or [str(MITMDUMP.with_name("mitmflare")), "accounts", "login"]
+    proc = subprocess.Popen([*program, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    return proc, proc.stdout.readline().strip()
+
+
 def accounts_yaml(base_url: str, *accounts: dict) -> str:
     """YAML text for ``accounts`` (dicts of fields), each pointed at ``base_url``."""
     lines = ["accounts:"]

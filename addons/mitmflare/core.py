@@ -76,6 +76,7 @@ class FlowContext:
     upstream_model: str | None = None    # model asked of the current account
     converted: bool = False         # the current attempt converts Anthropic ⇄ OpenAI
     upstream_body: bytes | None = None   # a converted whole answer as the upstream sent it
+    upstream_sse: bool = False      # … and it was an event stream
     asked_model: str | None = None  # the client's model when a fallback model serves instead
     row_id: str = ""
     error: str | None = None

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import anthropic
 import httpx
 
-from conftest import ROOT, accounts_yaml
+from conftest import ROOT, accounts_yaml, start_login
 
 MSG = [{"role": "user", "content": "hello"}]
 MODEL = "claude-sonnet-4-6"
@@ -135,14 +135,10 @@ def test_login_script_against_simulated_endpoints(sim, proxy, tmp_path):
     state = tmp_path / "state.db"
     accounts.write_text("# my accounts\naccounts:\n  - name: keep-me  # a comment\n"
                         "    provider: anthropic\n    api_key: sk-ant-api03-KEEP\n")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "oauth_login.py"), "new-max",
-         "--accounts", str(accounts), "--state", str(state),
-         "--authorize-url", f"{sim.url}/oauth/authorize",
-         "--token-url", f"{sim.url}/v1/oauth/token"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.readline()
-    url = proc.stdout.readline().strip()
+    proc, url = start_login(["new-max", "--accounts", str(accounts), "--state", str(state),
+                             "--authorize-url", f"{sim.url}/oauth/authorize",
+                             "--token-url", f"{sim.url}/v1/oauth/token"],
+                            [sys.executable, str(ROOT / "scripts" / "oauth_login.py")])
     assert "code_challenge_method=S256" in url and "client_id=9d1c250a" in url
     approved = httpx.get(url).json()  # the simulated user approves in the browser
     _, err = proc.communicate(f"{approved['code']}#{approved['state']}\n", timeout=30)

@@ -42,7 +42,7 @@ def keep_for_claude_code(core: Core, fc: FlowContext, headers: http.Headers) -> 
         return None
     accounts = [a for a in core.pool.for_client(fc.provider, fc.convertible)
                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))]
-    oauth = [a for a in accounts if a.config.oauth is not None]
+    oauth = [a for a in accounts if a.config.oauth is not None and a.wire == "anthropic"]
     for account in oauth:
         fc.excluded.add(account.name)
         fc.skipped[account.name] = SKIPPED

@@ -97,8 +97,9 @@ class PoolLimits:
 
 
 def subscription_pool(accounts: list[Account], now: float) -> list[Account]:
-    """The subscription (OAuth) accounts that can serve by themselves (see the module)."""
-    return [a for a in accounts if a.config.oauth is not None
+    """The Claude subscription (OAuth) accounts that can serve by themselves (see the
+    module); Codex subscriptions have windows of their own and are left out."""
+    return [a for a in accounts if a.config.oauth is not None and a.wire == "anthropic"
             and a.status(now) not in OUT_OF_POOL]
 
 

@@ -18,6 +18,7 @@ from ..config.option_types import decimal
 from ..core import Core, FlowContext
 from ..providers import CLIENT_CREDENTIAL_HEADERS
 from ..providers.convert import stream_converter
+from ..providers.presets import CODEX
 from ..providers.sse import UsageTap
 from ..providers.wire import content, header
 from ..storage.rows import ACCOUNT_PRICE, BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
@@ -115,10 +116,12 @@ class Recorder:
             return
         if not response.headers.get("content-type", "").startswith(SSE):
             return
+        if fc.account.wire == CODEX and not fc.stream:
+            return  # Codex always streams: kept whole, answered as JSON (see .convert)
         # the usage as the upstream counts it: read in its own format, before any conversion
         tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.provider)
-        convert = stream_converter(fc.path, fc.body, fc.upstream_model or fc.model or "") \
-            if fc.converted else None
+        convert = stream_converter(fc.path, fc.body, fc.upstream_model or fc.model or "",
+                                   fc.account.wire) if fc.converted else None
         limit = self.copy_limit
         kept = fc.stream_copy = bytearray() if limit else None
 
@@ -179,7 +182,7 @@ class Recorder:
             row["error"] = error or fc.tap.error
         elif fc.upstream_body is not None:  # converted: read as the upstream sent it
             row[BODY], row[FORMAT] = fc.upstream_body, fc.account.wire if fc.account else None
-            row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)
+            row[BODY_IS_SSE] = fc.upstream_sse
         elif response.raw_content:
             row[BODY] = content(response)
             row[BODY_IS_SSE] = (header(response.headers, b"content-type") or "").startswith(SSE)

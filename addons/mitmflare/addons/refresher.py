@@ -1,9 +1,11 @@
-"""Addon: keeps OAuth (Claude subscription) accounts' tokens fresh. See :mod:`.oauth`."""
+"""Addon: keeps OAuth (Claude and ChatGPT/Codex subscription) accounts' tokens fresh. See
+:mod:`.oauth`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 import httpx
@@ -11,7 +13,8 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from ..core import Core
-from ..providers.oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
+from ..providers import codex
+from ..providers.oauth import CLAUDE, DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
 
 log = logging.getLogger("mitmflare")
 
@@ -31,6 +34,8 @@ class TokenRefresher:
                           "OAuth token endpoint used to refresh subscription accounts.")
         loader.add_option("flare_oauth_client_id", str, DEFAULT_CLIENT_ID,
                           "OAuth client id sent with token refreshes.")
+        loader.add_option("flare_codex_token_url", str, codex.TOKEN_URL,
+                          "OAuth token endpoint used to refresh Codex (ChatGPT) accounts.")
         loader.add_option("flare_oauth_refresh_buffer_min", int, 30,
                           "Refresh an OAuth access token this many minutes before it expires.")
 
@@ -38,8 +43,10 @@ class TokenRefresher:
         o = ctx.options
         if o.flare_oauth_refresh_buffer_min < 0:
             raise exceptions.OptionsError("flare_oauth_refresh_buffer_min must be >= 0")
-        self.manager.token_url = o.flare_oauth_token_url
-        self.manager.client_id = o.flare_oauth_client_id
+        self.manager.clients = {
+            "anthropic": dataclasses.replace(CLAUDE, token_url=o.flare_oauth_token_url,
+                                             client_id=o.flare_oauth_client_id),
+            "codex": dataclasses.replace(codex.CODEX, token_url=o.flare_codex_token_url)}
         self.manager.buffer_s = o.flare_oauth_refresh_buffer_min * 60.0
         self.manager.state_path = o.flare_state
 

@@ -20,6 +20,7 @@ from mitmproxy.utils import asyncio_utils
 from ..config.option_types import decimal
 from ..core import Core, FlowContext
 from ..providers import (
+    codex,
     detect_route,
     error_response,
     made_here,
@@ -29,7 +30,7 @@ from ..providers import (
     upstream_headers,
 )
 from ..providers.convert import convert_answer, convert_request, convertible, upstream_path
-from ..providers.presets import ANTHROPIC
+from ..providers.presets import ANTHROPIC, CODEX
 from ..providers.request_info import inspect_request, model_problem
 from ..providers.wire import header
 from ..routing.cache_affinity import cache_ttl, conversation_key
@@ -295,9 +296,13 @@ class Router:
             path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
         request.path = prefix + path
         fc.upstream_model = cfg.upstream_model(fc.model) if fc.model else None
-        _set_body(request, fc)
+        _set_body(request, fc, account.wire)
         upstream_headers(request.headers, host_header, account.wire, cfg.credential_kind,
                          cfg.auth_style, secret, fc.converted)
+        if account.wire == CODEX:
+            request.headers.fields = tuple(
+                f for f in request.headers.fields if f[0].lower() not in codex.DROPPED_HEADERS
+            ) + tuple(codex.request_headers(secret, fc.client_session))
         fc.account = account
         fc.attempt_started = now
         fc.attempt_mono = time.monotonic()
@@ -337,7 +342,10 @@ class Router:
         if fc.converted and flow.response is not None and not flow.response.stream \
                 and not made_here(flow.response):
             fc.upstream_body = flow.response.content
-            convert_answer(flow.response, fc.path, fc.body, fc.upstream_model or fc.model or "")
+            fc.upstream_sse = flow.response.headers.get("content-type", "").startswith(
+                "text/event-stream")
+            convert_answer(flow.response, fc.path, fc.body, fc.upstream_model or fc.model or "",
+                           fc.account.wire if fc.account else "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
         if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
@@ -427,12 +435,13 @@ class Router:
         self.core.snapshot_accounts()
 
 
-def _set_body(request: http.Request, fc: FlowContext) -> None:
-    """The body for the current account: converted to the OpenAI format, or with the model the
+def _set_body(request: http.Request, fc: FlowContext, wire: str) -> None:
+    """The body for the account speaking ``wire``: converted to its format, or with the model the
     account maps to, or the client's own bytes (the common case: nothing is re-encoded)."""
     body = fc.body
     if fc.converted and body is not None:
-        request.content = json.dumps(convert_request(fc.path, body, fc.upstream_model or ""),
+        request.content = json.dumps(convert_request(fc.path, body, fc.upstream_model or "",
+                                                     wire, fc.client_session),
                                      separators=(",", ":")).encode()
     elif body is not None and fc.upstream_model and body.get("model") != fc.upstream_model:
         request.content = json.dumps({**body, "model": fc.upstream_model},

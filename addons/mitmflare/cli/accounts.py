@@ -13,10 +13,11 @@ import secrets
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 from rich.console import Console
@@ -26,7 +27,7 @@ from ..config import accounts_edit, dotenv_edit
 from ..config.accounts_edit import AccountsEditError
 from ..config.words import AUTH_STYLES, did_you_mean, env_file, one_of
 from ..money import usd
-from ..providers import oauth
+from ..providers import codex, oauth
 from ..providers.presets import PRESETS
 from ..times import iso_utc
 from .options import (
@@ -306,64 +307,115 @@ def reset(name: str, state: State = STATE_DEFAULT) -> None:
 
 @accounts_app.command("login")
 def login(name: str,
+          provider: Annotated[str, typer.Option(
+              help="anthropic (a Claude subscription) or codex (a ChatGPT subscription, "
+                   "served by the Codex backend).")] = "anthropic",
           priority: Annotated[int | None, typer.Option(
               help="Priority (lower is preferred); kept if omitted.")] = None,
           access_token: Annotated[str | None, typer.Option(
               help="Use an existing pair instead of logging in (e.g. from `claude "
-                   "setup-token`).")] = None,
+                   "setup-token`, or ~/.codex/auth.json).")] = None,
           refresh_token: Annotated[str | None, typer.Option(help="The pair's refresh token.")] = None,
           expires_at: Annotated[str | None, typer.Option(
               help="ISO 8601 expiry of --access-token, if known.")] = None,
-          token_url: Annotated[str, typer.Option(help="OAuth token endpoint.")] = oauth.DEFAULT_TOKEN_URL,
-          authorize_url: Annotated[str, typer.Option(help="OAuth authorization page.")] = oauth.AUTHORIZE_URL,
-          client_id: Annotated[str, typer.Option(help="OAuth client id.")] = oauth.DEFAULT_CLIENT_ID,
-          redirect_uri: Annotated[str, typer.Option(help="OAuth redirect URI.")] = oauth.REDIRECT_URI,
+          token_url: Annotated[str | None, typer.Option(
+              help="OAuth token endpoint (default: the provider's).")] = None,
+          authorize_url: Annotated[str | None, typer.Option(
+              help="OAuth authorization page (default: the provider's).")] = None,
+          client_id: Annotated[str | None, typer.Option(
+              help="OAuth client id (default: the provider's).")] = None,
+          redirect_uri: Annotated[str | None, typer.Option(
+              help="OAuth redirect URI (default: the provider's).")] = None,
           accounts: Accounts = ACCOUNTS_DEFAULT, state: State = STATE_DEFAULT) -> None:
-    """Log a Claude subscription in (OAuth PKCE) and add or update its account.
+    """Log a subscription in (OAuth PKCE) and add or update its account.
 
-    Open the printed URL, approve, paste the code#state shown. The tokens go to the state
-    database (mode 0600); the accounts file gets `oauth: {from_state: true}`, no secret.
-    Pooling subscriptions may breach the provider's terms: the operator's responsibility.
+    Open the printed URL, approve, paste what the page shows: Claude shows a code#state;
+    a ChatGPT (--provider codex) login ends on http://localhost:1455/auth/callback?code=…
+    (the page may not load): paste that address. The tokens go to the state database (mode
+    0600); the accounts file gets `oauth: {from_state: true}`, no secret. Pooling
+    subscriptions may breach the provider's terms: the operator's responsibility.
 
     Example: mitmflare accounts login personal-max --priority 1
+             mitmflare accounts login chatgpt-pro --provider codex
     """
     import httpx
 
     from ..storage.writer import open_state_db
 
+    if provider not in LOGINS:
+        fail(f"--provider {provider}: {one_of(provider, LOGINS)}")
+    login_with = LOGINS[provider]._replace(**{k: v for k, v in (
+        ("token_url", token_url), ("authorize_url", authorize_url), ("client_id", client_id),
+        ("redirect_uri", redirect_uri)) if v})
     try:
         if access_token or refresh_token:
-            expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
+            expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else \
+                oauth.jwt_expiry(access_token or "")
             tokens = oauth.TokenSet(access_token, refresh_token, expires, None)
         else:
-            tokens = _browser_login(authorize_url, token_url, client_id, redirect_uri)
+            tokens = _browser_login(login_with)
     except (oauth.RefreshError, httpx.HTTPError, ValueError) as exc:
         fail(f"login failed: {exc}")
     open_state_db(state).conn.close()  # creates the file (0600) and its tables
     oauth.save_tokens(state, name, tokens)
-    _edit(accounts, accounts_edit.use_stored_tokens, name, priority)
+    _edit(accounts, accounts_edit.use_stored_tokens, name, priority, provider)
     typer.echo(f"account {name}: tokens stored in {state} (access token expires "
                f"{iso_utc(tokens.expires_at) or 'unknown'}); {accounts} updated. A running "
                f"proxy serves it within 2 s; a 'needs_reauth' mark on it is cleared.")
 
 
-def _browser_login(authorize_url: str, token_url: str, client_id: str,
-                   redirect_uri: str) -> oauth.TokenSet:
+class Login(NamedTuple):
+    """Where one provider's browser login goes: its OAuth endpoints, how the authorization
+    URL is built, and how the code is exchanged (``client.form_exchange``)."""
+
+    authorize_url: str
+    token_url: str
+    client_id: str
+    redirect_uri: str
+    build_url: Callable[[str, str, str, str, str], str]
+    client: oauth.OAuthClient
+
+
+LOGINS = {
+    "anthropic": Login(oauth.AUTHORIZE_URL, oauth.DEFAULT_TOKEN_URL, oauth.DEFAULT_CLIENT_ID,
+                       oauth.REDIRECT_URI, oauth.authorize_url, oauth.CLAUDE),
+    "codex": Login(codex.AUTHORIZE_URL, codex.TOKEN_URL, codex.CLIENT_ID, codex.REDIRECT_URI,
+                   codex.authorize_url, codex.CODEX),
+}
+
+
+def _pasted_code(pasted: str) -> tuple[str, str]:
+    """(code, state) from what the user pasted: ``code#state``, or the address the browser
+    was sent back to (``…/callback?code=…&state=…``)."""
+    if "?" in pasted and "code=" in pasted:
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).query))
+        return query.get("code", ""), query.get("state", "")
+    code, _, state = pasted.partition("#")
+    return code, state
+
+
+def _browser_login(login_with: Login) -> oauth.TokenSet:
     import httpx
 
     verifier, challenge = oauth.pkce_pair()
     state = secrets.token_urlsafe(24)
-    typer.echo("Open this URL, approve access, then paste the code shown (code#state):")
-    typer.echo(oauth.authorize_url(authorize_url, client_id, redirect_uri, challenge, state))
-    pasted = sys.stdin.readline().strip()
-    code, _, returned_state = pasted.partition("#")
+    typer.echo("Open this URL, approve access, then paste the code shown (code#state) or the "
+               "address the browser was sent back to:")
+    typer.echo(login_with.build_url(login_with.authorize_url, login_with.client_id,
+                                    login_with.redirect_uri, challenge, state))
+    code, returned_state = _pasted_code(sys.stdin.readline().strip())
     if not code:
         raise ValueError("no code pasted")
     if returned_state != state:
         raise ValueError("the pasted state does not match this login (start again)")
-    response = httpx.post(token_url, timeout=oauth.REFRESH_TIMEOUT_S, json={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-        "client_id": client_id, "code_verifier": verifier, "state": state})
+    fields = {"grant_type": "authorization_code", "code": code,
+              "redirect_uri": login_with.redirect_uri, "client_id": login_with.client_id,
+              "code_verifier": verifier}
+    if login_with.client.form_exchange:
+        response = httpx.post(login_with.token_url, timeout=oauth.REFRESH_TIMEOUT_S, data=fields)
+    else:
+        response = httpx.post(login_with.token_url, timeout=oauth.REFRESH_TIMEOUT_S,
+                              json={**fields, "state": state})
     if response.status_code != 200:
-        raise oauth.token_error(response)
+        raise oauth.token_error(response, login_with.client)
     return oauth.token_set_from_answer(response.json(), None, "", time.time())

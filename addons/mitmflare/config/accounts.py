@@ -19,7 +19,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..providers.presets import PRESETS, Preset, map_model
+from ..providers.presets import OAUTH_PROVIDERS, PRESETS, Preset, map_model
 from .words import (  # re-exported: light names the mitmflare command imports
     AUTH_STYLES,
     ENV_REF,
@@ -30,7 +30,7 @@ from .words import (  # re-exported: light names the mitmflare command imports
 
 
 class OAuthConfig(BaseModel):
-    """Claude subscription credentials: a token pair, or ``from_state: true`` to use the pair
+    """Subscription credentials (Claude, ChatGPT/Codex): a token pair, or ``from_state: true`` to use the pair
     that ``mitmflare accounts login`` stored in ``flare_state``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,7 +90,7 @@ class AccountConfig(BaseModel):
     ``id``: optional stable identifier that keeps state across a rename.
     ``provider``: a key of :data:`.providers.presets.PRESETS` (``anthropic``, ``openai``,
     ``anthropic-compatible``, ``openai-compatible``, ``zai``, ``minimax``, ``openrouter``,
-    ``nanogpt``). ``priority``: lower is preferred. ``weight``: share under the weighted
+    ``nanogpt``, ``codex``). ``priority``: lower is preferred. ``weight``: share under the weighted
     strategy. ``base_url``: scheme, host, optional port and path prefix of the upstream
     (required for the ``*-compatible`` providers). ``auth``: overrides the preset's way of
     sending the key (``x-api-key`` or ``bearer``). ``models``: client model name or Claude
@@ -140,8 +140,11 @@ class AccountConfig(BaseModel):
     def _one_credential(self) -> AccountConfig:
         if (self.api_key is None) == (self.oauth is None):
             raise ValueError("needs exactly one of api_key and oauth")
-        if self.oauth is not None and self.provider != "anthropic":
-            raise ValueError("oauth is only supported for provider anthropic")
+        if self.oauth is not None and self.provider not in OAUTH_PROVIDERS:
+            raise ValueError(f"oauth is only supported for provider {' or '.join(OAUTH_PROVIDERS)}")
+        if self.provider == "codex" and self.oauth is None:
+            raise ValueError("provider codex needs oauth (log in with `mitmflare accounts login "
+                             "NAME --provider codex`)")
         if self.base_url is None and self.preset.base_url is None:
             raise ValueError(f"provider {self.provider} needs base_url")
         return self

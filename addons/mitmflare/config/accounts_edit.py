@@ -166,15 +166,17 @@ def set_fields(path: Path, name: str, fields: dict[str, Any]) -> None:
                 entry[key] = _flow(value)
 
 
-def use_stored_tokens(path: Path, name: str, priority: int | None) -> None:
-    """Add ``name`` with ``oauth: {from_state: true}`` (tokens in the state database), or
-    switch an existing entry to it."""
+def use_stored_tokens(path: Path, name: str, priority: int | None,
+                      provider: str = "anthropic") -> None:
+    """Add ``name`` (of ``provider``) with ``oauth: {from_state: true}`` (tokens in the state
+    database), or switch an existing entry to it (and to ``provider``)."""
     with editing(path, name) as accounts:
         try:
             entry = find(accounts, name)
         except AccountsEditError:
-            entry = CommentedMap([("name", name), ("provider", "anthropic")])
+            entry = CommentedMap([("name", name), ("provider", provider)])
             accounts.append(entry)
+        entry["provider"] = provider
         entry.pop("api_key", None)
         entry["oauth"] = _flow({"from_state": True})
         if priority is not None:

@@ -26,6 +26,9 @@ OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approv
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
 With ``oauth_enforce`` on, OAuth requests need a live issued access token and the OAuth beta.
 
+Codex mode (:mod:`.simulator_codex`): ``/codex/oauth/authorize``, ``/codex/oauth/token`` and
+the Codex backend's ``POST /backend-api/codex/responses`` with its ``x-codex-*`` headers.
+
 Run alone: ``python -m mitmflare.demo.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
 [--windows [--enforce-windows] [--window-scale 60]]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
@@ -51,6 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from . import simulator_codex as codex
 
 REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
 FIVE_HOURS_S = 5 * 3600
@@ -105,6 +110,7 @@ class SimulatedUpstream:
         self._refresh_tokens: set[str] = set()
         self._access_tokens: dict[str, float] = {}
         self._codes: dict[str, str] = {}
+        self._codex_used: dict[str, tuple[float, float]] = {}  # token -> (start, % used)
 
     # -- scripting --------------------------------------------------------------------------
     def script(self, credential: str, *answers: dict[str, Any]) -> None:
@@ -123,6 +129,7 @@ class SimulatedUpstream:
         self._refresh_tokens.clear()
         self._access_tokens.clear()
         self._codes.clear()
+        self._codex_used.clear()
         self.oauth_enforce = False
         self.oauth_expires_in = 28800
 
@@ -187,16 +194,22 @@ class SimulatedUpstream:
         if path.startswith("/_sim/"):
             await self._control(path, body, send)
             return
-        if path == "/oauth/authorize":
+        if path in ("/oauth/authorize", codex.AUTHORIZE_PATH):
             await self._authorize(scope, send)
             return
         if path == "/v1/oauth/token":
             await self._token(body if isinstance(body, dict) else {}, send)
             return
+        if path == codex.TOKEN_PATH:
+            await codex.token(self, raw, headers, send)
+            return
         credential = headers.get("x-api-key")
         if credential is None and headers.get("authorization", "").startswith("Bearer "):
             credential = headers["authorization"][7:]
         self.requests.append(SeenRequest(scope["method"], path, headers, body, credential))
+        if path == codex.RESPONSES_PATH:
+            await self._codex(headers, body, credential or "", send)
+            return
         rejected = self._oauth_rejection(credential, headers)
         answer = {"status": 401, "body": rejected} if rejected else self._next_answer(credential)
         if answer.get("delay_s"):
@@ -207,6 +220,25 @@ class SimulatedUpstream:
             return
         await self._success(path, body if isinstance(body, dict) else {}, answer, send,
                             credential or "")
+
+    async def _codex(self, headers: dict[str, str], body: Any, credential: str, send) -> None:
+        """The Codex backend's Responses endpoint (see :mod:`.simulator_codex`)."""
+        refused = codex.problem(self, headers, body, credential)
+        answer = {"status": refused[0], "body": refused[1]} if refused else \
+            self._next_answer(credential)
+        if answer.get("delay_s"):
+            await asyncio.sleep(answer["delay_s"])
+        if answer.get("status", 200) >= 400:
+            await _send_json(send, answer["status"], answer.get("body") or
+                             _error_body("/v1/responses", answer["status"]), answer.get("headers"))
+            return
+        usage = {**DEFAULT_USAGE, **answer.get("usage", {})}
+        out = {"request-id": f"req_sim{next(self._ids)}", **codex.window_headers(self, credential),
+               **answer.get("headers", {})}
+        events = codex.events(body.get("model", "gpt-5"), usage, answer, REPLY_WORDS)
+        self._keep(out, b"".join(events))
+        await self._stream(send, out, _pieces(events, answer.get("chunk_bytes")),
+                           answer.get("stall_after"))
 
     def _next_answer(self, credential: str | None) -> dict[str, Any]:
         queue = self._scripts.get(credential or "")

@@ -42,7 +42,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 def request_to_chat(body: dict[str, Any], model: str) -> dict[str, Any]:
     """The Chat Completions body for an Anthropic Messages ``body``, asking for ``model``."""
     messages: list[dict[str, Any]] = []
-    system = _system_text(body.get("system"))
+    system = joined_text(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
     for message in body.get("messages") or []:
@@ -82,12 +82,14 @@ def request_to_chat(body: dict[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
-def _system_text(system: Any) -> str:
-    if isinstance(system, str):
-        return system
-    if isinstance(system, list):
-        return "\n\n".join(b["text"] for b in system
-                           if isinstance(b, dict) and isinstance(b.get("text"), str))
+def joined_text(content: Any, separator: str = "\n\n") -> str:
+    """The text of a string, or of a list of blocks or parts with ``text`` (joined with
+    ``separator``); "" for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return separator.join(b["text"] for b in content
+                              if isinstance(b, dict) and isinstance(b.get("text"), str))
     return ""
 
 
@@ -126,7 +128,7 @@ def _convert_message(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _tool_result_text(block: dict[str, Any]) -> str:
     content = block.get("content")
-    result = content if isinstance(content, str) else _system_text(content)
+    result = content if isinstance(content, str) else joined_text(content)
     return f"Error: {result}" if block.get("is_error") is True else result
 
 

@@ -1,5 +1,8 @@
-"""Claude subscription (OAuth) accounts: which token pair is current, refreshing it before it
-expires, and persisting every rotated pair.
+"""Subscription (OAuth) accounts, Claude and ChatGPT/Codex: which token pair is current,
+refreshing it before it expires, and persisting every rotated pair. What differs between the
+two token endpoints is an :class:`OAuthClient` (:data:`CLAUDE` here, Codex's in
+:mod:`.codex`); the refresh machinery (single flight, persist before use, back-off,
+``needs_reauth``, adoption of a pair rotated elsewhere) is one for both.
 
 Facts (``shared/reference/upstream-apis.md`` section 3, from Claude Code's source): the token
 endpoint takes JSON (not a form); a refresh sends ``grant_type=refresh_token``,
@@ -43,6 +46,34 @@ REDIRECT_URI = "https://platform.claude.com/oauth/code/callback"
 REFRESH_SCOPES = "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
 LOGIN_SCOPES = "org:create_api_key " + REFRESH_SCOPES
 REFRESH_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """What one provider's OAuth token endpoint needs. ``token_url``, ``client_id``;
+    ``scope``: sent with a refresh (None: not sent); ``dead_codes``: error codes of a failed
+    refresh that mean the refresh token is dead (log in again), ``dead_statuses`` the HTTP
+    statuses that mean the same whatever the code; ``form_exchange``: the
+    authorization-code exchange is a form post (else JSON). Refreshes are JSON for both."""
+
+    token_url: str
+    client_id: str
+    scope: str | None = None
+    dead_codes: tuple[str, ...] = ("invalid_grant",)
+    dead_statuses: tuple[int, ...] = ()
+    form_exchange: bool = False
+
+    def refresh_body(self, refresh_token: str) -> dict[str, str]:
+        """The JSON body of a refresh."""
+        body = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                "client_id": self.client_id}
+        if self.scope:
+            body["scope"] = self.scope
+        return body
+
+
+CLAUDE = OAuthClient(DEFAULT_TOKEN_URL, DEFAULT_CLIENT_ID, REFRESH_SCOPES)
+"""Claude Code's token endpoint (see the module docstring)."""
 
 
 class RefreshError(Exception):
@@ -153,22 +184,49 @@ def token_set_from_answer(answer: dict[str, Any], previous_refresh: str | None,
     if not isinstance(access, str) or not access:
         raise RefreshError("token endpoint answered without an access_token")
     expires_in = answer.get("expires_in")
-    return TokenSet(access, answer.get("refresh_token") or previous_refresh,
-                    now + float(expires_in) if isinstance(expires_in, int | float) else None,
+    expires = now + float(expires_in) if isinstance(expires_in, int | float) and \
+        not isinstance(expires_in, bool) else jwt_expiry(access)
+    return TokenSet(access, answer.get("refresh_token") or previous_refresh, expires,
                     now, source_fingerprint)
 
 
-def token_error(response: httpx.Response) -> RefreshError:
-    """Turn a failed token endpoint answer into a RefreshError (no token in the message)."""
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT (its payload, not verified: only read), {} when ``token`` is not
+    one. Used for what the token itself says: its expiry, ChatGPT's account id."""
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch s) of a JWT access token, None when it has none."""
+    exp = jwt_claims(token).get("exp")
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def token_error(response: httpx.Response, client: OAuthClient = CLAUDE) -> RefreshError:
+    """Turn a failed token endpoint answer into a RefreshError (no token in the message):
+    ``invalid_grant`` when its error code is one of ``client.dead_codes`` (read from
+    ``error``, ``error.type`` or ``error.code``)."""
     try:
         body = response.json()
     except ValueError:
         body = {}
     code = body.get("error") if isinstance(body, dict) else None
-    if isinstance(code, dict):  # Anthropic-style error envelope
-        code = code.get("type")
+    if isinstance(code, dict):  # an error envelope: Anthropic's `type`, OpenAI's `code`
+        code = code.get("code") if code.get("code") in client.dead_codes else code.get("type")
+    if not isinstance(code, str):
+        code = body.get("code") if isinstance(body, dict) else None
     text = f"token endpoint answered {response.status_code} {code or ''}".strip()
-    return RefreshError(text, invalid_grant=code == "invalid_grant")
+    return RefreshError(text, invalid_grant=code in client.dead_codes
+                        or response.status_code in client.dead_statuses)
 
 
 def _pair(tokens: TokenSet) -> dict[str, Any]:
@@ -177,14 +235,14 @@ def _pair(tokens: TokenSet) -> dict[str, Any]:
 
 class OAuthManager:
     """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
-    persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``."""
+    persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``.
+    ``clients``: the token endpoint of each OAuth provider (``anthropic``, ``codex``)."""
 
     FAILURE_BACKOFF_S = 60.0
 
-    def __init__(self, core) -> None:
+    def __init__(self, core, clients: dict[str, OAuthClient] | None = None) -> None:
         self.core = core
-        self.token_url = DEFAULT_TOKEN_URL
-        self.client_id = DEFAULT_CLIENT_ID
+        self.clients: dict[str, OAuthClient] = clients or {"anthropic": CLAUDE}
         self.buffer_s = 30 * 60.0
         self.state_path = STATE_PATH
         self.client: httpx.AsyncClient | None = None
@@ -240,14 +298,14 @@ class OAuthManager:
                     return True
         now = time.time()
         try:
-            if self.client is None:
-                raise RefreshError("proxy is not running")
-            response = await self.client.post(self.token_url, json={
-                "grant_type": "refresh_token", "refresh_token": current.refresh_token,
-                "client_id": self.client_id, "scope": REFRESH_SCOPES},
-                timeout=REFRESH_TIMEOUT_S)
+            endpoint = self.clients.get(account.provider)
+            if self.client is None or endpoint is None:
+                raise RefreshError("proxy is not running" if endpoint else
+                                   f"no token endpoint for provider {account.provider}")
+            response = await self.client.post(endpoint.token_url, timeout=REFRESH_TIMEOUT_S,
+                                              json=endpoint.refresh_body(current.refresh_token))
             if response.status_code != 200:
-                raise token_error(response)
+                raise token_error(response, endpoint)
             fresh = token_set_from_answer(response.json(), current.refresh_token,
                                           current.source_fingerprint, time.time())
             # the rotated refresh token is on disk before the new access token is used

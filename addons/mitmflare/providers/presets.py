@@ -11,7 +11,8 @@ Sources (checked 2026-11 with public docs; see README "Providers"): z.ai's Claud
 (``https://api.z.ai/api/anthropic``, token sent as ``ANTHROPIC_AUTH_TOKEN``, i.e. Bearer);
 MiniMax's Anthropic API docs (``https://api.minimax.io/anthropic``, ``ANTHROPIC_API_KEY``,
 i.e. ``x-api-key``); OpenRouter's API docs (``https://openrouter.ai/api/v1``, Bearer); NanoGPT's
-docs (``https://nano-gpt.com/api/v1``, Bearer).
+docs (``https://nano-gpt.com/api/v1``, Bearer); the ``openai/codex`` CLI's source for Codex
+(``https://chatgpt.com/backend-api/codex`` + ``/responses``, see :mod:`.codex`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ANTHROPIC, OPENAI = "anthropic", "openai"  # wire formats
+ANTHROPIC, OPENAI, CODEX = "anthropic", "openai", "codex"  # wire formats
+"""``codex``: the ChatGPT backend's Responses endpoint (:mod:`.codex`), an OpenAI format that
+takes only streamed Responses requests."""
 X_API_KEY, BEARER = "x-api-key", "bearer"
 
 
@@ -47,7 +50,11 @@ PRESETS: dict[str, Preset] = {
     "openrouter": Preset(OPENAI, "https://openrouter.ai/api/v1", BEARER, "openrouter",
                          versioned_base=True),
     "nanogpt": Preset(OPENAI, "https://nano-gpt.com/api/v1", BEARER, None, versioned_base=True),
+    "codex": Preset(CODEX, "https://chatgpt.com/backend-api/codex", BEARER, "openai",
+                    versioned_base=True),
 }
+OAUTH_PROVIDERS = ("anthropic", "codex")
+"""Providers whose accounts may log in with OAuth (``oauth:``); ``codex`` accounts must."""
 
 _FAMILY = re.compile(r"(?:^|-)(opus|sonnet|haiku)(?:-|$)")
 

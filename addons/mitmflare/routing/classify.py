@@ -27,6 +27,9 @@ z.ai / Zhipu business code (any 4xx):                 failover
   1311 model not in the coding plan                              model cooldown (backoff)
   1113 balance exhausted, 1309 plan expired, 1313                benched until resumed
   fair-use restriction
+Codex 429 ``usage_limit_reached``                      failover   cooldown until ``resets_at``
+                                                                 (or a spent window's reset)
+Codex ``usage_not_included``                          failover   benched until resumed
 other 4xx (400, 404, 413, …)                          return     none
 ====================================================  =========  ==============================
 
@@ -96,6 +99,10 @@ def classify(provider: str, status: int, limits: Limits, body: bytes | None, now
         zai = _classify_zai(code or error_type, message, now, max_cooldown_s)
         if zai is not None:
             return zai
+    if provider == "codex":
+        codex = _classify_codex(status, error_type or code, limits, body, now, max_cooldown_s)
+        if codex is not None:
+            return codex
     if status == 429:
         return _classify_429(provider, limits, error_type, code, message, now, max_cooldown_s)
     if status in TRANSIENT_STATUSES:
@@ -148,6 +155,30 @@ def _classify_429(provider: str, limits: Limits, error_type: str, code: str, mes
     if retry_at is not None or resets:
         return Verdict(FAILOVER, "rate_limited", cooldown_until=until(retry_at, *resets))
     return Verdict(FAILOVER, "rate_limited_no_reset", backoff=True)
+
+
+def _classify_codex(status: int, kind: str, limits: Limits, body: bytes | None, now: float,
+                    cap: float) -> Verdict | None:
+    """The verdict for a Codex (ChatGPT subscription) answer the general rules do not cover,
+    else None: ``usage_limit_reached`` (429) cools the account until its ``resets_at`` (epoch
+    s, in the error body), or the reset of a spent window, or ``retry-after``; with none
+    known, the exponential cooldown. ``usage_not_included`` (the plan has no Codex) benches
+    it until resumed. Codes from the Codex CLI (``codex-rs/codex-api/src/api_bridge.rs``)."""
+    if kind == "usage_not_included":
+        return Verdict(FAILOVER, "codex_usage_not_included", bench=True)
+    if status != 429 or kind != "usage_limit_reached":
+        return None
+    error = (json_object(body) or {}).get("error")
+    reset = error.get("resets_at") if isinstance(error, dict) else None
+    resets = [float(reset)] if isinstance(reset, int | float) and not isinstance(reset, bool) \
+        else []
+    resets += [w.reset for w in limits.rejected_windows().values() if w.reset]
+    if limits.retry_after_s is not None:
+        resets.append(now + limits.retry_after_s)
+    resets = [r for r in resets if r > now]
+    if not resets:
+        return Verdict(FAILOVER, "codex_usage_limit", backoff=True)
+    return Verdict(FAILOVER, "codex_usage_limit", cooldown_until=min(max(resets), now + cap))
 
 
 def _classify_zai(code: str, message: str, now: float, cap: float) -> Verdict | None:

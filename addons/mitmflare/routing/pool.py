@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config.accounts import AccountConfig
+from ..providers.presets import CODEX, OPENAI
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Account:
 
     @property
     def wire(self) -> str:
-        """The format its upstream speaks: ``anthropic`` or ``openai``."""
+        """The format its upstream speaks: ``anthropic``, ``openai`` or ``codex``."""
         return self.config.wire
 
     def takes(self, client: str, convertible: bool, family: str | None = None) -> bool:
@@ -122,9 +123,13 @@ class Account:
         account: same format (passed through), or a request that can be converted
         (``convertible``: Anthropic Messages, OpenAI Chat Completions or Responses) for an
         account of the other format that maps models (``models:`` / ``default_model:``) or
-        that the compatibility route's model prefix (``family``) names."""
+        that the compatibility route's model prefix (``family``) names. A Codex account
+        (wire ``codex``) takes every convertible OpenAI-format request (its models are
+        OpenAI's) and Anthropic ones as any account of the other format."""
         if self.wire == client:
             return True
+        if self.wire == CODEX and client == OPENAI:
+            return convertible
         return convertible and (bool(self.config.models or self.config.default_model)
                                 or (family is not None and self.in_family(family)))
 

@@ -9,6 +9,11 @@ Header facts (``shared/reference/upstream-apis.md`` sections 1 and 5):
   {limit,remaining,reset}``; resets are RFC 3339 (documented by Anthropic).
 * OpenAI: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go-style
   durations such as ``6m0s`` (documented by OpenAI).
+* Codex (ChatGPT subscription): ``x-codex-{primary,secondary}-used-percent`` (0..100),
+  ``-window-minutes``, ``-reset-at`` (epoch s; older servers: ``-reset-after-seconds``), as
+  the ``openai/codex`` CLI reads them (``codex-rs/codex-api/src/rate_limits.rs``); a window
+  of at most 5 h is read as ``5h``, one of a week or more as ``7d`` (better-ccflare's rule),
+  and one at 100 % as ``rejected``.
 * ``retry-after`` (seconds or HTTP date) and ``retry-after-ms``.
 """
 
@@ -115,7 +120,9 @@ class Limits:
         return False
 
 
-_PREFIXES = (b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")
+_PREFIXES = (b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after", b"x-codex-")
+CODEX_PREFIX = "x-codex-"
+_CODEX_WINDOWS = {"primary": "5h", "secondary": "7d"}  # when a window states no length
 
 
 def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
@@ -137,6 +144,9 @@ def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
                 if name in ANTHROPIC_LIMITS and part in _BUCKET_PARTS:
                     _bucket_field(limits, name, part, parse_iso(value) if part == "reset"
                                   else _num(value))
+    elif provider == "codex":
+        for slot, default in _CODEX_WINDOWS.items():
+            _codex_window(limits, found, f"{CODEX_PREFIX}{slot}-", default, now)
     else:
         for key, value in found.items():
             if key.startswith(OPENAI_PREFIX):
@@ -160,6 +170,23 @@ def _bucket_field(limits: Limits, name: str, part: str, value: float | None) -> 
     """Set one field of a bucket; a bucket exists only once one of its values parsed."""
     if value is not None:
         setattr(limits.buckets.setdefault(name, Bucket()), part, value)
+
+
+def _codex_window(limits: Limits, found: Mapping[str, str], prefix: str, default: str,
+                  now: float) -> None:
+    """One Codex window (``x-codex-primary-*`` or ``-secondary-*``) into ``limits.windows``;
+    none when it has no used percent, or only a zero placeholder (as the Codex CLI reads it)."""
+    used = _num(found.get(prefix + "used-percent"))
+    minutes = _num(found.get(prefix + "window-minutes"))
+    reset = _num(found.get(prefix + "reset-at"))
+    if reset is None:
+        after = _num(found.get(prefix + "reset-after-seconds"))
+        reset = now + after if after is not None else None
+    if used is None or (used == 0 and not minutes and reset is None):
+        return
+    name = default if not minutes else "5h" if minutes <= 300 else "7d" if minutes >= 10080 \
+        else f"{int(minutes)}m"
+    limits.windows[name] = Window("rejected" if used >= 100 else "allowed", used / 100.0, reset)
 
 
 def _unified_field(limits: Limits, rest: str, value: str) -> None:
