@@ -165,6 +165,16 @@ def test_anthropic_sdk_streams_tool_calls_from_a_codex_account(sim, gateway, pai
         "function", "get_weather", ["city"])
 
 
+def test_codex_takes_built_in_tools_but_refuses_previous_response_id(sim, gateway):
+    gpt(gateway).responses.create(model=MODEL, input="news?", tools=[{"type": "web_search"}])
+    assert codex_request(sim).body["tools"] == [{"type": "web_search"}]
+    sent = len(sim.requests)
+    with pytest.raises(openai.BadRequestError, match="`previous_response_id` is not supported "
+                                                     "by the accounts"):
+        gpt(gateway).responses.create(model=MODEL, input="more", previous_response_id="resp_1")
+    assert len(sim.requests) == sent
+
+
 def test_codex_headers_become_usage_windows(sim, gateway):
     gpt(gateway).responses.create(model=MODEL, input="hello")
 

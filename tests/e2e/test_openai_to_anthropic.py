@@ -237,6 +237,33 @@ def test_errors_keep_their_status_in_the_openai_shape(sim, gateway):
         list(gpt(gateway).chat.completions.create(model="gpt-4.1", messages=MSG, stream=True))
 
 
+def test_what_cannot_convert_goes_to_the_openai_account_or_is_refused(sim, gateway, proxy):
+    """``previous_response_id`` and built-in tools never reach an Anthropic account: the
+    OpenAI account serves them as they are; with no such account, a clear 400."""
+    client = gpt(gateway)
+    client.responses.create(model="gpt-4.1", input="news?", tools=[{"type": "web_search"}])
+    assert (sim.requests[-1].credential, sim.requests[-1].path) == (GPT, "/v1/responses")
+    client.responses.create(model="gpt-4.1", input="and then?", previous_response_id="resp_1")
+    assert sim.requests[-1].body["previous_response_id"] == "resp_1"
+    assert sim.requests[-1].credential == GPT
+    only_claude = proxy(accounts_yaml(sim.url, {"name": "claude", "api_key": CLAUDE,
+                                                "models": MAPPED}), OPENAI_LISTENER)
+    sent = len(sim.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        gpt(only_claude).responses.create(model="gpt-4.1", input="and then?",
+                                          previous_response_id="resp_1")
+    assert "`previous_response_id` is not supported by the accounts that could serve this " \
+           "request (claude)" in refused.value.message
+    assert "send the whole conversation in `input`" in refused.value.message
+    with pytest.raises(openai.BadRequestError, match=r"built-in tools \(file_search, "
+                                                     r"web_search\) do not convert"):
+        gpt(only_claude).responses.create(model="gpt-4.1", input="x", tools=[
+            {"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}])
+    assert len(sim.requests) == sent  # nothing went upstream
+    [row] = only_claude.wait_rows(2)[:1]
+    assert row["status"] == 400 and "previous_response_id" in row["error"]
+
+
 def rejected_5h() -> dict:
     reset = str(int(time.time() + 600))
     return {"status": 429, "headers": {

@@ -30,7 +30,7 @@ from ..providers import (
     upstream_headers,
 )
 from ..providers.convert import convert_answer, convert_request, convertible, upstream_path
-from ..providers.presets import ANTHROPIC, CODEX
+from ..providers.presets import ANTHROPIC, CODEX, OPENAI
 from ..providers.request_info import inspect_request, model_problem
 from ..providers.wire import header
 from ..routing.cache_affinity import cache_ttl, conversation_key
@@ -40,6 +40,7 @@ from ..routing.fallbacks import fall_back
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
 from ..routing.ratelimits import parse_limits
 from ..routing.selection import STRATEGIES
+from ..routing.unconvertible import refusal as unconvertible
 from .access import Refusal, presented_key
 from .concurrency import in_flight
 from .failover import Failover, free_at
@@ -190,6 +191,15 @@ class Router:
             fc.error = refused
             flow.response = error_response(provider, 403, "permission", refused)
             return
+        if provider == OPENAI and fc.convertible:
+            candidates = [a for a in self.core.pool.for_client(provider, True, fc.family)
+                          if a.serves(fc.model) and a.name not in fc.excluded
+                          and (fc.family is None or a.in_family(fc.family))]
+            refused = unconvertible(candidates, path, fc.body, fc.excluded, fc.skipped)
+            if refused is not None:
+                fc.error = refused
+                flow.response = error_response(provider, 400, "invalid_request", refused)
+                return
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
             flow.response = self.failover.no_account_response(fc)
