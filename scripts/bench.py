@@ -24,6 +24,10 @@ missed (ratios: the median of the rounds):
 * p50 mitmflare / bare <= 1.10 and p99 <= 1.5 at concurrency 1, JSON and SSE
 * throughput at the highest concurrency >= 0.90 x bare and >= 1.0 x better-ccflare
 * added delay per SSE chunk < 1 ms, passed through and converted
+* added delay per SSE event < 0.1 ms converting an Anthropic stream for an OpenAI client
+  (Chat Completions and Responses; timed in-process, see ``conversion_ms_per_event``; the
+  ``converted-openai`` column shows the same requests end to end through the compatibility
+  route's ``anthropic/`` prefix)
 * RSS growth < 20 MB over the soak
 * the writer sustains >= 10,000 rows/s
 * with ``--redis``: p50 at concurrency 1 within +0.3 ms of mitmflare without Redis, throughput
@@ -125,6 +129,8 @@ class Result:
 
 
 async def one(client: httpx.AsyncClient, url: str, sse: bool) -> Sample:
+    if url.startswith(OPENAI_CHAT):
+        return await one_openai(client, url[len(OPENAI_CHAT):], sse)
     url, _, model = url.partition("#")  # "#model" asks for another model
     body = {**BODY, "stream": sse, **({"model": model} if model else {})}
     start = time.perf_counter()
@@ -323,10 +329,11 @@ def main() -> int:
                           *[a for s in sets for a in ("--set", s)]], f"{name}.log")
 
         flare = mitmflare("mitmflare", flare_port)
+        converted_openai = {"converted-openai": openai_target(flare_port)}
         targets = {"direct": sim, "bare": f"http://127.0.0.1:{bare_port}",
                    "mitmflare": f"http://127.0.0.1:{flare_port}",
                    "converted": f"http://127.0.0.1:{flare_port}/v1/mitmflare"
-                                "#openai-compatible/claude-sonnet-4-6"}
+                                "#openai-compatible/claude-sonnet-4-6", **converted_openai}
         if args.payloads:
             payload_port = free_port()
             mitmflare("payloads", payload_port, "flare_payloads=all")
@@ -393,6 +400,75 @@ def main() -> int:
               if (tmp / f"{name}.db").exists()}
     return report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, args.json,
                   shared)
+
+
+# -- converted-OpenAI column: OpenAI SDK-style SSE served by an Anthropic account -------------
+OPENAI_CHAT = "openai-chat:"  # a target URL so marked is sent Chat Completions requests
+OPENAI_BODY = {"model": "anthropic/claude-sonnet-4-6", "max_completion_tokens": 64,
+               "messages": [{"role": "user", "content": "benchmark " * 50}]}
+CONVERSION_LIMIT_MS = 0.1  # added delay per SSE event of a converted OpenAI stream
+
+
+def openai_target(port: int) -> str:
+    """The ``converted-openai`` target: Chat Completions on mitmflare's compatibility route,
+    whose ``anthropic/`` model prefix picks the Anthropic accounts (converted both ways)."""
+    return f"{OPENAI_CHAT}http://127.0.0.1:{port}/v1/mitmflare"
+
+
+async def one_openai(client: httpx.AsyncClient, url: str, sse: bool) -> Sample:
+    """One Chat Completions request, as :func:`one` (SSE: the usage chunk asked for, as the
+    ``openai`` SDK does with ``stream_options``)."""
+    body = {**OPENAI_BODY, **({"stream": True, "stream_options": {"include_usage": True}}
+                               if sse else {})}
+    start = time.perf_counter()
+    first = None
+    arrivals = []
+    async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                             headers={"authorization": "Bearer bench-client"}) as response:
+        async for chunk in response.aiter_raw():
+            now = time.perf_counter()
+            first = first or now
+            if sse:
+                arrivals.extend([now] * chunk.count(b"\n\n"))
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status_code}")
+    end = time.perf_counter()
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
+    return Sample((end - start) * 1000, ((first or end) - start) * 1000, gaps)
+
+
+def conversion_ms_per_event(path: str, streams: int = 300) -> float:
+    """Median time (ms) the conversion adds per upstream SSE event of an Anthropic stream
+    converted for an OpenAI client at ``path`` (``/v1/chat/completions`` or
+    ``/v1/responses``): each of ``streams`` simulated answers (17 events, the simulator's) is
+    fed event by event, as mitmproxy hands the chunks over, through a new converter. The
+    end-to-end ``converted-openai`` column cannot show it: the conversion sends fewer events
+    than it gets, which changes the gaps between them."""
+    sys.path.insert(0, str(ROOT / "addons"))
+    from mitmflare.demo.simulator import DEFAULT_USAGE, _anthropic_events
+    from mitmflare.providers.convert import stream_converter
+
+    events = _anthropic_events("claude-sonnet-4-6", DEFAULT_USAGE, {})
+    body = {**OPENAI_BODY, "stream": True, "stream_options": {"include_usage": True}}
+    per_event = []
+    for _ in range(streams):
+        feed = stream_converter(path, body, "claude-sonnet-4-6")
+        start = time.perf_counter()
+        for event in events:
+            feed(event)
+        feed(b"")
+        per_event.append((time.perf_counter() - start) * 1000 / len(events))
+    return statistics.median(per_event)
+
+
+def conversion_checks() -> list[dict]:
+    out = []
+    for path in ("/v1/chat/completions", "/v1/responses"):
+        value = conversion_ms_per_event(path)
+        out.append({"check": f"added delay per SSE event, Anthropic stream converted for "
+                             f"{path} < {CONVERSION_LIMIT_MS} ms", "value": round(value, 4),
+                    "ok": value < CONVERSION_LIMIT_MS})
+    return out
 
 
 CLI_COMMANDS = (["--help"], ["accounts", "list"])
@@ -531,6 +607,7 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_jso
         per = shared["per_request"]
         check("Redis bytes per request <= 2048", per["bytes"], per["bytes"] <= 2048)
     checks += cli_checks(cli)
+    checks += conversion_checks()
     out = {"figures": figures, "ratios": ratios,
            "rss_mb": {"start": rss_start, "after_load": rss_after},
            "soak": soak, "writer_rows_per_s": round(rate), "cli_s": cli, "checks": checks,
