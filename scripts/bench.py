@@ -133,11 +133,17 @@ async def one(client: httpx.AsyncClient, url: str, sse: bool) -> Sample:
         return await one_openai(client, url[len(OPENAI_CHAT):], sse)
     url, _, model = url.partition("#")  # "#model" asks for another model
     body = {**BODY, "stream": sse, **({"model": model} if model else {})}
+    return await timed(client, url + "/v1/messages", body, {"x-api-key": "bench-client"}, sse)
+
+
+async def timed(client: httpx.AsyncClient, url: str, body: dict, headers: dict[str, str],
+                sse: bool) -> Sample:
+    """POST ``body`` to ``url``: latency, time to first byte and (``sse``) the gaps between
+    the events' arrivals, ms."""
     start = time.perf_counter()
     first = None
     arrivals = []
-    async with client.stream("POST", url + "/v1/messages", json=body,
-                             headers={"x-api-key": "bench-client"}) as response:
+    async with client.stream("POST", url, json=body, headers=headers) as response:
         async for chunk in response.aiter_raw():
             now = time.perf_counter()
             first = first or now
@@ -420,21 +426,8 @@ async def one_openai(client: httpx.AsyncClient, url: str, sse: bool) -> Sample:
     ``openai`` SDK does with ``stream_options``)."""
     body = {**OPENAI_BODY, **({"stream": True, "stream_options": {"include_usage": True}}
                                if sse else {})}
-    start = time.perf_counter()
-    first = None
-    arrivals = []
-    async with client.stream("POST", url + "/v1/chat/completions", json=body,
-                             headers={"authorization": "Bearer bench-client"}) as response:
-        async for chunk in response.aiter_raw():
-            now = time.perf_counter()
-            first = first or now
-            if sse:
-                arrivals.extend([now] * chunk.count(b"\n\n"))
-        if response.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {response.status_code}")
-    end = time.perf_counter()
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
-    return Sample((end - start) * 1000, ((first or end) - start) * 1000, gaps)
+    return await timed(client, url + "/v1/chat/completions", body,
+                       {"authorization": "Bearer bench-client"}, sse)
 
 
 def conversion_ms_per_event(path: str, streams: int = 300) -> float:
