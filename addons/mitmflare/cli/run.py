@@ -70,6 +70,13 @@ def run(ctx: typer.Context,
         insecure_open: Annotated[bool, typer.Option(
             "--insecure-open", help="Allow a non-loopback MITMFLARE_HOST without access keys "
                                     "(anyone who reaches the port spends your accounts).")] = False,
+        workers: Annotated[int, typer.Option(
+            "--workers", min=0, help="N mitmdump workers behind HAProxy on the proxy port, one "
+                                     "pool through Redis (flare_redis, else a private "
+                                     "redis-server); SIGHUP restarts them one at a time.")] = 0,
+        reload: Annotated[bool, typer.Option(
+            "--reload", help="Restart the workers of the `mitmflare run --workers` running "
+                             "from this folder one at a time, then exit.")] = False,
         ) -> None:
     """Start the proxy and the dashboard; Ctrl-C stops both.
 
@@ -77,6 +84,10 @@ def run(ctx: typer.Context,
 
     Example: mitmflare run --web --set flare_strategy=round-robin
     """
+    if reload:
+        from . import workers as pool
+
+        raise typer.Exit(pool.reload())
     try:
         own_sets, passthrough = startup.merge_sets({}, list(ctx.args))
     except ValueError as exc:
@@ -88,6 +99,18 @@ def run(ctx: typer.Context,
     web_port = _env_int("MITMFLARE_WEB_PORT", 8081)
     sim_port = _env_int("MITMFLARE_SIM_PORT", 9099)
     keys = own_sets.get("flare_require_access_keys") in ("true", "1")
+    redis_url = own_sets.get("flare_redis") or os.environ.get("MITMFLARE_REDIS_URL", "")
+    if workers and (demo_mode or web):
+        typer.echo("--workers serves mitmdump workers only: leave out --demo and --web",
+                   err=True)
+        raise typer.Exit(1)
+    if workers:
+        from . import workers as pool
+
+        missing = pool.missing_tools(need_redis=not redis_url)
+        if missing:
+            typer.echo(missing, err=True)
+            raise typer.Exit(1)
 
     wanted = [("proxy (MITMFLARE_PORT)", host, port)]
     if demo_mode:
@@ -189,6 +212,10 @@ def run(ctx: typer.Context,
             options["flare_request_log"] = "true"
         options.update(own_sets)  # the user's --set wins, and each option goes once
         args = [str(BIN / tool[0]), *tool[1:], "-s", str(ROOT / "addons" / "bundle.py")]
+        if workers:
+            code = _serve_workers(workers, host, port, redis_url, args, options, passthrough,
+                                  spawn)
+            raise typer.Exit(code)
         for mode in modes:
             args += ["--mode", mode]
         for key, value in options.items():
@@ -216,6 +243,42 @@ def run(ctx: typer.Context,
         if held is not None:
             lock.release(held)
     raise typer.Exit(code)
+
+
+def _serve_workers(count: int, host: str, port: int, redis_url: str, args: list[str],
+                   options: dict[str, str], passthrough: list[str], spawn) -> int:
+    """``--workers``: start a private Redis when none is given, the workers and HAProxy
+    (:mod:`.workers`), then supervise them; the exit code."""
+    from . import workers as pool
+
+    folder = pool.private_folder()
+    if not redis_url:
+        redis_url = pool.start_redis(folder, spawn)
+        typer.echo(f"Redis:     a private redis-server for this run ({redis_url})", err=True)
+    shared = {**options, "flare_redis": redis_url}
+
+    def command(worker_port: int) -> list[str]:
+        line = [*args, "--mode", f"reverse:https://anthropic.mitmflare.invalid@127.0.0.1:"
+                                 f"{worker_port}"]
+        for key, value in shared.items():
+            line += ["--set", f"{key}={value}"]
+        return line + passthrough
+
+    supervisor = pool.Supervisor(count, command, spawn, folder)
+    try:
+        why = supervisor.start(pool.balancer.bind_address(host, port),
+                               f"http://{_client_host(host)}:{port}")
+        if why is not None:
+            typer.echo(f"mitmflare did not start: {why}. Stopping everything.", err=True)
+            return 1
+        typer.echo(f"Ready: {count} workers behind HAProxy on http://{host}:{port} (logs: "
+                   f"mitmflare-worker<i>.log, mitmflare-balancer.log; `mitmflare run --reload` "
+                   f"or SIGHUP restarts them one at a time)", err=True)
+        return pool.serve(supervisor)
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _demo_lock(wanted: list[tuple[str, str, int]]) -> int:
