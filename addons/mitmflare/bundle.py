@@ -41,6 +41,7 @@ from .addons.pool_headers import PoolHeaders
 from .addons.recorder import Recorder
 from .addons.refresher import TokenRefresher
 from .addons.router import Router
+from .addons.row_stream import RowStream
 from .addons.runtime_file import RuntimeFile
 from .addons.shared_state import SharedState
 from .addons.timeouts import Timeouts
@@ -59,13 +60,14 @@ def make_addons() -> list[object]:
     (budgets, window start), which clients subscription accounts serve, operations
     (``/health``, probes, commands), the runtime file (where the ``mitmflare`` command finds
     this proxy), routing/failover, the pool's limit headers (after the router has read the
-    account's own), giving back users' slots, recording, then the per-attempt timeouts (after
+    account's own), giving back users' slots, recording (its rows through Redis when
+    ``flare_redis`` is set), then the per-attempt timeouts (after
     the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
             SharedState(core), TokenRefresher(core), AccountHealth(core), OAuthClients(core),
             Operations(core), RuntimeFile(), Router(core), PoolHeaders(core), SlotRelease(core),
-            Recorder(core), Timeouts(core)]
+            Recorder(core), RowStream(core), Timeouts(core)]
 
 
 class Bundle:

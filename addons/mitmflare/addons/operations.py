@@ -106,8 +106,10 @@ class Operations:
         written since start) and ``write_errors`` (all items not written), the requests refused
         for want of a valid access key since start (``auth_refusals``), and the analytics
         database's size and its WAL's (bytes, refreshed every 10 s) and how often its file was
-        found deleted and created again; ``pool``: the subscription accounts' windows
-        (:func:`.pool_headers.pool_limits`), when there are any."""
+        found deleted and created again; ``rows_stream`` with ``flare_redis`` (state, writer,
+        backlog, buffered, lost: :meth:`~..storage.row_stream.StreamSender.status`); ``pool``:
+        the subscription accounts' windows (:func:`.pool_headers.pool_limits`), when there are
+        any."""
         now = time.time()
         accounts = list(self.core.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
@@ -137,6 +139,9 @@ class Operations:
         body["rows_lost"] = writer.rows_lost if writer else 0
         body["write_errors"] = writer.write_errors if writer else 0
         body["auth_refusals"] = self.core.access.refusals.total if self.core.access else 0
+        sender = getattr(writer, "sender", None)
+        if sender is not None:  # rows through Redis (.row_stream)
+            body["rows_stream"] = sender.status()
         if writer is not None:  # sizes measured by the writer process (no file I/O here)
             body["database"] = {"bytes": writer.db_bytes, "wal_bytes": writer.wal_bytes,
                                 "recreated": writer.recreated}

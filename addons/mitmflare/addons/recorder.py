@@ -21,6 +21,7 @@ from ..providers.convert import stream_converter
 from ..providers.presets import CODEX
 from ..providers.sse import UsageTap
 from ..providers.wire import content, header
+from ..storage.row_stream import WORKER
 from ..storage.rows import ACCOUNT_PRICE, BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from ..storage.writer_process import WriterProcess
 
@@ -168,6 +169,7 @@ class Recorder:
             "client_session": fc.client_session, "user_agent": fc.user_agent,
             "error": error or fc.error, "attempts": len(fc.attempts),
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
+            "worker": WORKER,
             FORMAT: fc.provider,
             PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
             ACCOUNT_PRICE: fc.account.config.price.rates() if fc.account and

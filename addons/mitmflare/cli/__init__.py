@@ -23,6 +23,7 @@ from .doctor import doctor
 from .run import ENVIRONMENT, run
 from .statusline import statusline
 from .users import users_app
+from .writer import writer
 
 app = typer.Typer(name="mitmflare", no_args_is_help=True, add_completion=False,
                   help="Operate mitmflare: accounts, users, statistics, live traffic, "
@@ -43,6 +44,7 @@ app.add_typer(users_app, name="users")
 data.register(app)
 app.command("doctor")(doctor)
 app.command("statusline")(statusline)
+app.command("writer")(writer)
 app.command("run", epilog=ENVIRONMENT, context_settings={
     "allow_extra_args": True, "ignore_unknown_options": True})(run)
 

@@ -44,7 +44,10 @@ Environment (also read from a .env file in the working directory):
   MITMFLARE_ACCOUNTS        accounts file (config/accounts.yaml,
                             created on first run)
   MITMFLARE_DB              analytics database (mitmflare.db)
-  MITMFLARE_STATE           secrets and state (mitmflare-state.db)"""
+  MITMFLARE_STATE           secrets and state (mitmflare-state.db)
+  MITMFLARE_REDIS_URL       Redis shared by every process of one pool
+  MITMFLARE_WRITER          off: with Redis, start no `mitmflare writer`
+                            (hosts that do not serve the dashboard)"""
 
 
 def _client_host(host: str) -> str:
@@ -141,11 +144,14 @@ def run(ctx: typer.Context,
 
     procs: list[subprocess.Popen] = []
 
-    def spawn(args: list[str], log: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(args: list[str], log: str | None = None, env: dict[str, str] | None = None,
+              alone: bool = False) -> subprocess.Popen:
+        """``alone``: in its own session (Ctrl-C in the terminal does not reach it; stopped
+        by us, after the processes started later)."""
         out = open(log, "ab") if log else None  # noqa: SIM115 (the child keeps it)
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                env={**os.environ, **env} if env else None)
+                                env={**os.environ, **env} if env else None,
+                                start_new_session=alone)
         procs.append(proc)
         return proc
 
@@ -214,8 +220,10 @@ def run(ctx: typer.Context,
         args = [str(BIN / tool[0]), *tool[1:], "-s", str(ROOT / "addons" / "bundle.py")]
         if workers:
             code = _serve_workers(workers, host, port, redis_url, args, options, passthrough,
-                                  spawn)
+                                  spawn, (db, state))
             raise typer.Exit(code)
+        if redis_url:
+            _start_writer(spawn, redis_url, db, state)
         for mode in modes:
             args += ["--mode", mode]
         for key, value in options.items():
@@ -232,10 +240,10 @@ def run(ctx: typer.Context,
     except KeyboardInterrupt:
         code = 0
     finally:
-        for proc in procs:
+        # the latest first: the proxies hand their last rows on before the writer and Redis go
+        for proc in reversed(procs):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -245,8 +253,20 @@ def run(ctx: typer.Context,
     raise typer.Exit(code)
 
 
+def _start_writer(spawn, redis_url: str, db: str, state: str) -> None:
+    """``mitmflare writer``: the rows of every process on ``redis_url`` into ``db`` (not with
+    ``MITMFLARE_WRITER=off``: on the hosts that do not serve the dashboard)."""
+    if os.environ.get("MITMFLARE_WRITER", "").lower() in ("off", "0", "false", "no"):
+        return
+    spawn([str(BIN / "mitmflare"), "writer", "--redis", redis_url, "--db", db, "--state",
+           state], "mitmflare-writer.log", alone=True)
+    typer.echo("Writer:    rows of every process on this Redis go to this host's database "
+               "(log: mitmflare-writer.log)", err=True)
+
+
 def _serve_workers(count: int, host: str, port: int, redis_url: str, args: list[str],
-                   options: dict[str, str], passthrough: list[str], spawn) -> int:
+                   options: dict[str, str], passthrough: list[str], spawn,
+                   files: tuple[str, str]) -> int:
     """``--workers``: start a private Redis when none is given, the workers and HAProxy
     (:mod:`.workers`), then supervise them; the exit code."""
     from . import workers as pool
@@ -255,6 +275,7 @@ def _serve_workers(count: int, host: str, port: int, redis_url: str, args: list[
     if not redis_url:
         redis_url = pool.start_redis(folder, spawn)
         typer.echo(f"Redis:     a private redis-server for this run ({redis_url})", err=True)
+    _start_writer(spawn, redis_url, *files)
     shared = {**options, "flare_redis": redis_url}
 
     def command(worker_port: int) -> list[str]:

@@ -71,7 +71,7 @@ def start_redis(folder: Path, spawn: Callable[..., subprocess.Popen]) -> str:
     sock = folder / "redis.sock"
     proc = spawn(["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm",
                   "600", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-                 str(folder / "redis.log"))
+                 str(folder / "redis.log"), alone=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and proc.poll() is None:
         try:

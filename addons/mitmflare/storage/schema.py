@@ -37,6 +37,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "upstream_model": str,     # what the upstream served (a mapped or dated name)
     "auth_refusals": int,      # requests refused for want of a valid key this row stands for
     "cost_source": str,        # genai-prices | account (its price:) | NULL (no price known)
+    "worker": str,             # the mitmflare process that served it: host:pid
 }
 
 ATTEMPTS = {
@@ -139,6 +140,11 @@ ROLLUP_SUMS = {
 USAGE_HOURLY = {"hour": str, "provider": str, "account": str, "model": str,
                 **{c: (float if c in ("cost_usd", "duration_ms") else int) for c in ROLLUP_SUMS}}
 
+STREAM_OFFSETS = {  # rows through Redis (storage.stream_writer): the last entry committed
+    "stream": str,
+    "last_id": str,
+}
+
 ANALYTICS_TABLES = {  # created in this order: a foreign key's table first
     "accounts": (ACCOUNTS, "name"),
     "account_windows": (ACCOUNT_WINDOWS, ("account", "window")),
@@ -147,6 +153,7 @@ ANALYTICS_TABLES = {  # created in this order: a foreign key's table first
     "account_events": (ACCOUNT_EVENTS, "id"),
     "usage_hourly": (USAGE_HOURLY, ROLLUP_KEY),
     "payloads": (PAYLOADS, "id"),
+    "stream_offsets": (STREAM_OFFSETS, "stream"),
 }
 
 # Links Datasette shows (a request's page lists its attempts; an account's page its requests,

@@ -85,9 +85,10 @@ class DatabaseWriter(threading.Thread):
     """Owns the connections to ``analytics_path`` and ``state_path``.
 
     Queue items are ``(kind, payload)``; kinds: ``request``, ``attempt``, ``event`` (rows for
-    the analytics tables), ``accounts`` (the full list of account rows), ``state``
-    (account name -> persisted state dict), ``flush`` (an object whose ``set()`` is called once
-    everything before it is committed, or dropped and counted).
+    the analytics tables), ``offset`` (``{"stream", "last_id"}``: a Redis Stream position,
+    committed in the same transaction as the rows before it), ``accounts`` (the full list of
+    account rows), ``state`` (account name -> persisted state dict), ``flush`` (an object
+    whose ``set()`` is called once everything before it is committed, or dropped and counted).
 
     Faults: a write the disk refuses (full, I/O error, read-only) keeps its rows in memory and
     is tried again every ``STORAGE_RETRY_S`` in order, up to ``BACKLOG_MAX`` items (then the
@@ -241,6 +242,8 @@ class DatabaseWriter(threading.Thread):
             elif kind in ("attempt", "event"):
                 ready.rows.append(("attempts" if kind == "attempt" else "account_events",
                                    payload))
+            elif kind == "offset":  # committed with the rows it follows (see .stream_writer)
+                ready.rows.append(("stream_offsets", payload))
             elif kind == "accounts":
                 ready.accounts = payload
             elif kind == "windows":
@@ -514,6 +517,7 @@ _COLUMNS = {
     "attempts": [c for c in schema.ATTEMPTS if c != "id"],
     "account_events": [c for c in schema.ACCOUNT_EVENTS if c != "id"],
     "payloads": list(schema.PAYLOADS),
+    "stream_offsets": list(schema.STREAM_OFFSETS),
 }
 _INSERT = {table: f"insert or replace into {table} ({', '.join(cols)}) "
                   f"values ({', '.join('?' * len(cols))})"

@@ -1,0 +1,34 @@
+"""``mitmflare writer``: the one process that writes the rows of every mitmflare process
+sharing a Redis (``flare_redis``) into the analytics database (see
+:mod:`mitmflare.storage.stream_writer`). ``mitmflare run`` starts it when Redis is set."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from .options import DB_DEFAULT, STATE_DEFAULT, Db, State, fail
+
+
+def writer(redis: Annotated[str, typer.Option(
+               envvar="MITMFLARE_REDIS_URL", show_default="none",
+               help="Redis URL the proxies share (their flare_redis).")] = "",
+           db: Db = DB_DEFAULT, state: State = STATE_DEFAULT) -> None:
+    """Write the rows every proxy on this Redis appends to its stream into one database.
+
+    One writer is active at a time (a lease in Redis); another started meanwhile waits and
+    takes over when it stops. Rows are acknowledged once committed, each written once.
+    Ctrl-C or SIGTERM: commits what it read, then ends.
+
+    Example: MITMFLARE_REDIS_URL=redis://127.0.0.1:6379/0 mitmflare writer --db mitmflare.db
+    """
+    from ..config.redis_url import SCHEMES
+    from ..storage import stream_writer
+
+    if redis.partition("://")[0] not in SCHEMES:
+        fail("mitmflare writer needs --redis (or MITMFLARE_REDIS_URL): a "
+             + ", ".join(s + "://" for s in SCHEMES) + " URL")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    raise typer.Exit(stream_writer.main(redis, db, state))
