@@ -146,3 +146,70 @@ def test_a_writer_killed_and_started_again_loses_nothing(workers, writer):
     assert len(sessions) > 40
     wait_for(lambda: exactly_once(writer, sessions), timeout=30)
     assert sum(writer.sessions().values()) == len(sessions)  # no duplicate anywhere
+
+
+@pytest.fixture(scope="module")
+def keyed(sim_server, redis_server, tmp_path_factory) -> Iterator[tuple[list[Proxy], str, Path]]:
+    """(two workers requiring access keys and sharing one accounts file and one state
+    database, as `mitmflare run --workers` runs them; alice's key; the folder), with a writer."""
+    import re
+    folder = tmp_path_factory.mktemp("keyed")
+    accounts, state = folder / "accounts.yaml", folder / "state.db"
+    yaml = accounts_yaml(sim_server.url, {"name": "key-a", "api_key": "sk-ant-api03-AAA"},
+                         {"name": "key-b", "api_key": "sk-ant-api03-BBB"})
+    accounts.write_text(yaml)
+    added = subprocess.run([str(MITMFLARE), "users", "add", "alice", "--daily-cap", "0.000001",
+                            "--state", str(state)],
+                           capture_output=True, text=True, cwd=folder, timeout=60)
+    key = re.search(r"mfk_[0-9a-f]{64}", added.stdout + added.stderr)
+    assert key, added.stdout + added.stderr
+    writer = Writer(folder, redis_server.url).start()
+    options = {"flare_redis": redis_server.url, "flare_accounts": str(accounts),
+               "flare_state": str(state), "flare_require_access_keys": "true"}
+    started = [Proxy(tmp_path_factory.mktemp(f"keyed{i}"), yaml, options, None).start()
+               for i in (1, 2)]
+    yield started, key.group(0), folder
+    for p in started:
+        p.stop()
+    writer.stop()
+
+
+def keyed_ask(p: Proxy, key: str) -> httpx.Response:
+    return httpx.post(p.url + "/v1/messages", timeout=30, headers={"x-api-key": key},
+                      json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": MSG})
+
+
+def test_a_users_daily_cap_crossed_on_one_worker_holds_on_the_other(keyed):
+    (one, two), key, _ = keyed
+    assert keyed_ask(one, key).status_code == 200  # under the cap until this one is recorded
+
+    def spent(p: Proxy) -> float:
+        return httpx.get(p.url + "/health", headers={"x-api-key": key},
+                         timeout=5).json()["spent_today_usd"]
+    wait_for(lambda: spent(two) > 0, timeout=10)  # worker two never served alice
+    refused = keyed_ask(two, key)
+    assert refused.status_code == 429 and "cap" in refused.text
+
+
+def test_operator_commands_reach_every_worker_within_2_s(keyed):
+    import time
+    workers, key, folder = keyed
+    accounts = str(folder / "accounts.yaml")
+    done = subprocess.run([str(MITMFLARE), "accounts", "pause", "key-a", "--accounts", accounts],
+                          capture_output=True, text=True, cwd=folder, timeout=60)
+    assert done.returncode == 0, done.stderr
+    paused = time.monotonic()
+    for p in workers:
+        wait_for(lambda p=p: httpx.get(p.url + "/health", headers={"x-api-key": key}, timeout=5)
+                 .json()["accounts"]["available"] == 1, timeout=10, interval=0.05)
+    assert time.monotonic() - paused < 2.5  # 2 s, plus this loaded machine's polling
+    subprocess.run([str(MITMFLARE), "accounts", "resume", "key-a", "--accounts", accounts],
+                   check=True, capture_output=True, cwd=folder, timeout=60)
+    done = subprocess.run([str(MITMFLARE), "users", "disable", "alice", "--state",
+                           str(folder / "state.db")],
+                          capture_output=True, text=True, cwd=folder, timeout=60)
+    assert done.returncode == 0, done.stderr
+    disabled = time.monotonic()
+    for p in workers:
+        wait_for(lambda p=p: keyed_ask(p, key).status_code == 401, timeout=10, interval=0.05)
+    assert time.monotonic() - disabled < 2.5
