@@ -214,6 +214,18 @@ class RedisServer:
             self.proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the test module; the test is skipped, saying what to
+    install, when there is none."""
+    import shutil
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
 def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
     """The first true value of ``check()``, polled every ``interval`` s; AssertionError after
     ``timeout`` s."""

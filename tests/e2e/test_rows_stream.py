@@ -5,7 +5,6 @@ writer killed with SIGKILL under load and started again loses nothing, and meanw
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,19 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Proxy, RedisServer, accounts_yaml, wait_for
+from conftest import Proxy, accounts_yaml, wait_for
 
 MITMFLARE = Path(sys.executable).with_name("mitmflare")
 MSG = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("rows-stream tests need redis-server (apt-get install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

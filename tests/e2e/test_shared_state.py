@@ -5,7 +5,6 @@ reaches both, and a Redis outage changes nothing for clients."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -13,19 +12,10 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import Proxy, RedisServer, accounts_yaml, free_port, rejected_5h
+from conftest import Proxy, accounts_yaml, free_port, rejected_5h
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
 MSG = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("shared-state tests need redis-server (apt-get install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
