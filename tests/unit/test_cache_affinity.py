@@ -41,8 +41,6 @@ def test_warm_accounts_last_one_first_and_expire_with_the_ttl():
     assert affinity.warm("c", 1200) == ["b", "a"]
     assert affinity.warm("c", 1350) == ["b"]  # a's cache lived until 1300
     assert affinity.warm("c", 1401) == []
-    context = affinity.context("c", 300, 1200)
-    assert (context.previous, context.gap_s) == ("b", 100)
 
 
 def test_the_warm_account_wins_over_the_strategy_unless_it_opted_out():

@@ -165,6 +165,8 @@ class Recorder:
             "client_session": fc.client_session, "user_agent": fc.user_agent,
             "error": error or fc.error, "attempts": len(fc.attempts),
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
+            "conversation": fc.cache.conversation,
+            "cache_ttl_s": fc.cache.ttl_s if fc.cache.conversation else None,
             FORMAT: fc.provider,
             PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
             ACCOUNT_PRICE: fc.account.config.price.rates() if fc.account and

@@ -22,6 +22,10 @@ Completions, JSON and SSE), ``finish_reason`` / ``stop_reason`` (the stop reason
 terms). The bytes of each answer's body are kept by its ``request-id`` header
 (:attr:`SimulatedUpstream.sent`, the latest 200).
 
+Prompt caches: a Messages request with ``cache_control`` reads and writes a per-credential
+prompt cache with TTLs (:mod:`.prompt_caches`), and its usage says so (input, cache read,
+cache creation with the 5m / 1h split); a scripted ``usage`` still wins.
+
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
 With ``oauth_enforce`` on, OAuth requests need a live issued access token and the OAuth beta.
@@ -52,6 +56,8 @@ from typing import Any
 
 import uvicorn
 
+from .prompt_caches import PromptCaches
+
 REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
 FIVE_HOURS_S = 5 * 3600
 WINDOW_TOKENS = 400_000  # a simulated 5-hour window's tokens (the 7-day window: ten times that)
@@ -81,6 +87,7 @@ class SimulatedUpstream:
     demo): an OAuth token's 5-hour window stops at 100 % and its requests get the 429 a used-up
     window gets (:meth:`_rejection`) until the window resets. ``window_scale``: windows last
     that many times less than their real length (60: a 5-hour window lasts 5 minutes).
+    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
@@ -92,6 +99,7 @@ class SimulatedUpstream:
         self.enforce_windows = enforce_windows
         self.window_scale = window_scale
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
+        self.caches = PromptCaches()
         self.requests: list[SeenRequest] = []
         self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
         self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
@@ -115,6 +123,8 @@ class SimulatedUpstream:
         self.requests.clear()
         self.sent.clear()
         self._used.clear()
+        self.caches.clear()
+        self.caches.ttl_scale = 1.0
         self.windows = False
         self.enforce_windows = False
         self.window_scale = 1.0
@@ -292,7 +302,11 @@ class SimulatedUpstream:
     # -- successful answers -----------------------------------------------------------------
     async def _success(self, path: str, body: dict, answer: dict, send,
                        credential: str = "") -> None:
-        usage = {**DEFAULT_USAGE, **self._varied_usage(body), **answer.get("usage", {})}
+        cached = self.caches.usage(credential, body, time.time()) \
+            if path.startswith("/v1/messages") and not path.startswith("/v1/messages/count") \
+            else None
+        usage = {**DEFAULT_USAGE, **self._varied_usage(body), **(cached or {}),
+                 **answer.get("usage", {})}
         model = body.get("model", "claude-sonnet-4-6")
         headers = {"request-id": f"req_sim{next(self._ids)}",
                    **(self._window_headers(credential, body, usage) if self.windows else {}),

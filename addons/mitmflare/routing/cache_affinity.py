@@ -47,12 +47,11 @@ class Visit:
 
 @dataclass(slots=True)
 class CacheContext:
-    """What a request's row needs to explain a cache write (see the recorder): the account
-    its conversation was on before (None: first request), how long ago (s), and the TTL (s)."""
+    """A request's prompt-cache facts: its conversation (None: it uses no prompt cache) and
+    the TTL (s) its ``cache_control`` asks for. Why a request wrote to the cache is worked
+    out later, in the database writer (:mod:`.storage.cache_forensics`), off the hot path."""
 
     conversation: str | None = None
-    previous: str | None = None
-    gap_s: float | None = None
     ttl_s: float = DEFAULT_TTL_S
 
 
@@ -77,13 +76,6 @@ class CacheAffinity:
         """The account of ``conversation``'s latest answered request, or None."""
         visit = self._visits.get(conversation)
         return visit.last if visit is not None else None
-
-    def context(self, conversation: str | None, ttl_s: float, now: float) -> CacheContext:
-        """The :class:`CacheContext` of a request of ``conversation`` sent at ``now``."""
-        visit = self._visits.get(conversation) if conversation else None
-        if visit is None:
-            return CacheContext(conversation, None, None, ttl_s)
-        return CacheContext(conversation, visit.last, now - visit.seen, ttl_s)
 
     def served(self, conversation: str | None, account: str, ttl_s: float, now: float) -> None:
         """``account`` answered a request of ``conversation`` at ``now``: its cache there lives

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from ..times import iso_utc
 from . import retention, rows, schema
+from .cache_forensics import CacheForensics
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class DatabaseWriter(threading.Thread):
         self._dbs: dict[str, sqlite_utils.Database] = {}
         self._inodes: dict[str, tuple[int, int]] = {}
         self.after_batch: Callable[[], None] | None = None  # called after each cycle
+        self.forensics = CacheForensics()  # why each request wrote to the prompt cache
 
     @property
     def state(self) -> str:
@@ -159,6 +161,7 @@ class DatabaseWriter(threading.Thread):
         self._open("analytics")
         self._open("state")
         self._load_spend(self._dbs["analytics"])
+        self.forensics.load(self._dbs["analytics"].conn, time.time())
         self.ready.set()
         running = True
         while running:
@@ -232,6 +235,7 @@ class DatabaseWriter(threading.Thread):
                 captured = payload.pop(rows.PAYLOAD, None)
                 try:
                     ready.requests.append(rows.complete(payload))
+                    self.forensics.attribute(payload)
                     ready.rows.append(("requests", payload))
                     if captured is not None:
                         ready.rows.append(("payloads", rows.payload_row(
