@@ -254,7 +254,8 @@ class Core:
                                     client_session=fc.client_session, model=fc.model,
                                     exclude=fc.excluded, convertible=fc.convertible,
                                     family=fc.family,
-                                    warm=self.affinity.warm(fc.cache.conversation, now))
+                                    warm=self.affinity.warm(fc.cache.conversation, now)
+                                    or self.affinity.warm(fc.cache.parent, now))
 
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:
