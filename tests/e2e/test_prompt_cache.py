@@ -21,14 +21,20 @@ def turn_body(n: int) -> dict:
             "messages": messages}
 
 
-def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(sim, proxy):
+def round_robin_with_turns(sim, proxy, session: dict, turns: int):
+    """A proxy over the three keys with round-robin, after ``turns`` turns of ``session``."""
     p = proxy(accounts_yaml(sim.url, *({"name": f"k{i}", "api_key": key}
                                        for i, key in enumerate(KEYS))),
               flare_strategy="round-robin")
-    session = {"x-claude-code-session-id": "conv-1", "x-api-key": "client"}
-    for n in range(4):
+    for n in range(turns):
         assert httpx.post(p.url + "/v1/messages", json=turn_body(n), headers=session,
                           timeout=30).status_code == 200
+    return p
+
+
+def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(sim, proxy):
+    session = {"x-claude-code-session-id": "conv-1", "x-api-key": "client"}
+    p = round_robin_with_turns(sim, proxy, session, 4)
     first = sim.credentials_seen()
     assert len(set(first)) == 1  # four turns, one account (round-robin would rotate)
     # requests without cache_control are not held: round-robin rotates them
@@ -51,13 +57,8 @@ def agent_body(system: str, n: int) -> dict:
 
 
 def test_sub_agents_follow_their_parent_conversations_account(sim, proxy):
-    p = proxy(accounts_yaml(sim.url, *({"name": f"k{i}", "api_key": key}
-                                       for i, key in enumerate(KEYS))),
-              flare_strategy="round-robin")
     main = {"x-claude-code-session-id": "conv-2", "x-api-key": "client"}
-    for n in range(2):
-        assert httpx.post(p.url + "/v1/messages", json=turn_body(n), headers=main,
-                          timeout=30).status_code == 200
+    p = round_robin_with_turns(sim, proxy, main, 2)
     (parent,) = set(sim.credentials_seen())
     # three sub-agents of the main conversation and one of a sub-agent (Claude Code sends the
     # session's id with its own agent id, and its parent's when an agent started it)
