@@ -165,6 +165,9 @@ class Recorder:
             "client_session": fc.client_session, "user_agent": fc.user_agent,
             "error": error or fc.error, "attempts": len(fc.attempts),
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
+            "overage": int(bool(fc.limits is not None and response is not None
+                                and response.status_code < 400
+                                and fc.limits.plan_spent_until(now))),
             "conversation": fc.cache.conversation,
             "cache_ttl_s": fc.cache.ttl_s if fc.cache.conversation else None,
             FORMAT: fc.provider,

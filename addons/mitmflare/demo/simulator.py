@@ -33,6 +33,7 @@ With ``oauth_enforce`` on, OAuth requests need a live issued access token and th
 Run alone: ``python -m mitmflare.demo.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
 [--windows [--enforce-windows] [--window-scale 60]]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
+``POST /_sim/overage`` ``{"credential": "...", "mode": "allowed" | "out_of_credits"}``,
 ``GET /_sim/requests``, ``POST /_sim/reset``.
 """
 
@@ -87,7 +88,10 @@ class SimulatedUpstream:
     demo): an OAuth token's 5-hour window stops at 100 % and its requests get the 429 a used-up
     window gets (:meth:`_rejection`) until the window resets. ``window_scale``: windows last
     that many times less than their real length (60: a 5-hour window lasts 5 minutes).
-    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`).
+    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`). ``overage``:
+    credential -> ``allowed`` (once its 5-hour window is used up it answers from extra usage:
+    200 with ``unified-status: rejected`` and ``overage-status: allowed``) or a disabled reason
+    such as ``out_of_credits`` (``overage-status: rejected`` with that reason on every answer).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
@@ -100,6 +104,7 @@ class SimulatedUpstream:
         self.window_scale = window_scale
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
         self.caches = PromptCaches()
+        self.overage: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
         self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
@@ -124,6 +129,7 @@ class SimulatedUpstream:
         self.sent.clear()
         self._used.clear()
         self.caches.clear()
+        self.overage.clear()
         self.caches.ttl_scale = 1.0
         self.windows = False
         self.enforce_windows = False
@@ -293,6 +299,9 @@ class SimulatedUpstream:
             await _send_json(send, 200, {"ok": True})
         elif path == "/_sim/requests":
             await _send_json(send, 200, [r.__dict__ for r in self.requests])
+        elif path == "/_sim/overage" and isinstance(body, dict):
+            self.overage[str(body.get("credential"))] = str(body.get("mode"))
+            await _send_json(send, 200, {"ok": True})
         elif path == "/_sim/reset":
             self.reset()
             await _send_json(send, 200, {"ok": True})
@@ -376,9 +385,9 @@ class SimulatedUpstream:
         ``x-should-retry: true``, a ``rate_limit_error`` body); None while it has room."""
         now = time.time()
         start, used = self._window(credential, now)
-        if used < WINDOW_TOKENS:
+        if used < WINDOW_TOKENS or self.overage.get(credential) == "allowed":
             return None
-        headers = self._unified(start, used, "rejected")
+        headers = {**self._unified(start, used, "rejected"), **self._overage_headers(credential)}
         reset = int(headers["anthropic-ratelimit-unified-reset"])
         return {"status": 429, "headers": {
             **headers, "anthropic-ratelimit-unified-5h-surpassed-threshold": "1.0",
@@ -399,8 +408,9 @@ class SimulatedUpstream:
             used = min(used, WINDOW_TOKENS)
         self._used[credential] = (start, used)
         if credential.startswith("sk-ant-oat"):
-            return self._unified(start, used, "allowed_warning" if used >= 0.8 * WINDOW_TOKENS
-                                 else "allowed")
+            status = "rejected" if used >= WINDOW_TOKENS else \
+                "allowed_warning" if used >= 0.8 * WINDOW_TOKENS else "allowed"
+            return {**self._unified(start, used, status), **self._overage_headers(credential)}
         if credential.startswith("sk-ant-api"):
             reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60))
             return {"anthropic-ratelimit-requests-limit": "1000",
@@ -410,6 +420,20 @@ class SimulatedUpstream:
                     "anthropic-ratelimit-tokens-remaining": str(max(0, 2_000_000 - used)),
                     "anthropic-ratelimit-tokens-reset": reset}
         return {}
+
+    def _overage_headers(self, credential: str) -> dict[str, str]:
+        """``anthropic-ratelimit-unified-overage-*`` for a credential with an ``overage``
+        setting (header names and values: ``shared/reference/upstream-apis.md`` section 1)."""
+        mode = self.overage.get(credential)
+        if mode is None:
+            return {}
+        if mode != "allowed":
+            return {"anthropic-ratelimit-unified-overage-status": "rejected",
+                    "anthropic-ratelimit-unified-overage-disabled-reason": mode}
+        month_end = time.mktime(time.strptime(time.strftime("%Y-%m", time.gmtime()), "%Y-%m")) \
+            + 32 * 86400
+        return {"anthropic-ratelimit-unified-overage-status": "allowed",
+                "anthropic-ratelimit-unified-overage-reset": str(int(month_end))}
 
     async def _stream(self, send, headers: dict[str, str], events: list[bytes],
                       stall_after: int | None = None) -> None:

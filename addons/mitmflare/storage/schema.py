@@ -41,6 +41,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "cache_ttl_s": float,      # prompt-cache TTL the request asked for (s; NULL: none)
     "cache_event": str,        # why it wrote to the cache: first|switch|expired|changed|unknown
     "cache_loss_usd": float,   # what that write cost above a cache read of the same tokens
+    "overage": int,            # 1: served from the account's extra usage (its plan was spent)
 }
 
 ATTEMPTS = {

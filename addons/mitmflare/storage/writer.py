@@ -383,6 +383,12 @@ class DatabaseWriter(threading.Thread):
                     [month]).fetchall():
                 spend[(kind, name, day)] += cost or 0.0
                 spend[(kind, name, day[:7])] += cost or 0.0
+        for name, day, cost in analytics.execute(
+                "select account, substr(started_at, 1, 10), sum(cost_usd) from requests "
+                "where overage = 1 and account is not null and started_at >= ? group by 1, 2",
+                [month]).fetchall():
+            spend[("overage", name, day)] += cost or 0.0
+            spend[("overage", name, day[:7])] += cost or 0.0
         self.spend = dict(spend)
 
     def _count_spend(self, requests: list[dict[str, Any]]) -> None:
@@ -396,6 +402,10 @@ class DatabaseWriter(threading.Thread):
                 if name:
                     for key in ((kind, name, started[:10]), (kind, name, started[:7])):
                         spend[key] = spend.get(key, 0.0) + cost
+            if row.get("overage") and row.get("account"):  # for overage_cap_usd
+                for key in (("overage", row["account"], started[:10]),
+                            ("overage", row["account"], started[:7])):
+                    spend[key] = spend.get(key, 0.0) + cost
 
     def _count_lost(self, table: str) -> None:
         self.write_errors += 1
