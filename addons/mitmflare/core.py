@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .addons.concurrency import Slots
+from .money import usd
 from .providers.oauth import OAuthManager, TokenSet
 from .providers.presets import ANTHROPIC, OPENAI
 from .providers.sse import UsageTap
@@ -255,23 +256,56 @@ class Core:
                                     client_session=fc.client_session, model=fc.model,
                                     exclude=fc.excluded, convertible=fc.convertible,
                                     family=fc.family,
-                                    warm=self.affinity.warm(fc.cache.conversation, now))
+                                    warm=self.affinity.warm(fc.cache.conversation, now)
+                                    or self.affinity.warm(fc.cache.parent, now))
 
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:
-        """Keep the latest limit snapshot and whether the account is near a limit."""
+        """Keep the latest limit snapshot, whether the account is near a limit, and whether
+        its plan is spent (it serves from overage): an account that may not use overage now
+        (``overage: never``, or its ``overage_cap_usd`` spent this month) then cools down until
+        the plan's window resets."""
         if not limits.present:
             return
         st = account.state
         st.limits = limits.to_dict()
         self.burn.observe(account.name, st.limits, now)
-        if limits.constrained(self.headroom, now):
+        st.overage_until = limits.plan_spent_until(now)
+        if limits.constrained(self.headroom, now) and not (
+                st.overage_until and account.config.overage == "allowed"):
             resets = [w.reset for w in limits.windows.values() if w.reset and w.reset > now]
             resets += [b.reset for b in limits.buckets.values() if b.reset and b.reset > now]
             st.constrained_until = limits.unified_reset or (min(resets) if resets else now + 60)
         else:
             st.constrained_until = 0.0
+        self.check_overage(account, now, limits)
         self._accounts_dirty = True
+
+    def check_overage(self, account: Account, now: float, limits: Limits | None = None) -> None:
+        """Cool ``account`` down until its plan's window resets when it serves from overage
+        but may not (:meth:`overage_refusal`). Called with each answer's limits, and every
+        second (the cap is reached when the writer has counted the spend)."""
+        st = account.state
+        if st.overage_until <= now or st.cooldown_until >= st.overage_until:
+            return
+        refusal = self.overage_refusal(account, now)
+        if refusal:
+            st.cooldown_until = min(st.overage_until, now + self.max_cooldown_s)
+            st.cooldown_reason = refusal
+            self.event(account, "cooldown", refusal, st.cooldown_until, limits)
+            self.persist(account)
+
+    def overage_refusal(self, account: Account, now: float) -> str | None:
+        """Why ``account`` may not serve from overage now (``overage: never``, or its
+        ``overage_cap_usd`` reached this month, from the writer's running spend), else None."""
+        cfg = account.config
+        if cfg.overage == "never":
+            return "plan_spent (overage: never)"
+        if cfg.overage_cap_usd is not None:
+            spent = self.spent("overage", cfg.name, now)[1]
+            if spent >= cfg.overage_cap_usd:
+                return f"plan_spent (overage cap {usd(cfg.overage_cap_usd)} reached: {usd(spent)})"
+        return None
 
     def succeeded(self, account: Account, model: str | None = None) -> None:
         """A good answer: the exponential cooldowns (account, and the model's) start again

@@ -21,14 +21,20 @@ def turn_body(n: int) -> dict:
             "messages": messages}
 
 
-def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(sim, proxy):
+def round_robin_with_turns(sim, proxy, session: dict, turns: int):
+    """A proxy over the three keys with round-robin, after ``turns`` turns of ``session``."""
     p = proxy(accounts_yaml(sim.url, *({"name": f"k{i}", "api_key": key}
                                        for i, key in enumerate(KEYS))),
               flare_strategy="round-robin")
-    session = {"x-claude-code-session-id": "conv-1", "x-api-key": "client"}
-    for n in range(4):
+    for n in range(turns):
         assert httpx.post(p.url + "/v1/messages", json=turn_body(n), headers=session,
                           timeout=30).status_code == 200
+    return p
+
+
+def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(sim, proxy):
+    session = {"x-claude-code-session-id": "conv-1", "x-api-key": "client"}
+    p = round_robin_with_turns(sim, proxy, session, 4)
     first = sim.credentials_seen()
     assert len(set(first)) == 1  # four turns, one account (round-robin would rotate)
     # requests without cache_control are not held: round-robin rotates them
@@ -43,3 +49,41 @@ def test_a_conversation_sticks_through_round_robin_and_moves_only_on_failover(si
                           timeout=30).status_code == 200
     moved = sim.credentials_seen()[7:]
     assert moved[0] == first[0] and len(set(moved[1:])) == 1 and moved[1] != first[0]
+
+
+def agent_body(system: str, n: int) -> dict:
+    return {**turn_body(n), "system": [{"type": "text", "text": system,
+                                        "cache_control": {"type": "ephemeral"}}]}
+
+
+def test_sub_agents_follow_their_parent_conversations_account(sim, proxy):
+    main = {"x-claude-code-session-id": "conv-2", "x-api-key": "client"}
+    p = round_robin_with_turns(sim, proxy, main, 2)
+    (parent,) = set(sim.credentials_seen())
+    # three sub-agents of the main conversation and one of a sub-agent (Claude Code sends the
+    # session's id with its own agent id, and its parent's when an agent started it)
+    agents = [{"x-claude-code-agent-id": "explore-1"}, {"x-claude-code-agent-id": "plan-1"},
+              {"x-claude-code-agent-id": "test-1"},
+              {"x-claude-code-agent-id": "deep-1", "x-claude-code-parent-agent-id": "plan-1"}]
+    for agent in agents:
+        for n in range(2):
+            assert httpx.post(p.url + "/v1/messages", json=agent_body(f"agent {agent}", n),
+                              headers={**main, **agent}, timeout=30).status_code == 200
+    assert set(sim.credentials_seen()) == {parent}  # round-robin would have rotated them
+    # a conversation of another session is not held there
+    for i in range(3):
+        httpx.post(p.url + "/v1/messages", json=turn_body(0), timeout=30,
+                   headers={"x-claude-code-session-id": f"other-{i}", "x-api-key": "client"})
+    assert len(set(sim.credentials_seen()[-3:])) == 3
+    # each agent's cache is its own: its first write is `first`, and the main conversation's
+    # next turn still reads its own cache (no `changed` from the agents' writes in between)
+    assert httpx.post(p.url + "/v1/messages", json=turn_body(2), headers=main,
+                      timeout=30).status_code == 200
+    rows = p.wait_rows(11, "select conversation, cache_event from requests where "
+                           "conversation like 'conv-2%' order by started_at")
+    events = {}
+    for row in rows:
+        events.setdefault(row["conversation"], []).append(row["cache_event"])
+    assert events == {"conv-2": ["first", None, None],
+                      **{f"conv-2:agent:{a['x-claude-code-agent-id']}": ["first", None]
+                         for a in agents}}

@@ -41,8 +41,6 @@ def test_warm_accounts_last_one_first_and_expire_with_the_ttl():
     assert affinity.warm("c", 1200) == ["b", "a"]
     assert affinity.warm("c", 1350) == ["b"]  # a's cache lived until 1300
     assert affinity.warm("c", 1401) == []
-    context = affinity.context("c", 300, 1200)
-    assert (context.previous, context.gap_s) == ("b", 100)
 
 
 def test_the_warm_account_wins_over_the_strategy_unless_it_opted_out():
@@ -59,3 +57,13 @@ def test_the_warm_account_wins_over_the_strategy_unless_it_opted_out():
     chosen = selector.choose(pool, "anthropic", "round-robin", 1000, session_hours=5,
                              warm=["c", "a"], exclude={"c"})
     assert chosen.name == "a"  # c failed this request: the next warm one
+
+
+def test_a_sub_agent_is_a_conversation_of_its_own_that_follows_its_parent():
+    from mitmflare.routing.cache_affinity import conversation_key, parent_key
+
+    assert conversation_key("s1", None) == "s1"
+    assert conversation_key("s1", None, "a7") == "s1:agent:a7"
+    assert parent_key("s1", "a7", None) == "s1"  # started by the main conversation
+    assert parent_key("s1", "a8", "a7") == "s1:agent:a7"
+    assert parent_key("s1", None, None) is None and parent_key(None, "a7", None) is None

@@ -176,3 +176,21 @@ def test_zai_concurrency_and_plan_model_errors():
     assert busy.action == FAILOVER and 0 < busy.cooldown_until - NOW <= 30 and not busy.bench
     model = zai(403, "1311")
     assert model.model_backoff and not model.cooldown_until and not model.needs_reauth
+
+
+def test_a_spent_plan_served_from_overage_and_an_overage_refusal_with_a_fine_plan():
+    on_overage = parse_limits("anthropic", Headers([
+        (b"anthropic-ratelimit-unified-status", b"rejected"),
+        (b"anthropic-ratelimit-unified-5h-status", b"rejected"),
+        (b"anthropic-ratelimit-unified-5h-reset", str(int(NOW + 600)).encode()),
+        (b"anthropic-ratelimit-unified-7d-status", b"allowed"),
+        (b"anthropic-ratelimit-unified-overage-status", b"allowed")]), NOW)
+    assert on_overage.plan_spent_until(NOW) == NOW + 600 and on_overage.overage_status == "allowed"
+    assert on_overage.plan_spent_until(NOW + 601) == 0.0
+    v = verdict(429, {"anthropic-ratelimit-unified-status": "rejected",
+                      "anthropic-ratelimit-unified-reset": str(int(NOW + 50_000)),
+                      "anthropic-ratelimit-unified-representative-claim": "overage",
+                      "anthropic-ratelimit-unified-5h-status": "allowed",
+                      "anthropic-ratelimit-unified-overage-status": "rejected"})
+    assert (v.action, v.reason, v.cooldown_until, v.model_cooldown_until, v.model_backoff) == \
+        (FAILOVER, "overage_rejected", 0, 0, True)

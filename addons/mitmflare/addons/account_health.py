@@ -1,4 +1,4 @@
-"""Account health in routing: spend budgets and (opt-in) window start.
+"""Account health in routing: spend budgets, overage caps and (opt-in) window start.
 
 * **Budgets** (``budget_usd: {day, month}`` in the accounts file): an account whose recorded
   spend today / this month (UTC) reached its budget is skipped like a cooling account until
@@ -84,6 +84,8 @@ class AccountHealth:
             try:
                 now = time.time()
                 self.check_budgets(now)
+                for account in self.core.pool.accounts.values():  # overage_cap_usd
+                    self.core.check_overage(account, now)
                 if ctx.options.flare_window_start == "on-reset":
                     for account in self.due_for_window_start(now):
                         self._starting.add(account.name)

@@ -170,6 +170,11 @@ class Recorder:
             "error": error or fc.error, "attempts": len(fc.attempts),
             "failover": int(fc.failover), "replay": int(fc.replay), "user": fc.user,
             "worker": WORKER,
+            "overage": int(bool(fc.limits is not None and response is not None
+                                and response.status_code < 400
+                                and fc.limits.plan_spent_until(now))),
+            "conversation": fc.cache.conversation,
+            "cache_ttl_s": fc.cache.ttl_s if fc.cache.conversation else None,
             FORMAT: fc.provider,
             PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
             ACCOUNT_PRICE: fc.account.config.price.rates() if fc.account and

@@ -33,7 +33,7 @@ from ..providers.convert import convert_answer, convert_request, convertible, up
 from ..providers.presets import ANTHROPIC, CODEX, OPENAI
 from ..providers.request_info import inspect_request, model_problem
 from ..providers.wire import header
-from ..routing.cache_affinity import cache_ttl, conversation_key
+from ..routing.cache_affinity import CacheContext, cache_ttl, conversation_key, parent_key
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from ..routing.fallbacks import HEADER as FALLBACK_HEADER
 from ..routing.fallbacks import fall_back
@@ -162,8 +162,9 @@ class Router:
             fc.body, fc.raw_body = info.body, request.raw_content or b""
             ttl = cache_ttl(fc.body) if provider == ANTHROPIC else 0.0  # cache_control
             if ttl:
-                fc.cache = self.core.affinity.context(
-                    conversation_key(fc.client_session, fc.body), ttl, fc.started)
+                fc.cache = CacheContext(
+                    conversation_key(fc.client_session, fc.body, info.agent), ttl,
+                    parent_key(fc.client_session, info.agent, info.parent_agent))
             fc.convertible = convertible(provider, path)
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)

@@ -43,25 +43,45 @@ def register(app: typer.Typer) -> None:
     app.command("vacuum")(vacuum)
 
 
+CACHE_QUERIES = {  # canned query -> title, as `stats --cache` prints them (the dashboard's)
+    "cache_loss_by_cause": "lost to prompt-cache misses per day and cause",
+    "cache_loss_by_account": "per account",
+    "cache_loss_by_user": "per user",
+    "cache_loss_by_conversation": "top conversations",
+    "cache_failovers": "account switches that cost the most",
+}
+
+
 def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d, 2w.")] = "7d",
           by: Annotated[str, typer.Option(help=f"Group by: {', '.join(GROUPS)}.")] = "account",
+          cache: Annotated[bool, typer.Option(
+              "--cache", help="Prompt-cache losses instead: per day and cause, account, "
+                              "user, conversation, and the costliest switches.")] = False,
           as_json: Json = False, db: Db = DB_DEFAULT) -> None:
     """Totals per account, model, user or day (the dashboard's `stats` query).
 
-    Requests, tokens, cost, error rate and p50 latency.
+    Requests, tokens, cost, error rate and p50 latency. With --cache: the dollars lost to
+    prompt-cache misses, as the dashboard's Prompt cache page shows them.
 
     Example: mitmflare stats --since 24h --by model
     """
     if by not in GROUPS:
         fail(f"--by must be one of {', '.join(GROUPS)}")
     start = retention.cutoff(span_seconds(since) / 86400.0)
+    queries = CACHE_QUERIES if cache else {"stats": ""}
     conn = read_db(db)
     try:
-        rows = [dict(r) for r in conn.execute(canned_sql("stats"), {"since": start, "by": by})]
+        found = {name: [dict(r) for r in conn.execute(canned_sql(name),
+                                                      {"since": start, "by": by})]
+                 for name in queries}
     except sqlite3.OperationalError as exc:
         fail(f"{db}: {exc}")
     finally:
         conn.close()
+    if cache:
+        _print_cache(found, start, as_json)
+        return
+    rows = found["stats"]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -73,6 +93,26 @@ def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d,
                       f"{r['cache_write_tokens']:,}", usd(r["cost_usd"]),
                       f"{r['error_rate_pct']:.1f} %", str(r["p50_ms"] or "-"))
     Console(width=160).print(table)
+
+
+def _print_cache(found: dict[str, list[dict]], start: str, as_json: bool) -> None:
+    """``stats --cache``: one table per canned query of :data:`CACHE_QUERIES`."""
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    console = Console(width=160)
+    total = sum(r["loss_usd"] or 0 for r in found["cache_loss_by_cause"])
+    console.print(f"lost to prompt-cache misses since {start[:16].replace('T', ' ')} UTC: "
+                  f"{usd(total)}")
+    for name, title in CACHE_QUERIES.items():
+        rows = found[name]
+        if not rows:
+            continue
+        table = Table(*rows[0], title=title)
+        for r in rows:
+            table.add_row(*(usd(v) if k.endswith("_usd") and v is not None else
+                            "-" if v is None else str(v) for k, v in r.items()))
+        console.print(table)
 
 
 def tail(last: Annotated[int, typer.Option(help="Show this many recent rows first.")] = 10,

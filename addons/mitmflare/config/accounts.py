@@ -100,7 +100,11 @@ class AccountConfig(BaseModel):
     ``sticky``: conversations stay on it while their prompt cache lives (see
     :mod:`.cache_affinity`); pay-as-you-go accounts may turn it off. ``max_concurrent``:
     at most this many requests in flight on it (None: no cap; see :mod:`.concurrency`).
-    ``price``: see :class:`Price`.
+    ``price``: see :class:`Price`. ``overage``: whether a subscription account may serve
+    from its extra usage (overage) once its plan window is spent: ``never`` (it waits for the
+    window's reset), ``last_resort`` (only when no account can serve from its plan) or
+    ``allowed`` (like its plan); ``overage_cap_usd``: at most this much recorded cost (USD,
+    API-equivalent) served from overage per calendar month (UTC), then as ``never``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -121,6 +125,8 @@ class AccountConfig(BaseModel):
     price: Price | None = None
     sticky: bool = True  # keep conversations here while their prompt cache lives
     max_concurrent: int | None = Field(default=None, ge=1)
+    overage: Literal["never", "last_resort", "allowed"] = "last_resort"
+    overage_cap_usd: float | None = Field(default=None, ge=0)
 
     @field_validator("provider")
     @classmethod

@@ -22,6 +22,10 @@ Completions, JSON and SSE), ``finish_reason`` / ``stop_reason`` (the stop reason
 terms). The bytes of each answer's body are kept by its ``request-id`` header
 (:attr:`SimulatedUpstream.sent`, the latest 200).
 
+Prompt caches: a Messages request with ``cache_control`` reads and writes a per-credential
+prompt cache with TTLs (:mod:`.prompt_caches`), and its usage says so (input, cache read,
+cache creation with the 5m / 1h split); a scripted ``usage`` still wins.
+
 OAuth: ``GET /oauth/authorize`` (answers the code as JSON, as if the user approved) and
 ``POST /v1/oauth/token`` with PKCE checks and real rotation (a refresh token dies on use).
 With ``oauth_enforce`` on, OAuth requests need a live issued access token and the OAuth beta.
@@ -32,6 +36,7 @@ the Codex backend's ``POST /backend-api/codex/responses`` with its ``x-codex-*``
 Run alone: ``python -m mitmflare.demo.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
 [--windows [--enforce-windows] [--window-scale 60]]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
+``POST /_sim/overage`` ``{"credential": "...", "mode": "allowed" | "out_of_credits"}``,
 ``GET /_sim/requests``, ``POST /_sim/reset``.
 """
 
@@ -56,6 +61,7 @@ from typing import Any
 import uvicorn
 
 from . import simulator_codex as codex
+from .prompt_caches import PromptCaches
 
 REPLY_WORDS = ["This", "is", "a", "simulated", "answer", "from", "the", "mitmflare", "test", "upstream", "."]
 FIVE_HOURS_S = 5 * 3600
@@ -86,6 +92,10 @@ class SimulatedUpstream:
     demo): an OAuth token's 5-hour window stops at 100 % and its requests get the 429 a used-up
     window gets (:meth:`_rejection`) until the window resets. ``window_scale``: windows last
     that many times less than their real length (60: a 5-hour window lasts 5 minutes).
+    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`). ``overage``:
+    credential -> ``allowed`` (once its 5-hour window is used up it answers from extra usage:
+    200 with ``unified-status: rejected`` and ``overage-status: allowed``) or a disabled reason
+    such as ``out_of_credits`` (``overage-status: rejected`` with that reason on every answer).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
@@ -97,6 +107,8 @@ class SimulatedUpstream:
         self.enforce_windows = enforce_windows
         self.window_scale = window_scale
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
+        self.caches = PromptCaches()
+        self.overage: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
         self._scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
@@ -121,6 +133,9 @@ class SimulatedUpstream:
         self.requests.clear()
         self.sent.clear()
         self._used.clear()
+        self.caches.clear()
+        self.overage.clear()
+        self.caches.ttl_scale = 1.0
         self.windows = False
         self.enforce_windows = False
         self.window_scale = 1.0
@@ -315,6 +330,9 @@ class SimulatedUpstream:
             await _send_json(send, 200, {"ok": True})
         elif path == "/_sim/requests":
             await _send_json(send, 200, [r.__dict__ for r in self.requests])
+        elif path == "/_sim/overage" and isinstance(body, dict):
+            self.overage[str(body.get("credential"))] = str(body.get("mode"))
+            await _send_json(send, 200, {"ok": True})
         elif path == "/_sim/reset":
             self.reset()
             await _send_json(send, 200, {"ok": True})
@@ -324,7 +342,11 @@ class SimulatedUpstream:
     # -- successful answers -----------------------------------------------------------------
     async def _success(self, path: str, body: dict, answer: dict, send,
                        credential: str = "") -> None:
-        usage = {**DEFAULT_USAGE, **self._varied_usage(body), **answer.get("usage", {})}
+        cached = self.caches.usage(credential, body, time.time()) \
+            if path.startswith("/v1/messages") and not path.startswith("/v1/messages/count") \
+            else None
+        usage = {**DEFAULT_USAGE, **self._varied_usage(body), **(cached or {}),
+                 **answer.get("usage", {})}
         model = body.get("model", "claude-sonnet-4-6")
         headers = {"request-id": f"req_sim{next(self._ids)}",
                    **(self._window_headers(credential, body, usage) if self.windows else {}),
@@ -394,9 +416,9 @@ class SimulatedUpstream:
         ``x-should-retry: true``, a ``rate_limit_error`` body); None while it has room."""
         now = time.time()
         start, used = self._window(credential, now)
-        if used < WINDOW_TOKENS:
+        if used < WINDOW_TOKENS or self.overage.get(credential) == "allowed":
             return None
-        headers = self._unified(start, used, "rejected")
+        headers = {**self._unified(start, used, "rejected"), **self._overage_headers(credential)}
         reset = int(headers["anthropic-ratelimit-unified-reset"])
         return {"status": 429, "headers": {
             **headers, "anthropic-ratelimit-unified-5h-surpassed-threshold": "1.0",
@@ -417,8 +439,9 @@ class SimulatedUpstream:
             used = min(used, WINDOW_TOKENS)
         self._used[credential] = (start, used)
         if credential.startswith("sk-ant-oat"):
-            return self._unified(start, used, "allowed_warning" if used >= 0.8 * WINDOW_TOKENS
-                                 else "allowed")
+            status = "rejected" if used >= WINDOW_TOKENS else \
+                "allowed_warning" if used >= 0.8 * WINDOW_TOKENS else "allowed"
+            return {**self._unified(start, used, status), **self._overage_headers(credential)}
         if credential.startswith("sk-ant-api"):
             reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60))
             return {"anthropic-ratelimit-requests-limit": "1000",
@@ -428,6 +451,20 @@ class SimulatedUpstream:
                     "anthropic-ratelimit-tokens-remaining": str(max(0, 2_000_000 - used)),
                     "anthropic-ratelimit-tokens-reset": reset}
         return {}
+
+    def _overage_headers(self, credential: str) -> dict[str, str]:
+        """``anthropic-ratelimit-unified-overage-*`` for a credential with an ``overage``
+        setting (header names and values: ``shared/reference/upstream-apis.md`` section 1)."""
+        mode = self.overage.get(credential)
+        if mode is None:
+            return {}
+        if mode != "allowed":
+            return {"anthropic-ratelimit-unified-overage-status": "rejected",
+                    "anthropic-ratelimit-unified-overage-disabled-reason": mode}
+        month_end = time.mktime(time.strptime(time.strftime("%Y-%m", time.gmtime()), "%Y-%m")) \
+            + 32 * 86400
+        return {"anthropic-ratelimit-unified-overage-status": "allowed",
+                "anthropic-ratelimit-unified-overage-reset": str(int(month_end))}
 
     async def _stream(self, send, headers: dict[str, str], events: list[bytes],
                       stall_after: int | None = None) -> None:

@@ -3,7 +3,9 @@
 
 Facts: ``shared/reference/upstream-apis.md`` section 8 (Claude Code's
 ``X-Claude-Code-Session-Id`` header and the ``metadata.user_id`` JSON string, or the older
-``user_<hex>_account_<uuid>_session_<uuid>`` form) and 4b (``stream_options.include_usage``).
+``user_<hex>_account_<uuid>_session_<uuid>`` form; sub-agents' ``x-claude-code-agent-id`` and
+``x-claude-code-parent-agent-id``, Claude Code 2.1.330) and 4b
+(``stream_options.include_usage``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from mitmproxy import http
 from .wire import MAX_TEXT, content, header, json_object, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
+AGENT_HEADER = b"x-claude-code-agent-id"          # a Claude Code sub-agent's own id
+PARENT_AGENT_HEADER = b"x-claude-code-parent-agent-id"  # the agent that started it
 MODEL_REQUIRED = ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions")
 """Endpoints whose API requires a string ``model`` (Anthropic Messages and token counting,
 OpenAI Chat Completions; ``upstream-apis.md`` sections 2 and 4)."""
@@ -32,10 +36,13 @@ _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 @dataclass
 class RequestInfo:
     """``model`` and ``client_session`` are None when the request does not say; ``body`` when
-    the body is not a JSON object."""
+    the body is not a JSON object. ``agent`` / ``parent_agent``: a Claude Code sub-agent's id
+    and its parent agent's (None for the main conversation, or when not sent)."""
 
     model: str | None = None
     client_session: str | None = None
+    agent: str | None = None
+    parent_agent: str | None = None
     stream: bool = False
     body: dict[str, Any] | None = None  # the JSON object body, parsed
 
@@ -44,7 +51,9 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     """Read the request. For an OpenAI streamed chat completion without
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
-    info = RequestInfo(client_session=text(header(request.headers, SESSION_HEADER)))
+    info = RequestInfo(client_session=text(header(request.headers, SESSION_HEADER)),
+                       agent=text(header(request.headers, AGENT_HEADER)),
+                       parent_agent=text(header(request.headers, PARENT_AGENT_HEADER)))
     body = info.body = _json_body(request)
     if body is None:
         return info

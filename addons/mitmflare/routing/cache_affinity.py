@@ -9,13 +9,19 @@ prompt-cache-limits-clients.md`` ("Prompt caching"): the TTL is 5 minutes unless
 * The **conversation** is Claude Code's session (``x-claude-code-session-id``, else the session
   in ``metadata.user_id``: :mod:`.request_info`), else a hash of the system prompt and the first
   user turn — never of the last turn, which carries ``cache_control`` and changes every time.
-  Sub-agents send their parent's session id, so they follow its account.
+  A Claude Code sub-agent (``x-claude-code-agent-id``; its session header is its parent's) is
+  a conversation of its own, ``SESSION:agent:ID`` (its prompt, so its cache, differs), whose
+  **parent** is ``SESSION:agent:PARENT`` (``x-claude-code-parent-agent-id``) or, without that
+  header, the session's main conversation. Facts: ``shared/reference/upstream-apis.md``
+  section 8 and ``prompt-cache-limits-clients.md`` ("Claude Code").
 * The **TTL** is read from each request's ``cache_control`` blocks (the longest asked), and
   every request of the conversation starts it again. A request without ``cache_control`` uses
   no cache: nothing holds it to an account.
 * Within the TTL the conversation goes to the account it was last served by, whatever the
   strategy, while that account can serve; when it cannot (failover), the accounts where the
   conversation's cache may still be warm come first. After the TTL the strategy decides.
+* A sub-agent whose own cache is warm nowhere follows its parent: the accounts where the
+  parent's cache is warm come first, so a session's agents share its account.
 
 Everything here is in memory and does no I/O; :class:`CacheAffinity` is bounded (LRU).
 """
@@ -47,13 +53,15 @@ class Visit:
 
 @dataclass(slots=True)
 class CacheContext:
-    """What a request's row needs to explain a cache write (see the recorder): the account
-    its conversation was on before (None: first request), how long ago (s), and the TTL (s)."""
+    """A request's prompt-cache facts: its conversation (None: it uses no prompt cache), the
+    TTL (s) its ``cache_control`` asks for, and the conversation it follows when its own
+    cache is warm nowhere (a sub-agent's parent; else None). Why a request wrote to the cache
+    is worked out later, in the database writer (:mod:`.storage.cache_forensics`), off the
+    hot path."""
 
     conversation: str | None = None
-    previous: str | None = None
-    gap_s: float | None = None
     ttl_s: float = DEFAULT_TTL_S
+    parent: str | None = None
 
 
 class CacheAffinity:
@@ -78,13 +86,6 @@ class CacheAffinity:
         visit = self._visits.get(conversation)
         return visit.last if visit is not None else None
 
-    def context(self, conversation: str | None, ttl_s: float, now: float) -> CacheContext:
-        """The :class:`CacheContext` of a request of ``conversation`` sent at ``now``."""
-        visit = self._visits.get(conversation) if conversation else None
-        if visit is None:
-            return CacheContext(conversation, None, None, ttl_s)
-        return CacheContext(conversation, visit.last, now - visit.seen, ttl_s)
-
     def served(self, conversation: str | None, account: str, ttl_s: float, now: float) -> None:
         """``account`` answered a request of ``conversation`` at ``now``: its cache there lives
         ``ttl_s`` from now."""
@@ -103,11 +104,13 @@ class CacheAffinity:
             self._visits.popitem(last=False)
 
 
-def conversation_key(client_session: str | None, body: dict[str, Any] | None) -> str | None:
-    """The conversation a request belongs to (see the module docstring); None when the
-    request says nothing to tell (no session, no messages)."""
+def conversation_key(client_session: str | None, body: dict[str, Any] | None,
+                     agent: str | None = None) -> str | None:
+    """The conversation a request belongs to (see the module docstring): the session, a
+    sub-agent's ``SESSION:agent:AGENT``, else a hash; None when the request says nothing to
+    tell (no session, no messages)."""
     if client_session:
-        return client_session
+        return f"{client_session}:agent:{agent}" if agent else client_session
     if not body:
         return None
     messages = body.get("messages")
@@ -120,6 +123,16 @@ def conversation_key(client_session: str | None, body: dict[str, Any] | None) ->
     digest.update(b"\0")
     digest.update(_stable(_without_cache_control(first.get("content"))))
     return "h:" + digest.hexdigest()
+
+
+def parent_key(client_session: str | None, agent: str | None,
+               parent_agent: str | None) -> str | None:
+    """The conversation a sub-agent's request follows: its parent agent's
+    (``SESSION:agent:PARENT``), else its session's main conversation; None for a request that
+    is no sub-agent's (no ``agent``) or has no session."""
+    if not client_session or not agent:
+        return None
+    return f"{client_session}:agent:{parent_agent}" if parent_agent else client_session
 
 
 def cache_ttl(body: dict[str, Any] | None) -> float:

@@ -9,9 +9,14 @@ answer                                                request    account
 2xx / 3xx                                             OK         learn limits
 429, 5h or 7d window rejected; API-key 429 with        failover   cooldown until latest reset
 retry-after or reset headers                                     (>= header, <= cap)
-429, only 7d_oi rejected / ``out_of_credits``         failover   model cooldown only (until
+429, only 7d_oi rejected                              failover   model cooldown only (until
                                                                  reset; none known: 30 s
                                                                  doubling up to the cap)
+429, overage refused (``out_of_credits``, claim       failover   model backoff only (30 s
+``overage``, overage status rejected) while the                  doubling, never until the
+5h / 7d windows are fine                                         overage reset): a spent
+                                                                 overage pool never benches an
+                                                                 account whose plan can serve
 429 "windowless" (no limit header)                    failover   none
 429 with headers but no usable time                   failover   exponential 30 s → 5 min
 429 ``credits_required`` (fast mode etc.)             return     none
@@ -134,12 +139,18 @@ def _classify_429(provider: str, limits: Limits, error_type: str, code: str, mes
         names = "+".join(sorted(shared))
         return Verdict(FAILOVER, f"rate_limited_{names}",
                        cooldown_until=until(retry_at, *(w.reset for w in shared.values())))
-    if "7d_oi" in rejected or limits.overage_disabled_reason == "out_of_credits":
-        window = rejected.get("7d_oi")
-        reset = window.reset if window and window.reset else limits.unified_reset
-        reason = "out_of_credits" if window is None else "model_scoped_limit"
+    if "7d_oi" in rejected:
+        window = rejected["7d_oi"]
+        reset = window.reset or limits.unified_reset
         if reset:
-            return Verdict(FAILOVER, reason, model_cooldown_until=until(reset))
+            return Verdict(FAILOVER, "model_scoped_limit", model_cooldown_until=until(reset))
+        return Verdict(FAILOVER, "model_scoped_limit", model_backoff=True)
+    if limits.overage_disabled_reason == "out_of_credits" or \
+            limits.representative_claim == "overage" or limits.overage_status == "rejected":
+        # the plan's windows are fine (checked above): only this request needed extra usage
+        # (long context, fast mode); its overage reset may be weeks away (better-ccflare #404)
+        reason = "out_of_credits" if limits.overage_disabled_reason == "out_of_credits" \
+            else "overage_rejected"
         return Verdict(FAILOVER, reason, model_backoff=True)
     if not limits.present:
         hint = _TRY_AGAIN.search(message)

@@ -33,6 +33,9 @@ class AccountState:
     ``benched``: out of quota until an operator resumes it (``flare.resume``).
     ``limits``: the latest parsed rate-limit snapshot (see :mod:`.ratelimits`).
     ``constrained_until``: epoch s until which the account is near a limit (chosen last).
+    ``overage_until``: epoch s until which its plan is spent and it serves from extra usage
+    (overage); with ``overage: last_resort`` it is chosen after every account that can serve
+    from its plan.
     ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
     ``model_backoff_s``: model -> current exponential model cooldown (s) when no reset is known
     (e.g. ``out_of_credits``); ``model_reasons``: model -> why it cools down.
@@ -53,6 +56,7 @@ class AccountState:
     last_used: float = 0.0
     limits: dict[str, Any] = field(default_factory=dict)
     constrained_until: float = 0.0
+    overage_until: float = 0.0
     model_cooldowns: dict[str, float] = field(default_factory=dict)
     model_backoff_s: dict[str, float] = field(default_factory=dict)
     model_reasons: dict[str, str] = field(default_factory=dict)
@@ -67,7 +71,7 @@ class AccountState:
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
-                 "constrained_until", "model_cooldowns", "model_backoff_s", "model_reasons",
+                 "constrained_until", "overage_until", "model_cooldowns", "model_backoff_s", "model_reasons",
                  "reauth_fingerprint", "identity", "window_started_for",
                  "window_started_at")
 
@@ -79,7 +83,7 @@ class AccountState:
         no model cooldowns or backoffs (``flare.resume``, ``mitmflare accounts reset``)."""
         self.cooldown_until, self.cooldown_reason, self.backoff_s = 0.0, "", 0.0
         self.benched, self.benched_reason, self.needs_reauth = False, "", False
-        self.constrained_until, self.consecutive_errors = 0.0, 0
+        self.constrained_until, self.consecutive_errors, self.overage_until = 0.0, 0, 0.0
         self.model_cooldowns.clear()
         self.model_backoff_s.clear()
         self.model_reasons.clear()

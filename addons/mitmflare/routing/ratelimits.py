@@ -90,6 +90,24 @@ class Limits:
             data["buckets"] = {n: dict(vars(b)) for n, b in self.buckets.items()}
         return data
 
+    def plan_spent_until(self, now: float) -> float:
+        """Epoch s until which the plan itself is spent: the latest reset of a shared window
+        (``5h``, ``7d``) whose status is ``rejected`` and whose reset is after ``now``; 0 when
+        the plan can serve. An answer that says so and still succeeds was served from the
+        account's extra usage (overage): Claude Code reads ``unified-status: rejected`` with
+        ``overage-status: allowed`` / ``allowed_warning`` as "using overage"
+        (``shared/reference/upstream-apis.md`` section 1, and Claude Code's
+        ``claudeAiLimits``; not captured from a live answer here)."""
+        resets = [w.reset for n, w in self.windows.items() if n in ("5h", "7d")
+                  and w.status == "rejected" and w.reset and w.reset > now]
+        return max(resets) if resets else 0.0
+
+    @property
+    def overage_status(self) -> str | None:
+        """``anthropic-ratelimit-unified-overage-status``: allowed, allowed_warning, rejected."""
+        window = self.windows.get("overage")
+        return window.status if window is not None else None
+
     def rejected_windows(self) -> dict[str, Window]:
         return {n: w for n, w in self.windows.items() if w.status == "rejected"}
 

@@ -2,8 +2,9 @@
 
 Every strategy first narrows the candidates to the *best tier*: available accounts of the
 request's provider, not excluded for this request, whose model is not cooling down, with a
-free slot (``max_concurrent``), ranked by (near a limit?, ``priority``). Accounts near a
-limit are chosen only when nothing else is free.
+free slot (``max_concurrent``), ranked by (tier, ``priority``): first the accounts that
+serve from their plan, then those near a limit, last those whose plan is spent and that
+serve from extra usage with ``overage: last_resort``.
 
 * ``session`` (default): one account per provider for ``flare_session_hours``, left early when
   a better-ranked account is free again; a client conversation stays on the account it started
@@ -96,7 +97,7 @@ class Selector:
                 tier.sort(key=lambda a: (a.name != current[0], a.order))
         return tier + rest
 
-    def _session(self, ranked: list[Account], best: tuple[bool, int], provider: str, now: float,
+    def _session(self, ranked: list[Account], best: tuple[int, int], provider: str, now: float,
                  ttl: float, client_session: str | None) -> Account:
         by_name = {a.name: a for a in ranked}
         chosen = None
@@ -121,8 +122,13 @@ class Selector:
         return chosen
 
 
-def _rank(account: Account, now: float) -> tuple[bool, int]:
-    return (account.state.constrained_until > now, account.config.priority)
+def _rank(account: Account, now: float) -> tuple[int, int]:
+    """(tier, priority): tier 0 serves from its plan, 1 near a limit, 2 on overage as a last
+    resort."""
+    st = account.state
+    if st.overage_until > now and account.config.overage == "last_resort":
+        return 2, account.config.priority
+    return int(st.constrained_until > now), account.config.priority
 
 
 def _model_cooling(account: Account, model: str | None, now: float) -> bool:

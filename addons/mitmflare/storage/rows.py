@@ -13,6 +13,7 @@ from ..providers.usage import usage_from_json
 from ..providers.wire import json_object
 from ..times import iso_utc
 from . import schema
+from .cache_forensics import STARTED_S, WRITE_PREMIUM
 from .pricing import account_cost, cost_usd
 
 BODY = "_body"          # raw response body kept for parsing here (bytes)
@@ -27,7 +28,10 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     """Fill usage, model, error, ``cost_usd`` and ``cost_source`` of a row; drop the private
     keys; make every value fit its column's type (:func:`conform`). The cost comes from
     genai-prices, else from the account's ``price:`` (``cost_source`` says which; NULL when
-    neither knows the model)."""
+    neither knows the model). Adds the private keys :data:`.cache_forensics.STARTED_S` (the
+    start, epoch s) and, for a row with cache writes, :data:`.cache_forensics.WRITE_PREMIUM`
+    (USD its writes cost above reading the same tokens, at the same prices) for
+    :class:`.cache_forensics.CacheForensics`."""
     body: bytes | None = row.pop(BODY, None)
     is_sse = row.pop(BODY_IS_SSE, False)
     wire = row.pop(FORMAT, None) or row.get("provider") or ""
@@ -51,17 +55,24 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     row["model"] = row.get("model") or reported
     row["upstream_model"] = reported or row.get("upstream_model") or row["model"]
     if isinstance(row.get("started_at"), float):
+        row[STARTED_S] = row["started_at"]
         row["started_at"] = iso_utc(row["started_at"])
     conform(row)
     counts = (row.get("input_tokens"), row.get("output_tokens"),
               row.get("cache_read_input_tokens"), row.get("cache_creation_input_tokens"))
-    cost = cost_usd(price_provider, row.get("upstream_model"), *counts,
-                    row.get("cache_creation_1h_input_tokens"))
+    model, write_1h = row.get("upstream_model"), row.get("cache_creation_1h_input_tokens")
+    cost = cost_usd(price_provider, model, *counts, write_1h)
     source = "genai-prices" if cost is not None else None
     if cost is None and account_price:
         cost = account_cost(account_price, *counts)
         source = "account" if cost is not None else None
     row["cost_usd"], row["cost_source"] = cost, source
+    if cost is not None and counts[3]:
+        # the same request had its writes been cache reads
+        as_read = (counts[0], counts[1], (counts[2] or 0) + counts[3], 0)
+        cost_read = cost_usd(price_provider, model, *as_read, 0) if source == "genai-prices" \
+            else account_cost(account_price, *as_read)
+        row[WRITE_PREMIUM] = max(cost - cost_read, 0.0) if cost_read is not None else None
     return row
 
 

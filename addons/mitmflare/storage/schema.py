@@ -38,6 +38,11 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "auth_refusals": int,      # requests refused for want of a valid key this row stands for
     "cost_source": str,        # genai-prices | account (its price:) | NULL (no price known)
     "worker": str,             # the mitmflare process that served it: host:pid
+    "conversation": str,       # prompt-cache conversation (session id, or a hash of its start)
+    "cache_ttl_s": float,      # prompt-cache TTL the request asked for (s; NULL: none)
+    "cache_event": str,        # why it wrote to the cache: first|switch|expired|changed|unknown
+    "cache_loss_usd": float,   # what that write cost above a cache read of the same tokens
+    "overage": int,            # 1: served from the account's extra usage (its plan was spent)
 }
 
 ATTEMPTS = {
@@ -168,7 +173,8 @@ FOREIGN_KEYS = {
 
 ANALYTICS_INDEXES = {
     "requests": [["started_at"], ["account", "started_at"], ["model", "started_at"],
-                 ["client_session"], ["status", "started_at"], ["user", "started_at"]],
+                 ["client_session"], ["status", "started_at"], ["user", "started_at"],
+                 ["conversation", "started_at"]],
     "attempts": [["request_id"], ["account", "started_at"]],
     "account_events": [["at"], ["account", "at"]],
     "usage_hourly": [["account", "hour"], ["model", "hour"]],

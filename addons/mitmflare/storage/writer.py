@@ -25,6 +25,7 @@ import sqlite_utils
 
 from ..times import iso_utc
 from . import retention, rows, schema
+from .cache_forensics import CacheForensics
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class DatabaseWriter(threading.Thread):
         self._dbs: dict[str, sqlite_utils.Database] = {}
         self._inodes: dict[str, tuple[int, int]] = {}
         self.after_batch: Callable[[], None] | None = None  # called after each cycle
+        self.forensics = CacheForensics()  # why each request wrote to the prompt cache
 
     @property
     def state(self) -> str:
@@ -160,6 +162,7 @@ class DatabaseWriter(threading.Thread):
         self._open("analytics")
         self._open("state")
         self._load_spend(self._dbs["analytics"])
+        self.forensics.load(self._dbs["analytics"].conn, time.time())
         self.ready.set()
         running = True
         while running:
@@ -233,6 +236,7 @@ class DatabaseWriter(threading.Thread):
                 captured = payload.pop(rows.PAYLOAD, None)
                 try:
                     ready.requests.append(rows.complete(payload))
+                    self.forensics.attribute(payload)
                     ready.rows.append(("requests", payload))
                     if captured is not None:
                         ready.rows.append(("payloads", rows.payload_row(
@@ -382,6 +386,12 @@ class DatabaseWriter(threading.Thread):
                     [month]).fetchall():
                 spend[(kind, name, day)] += cost or 0.0
                 spend[(kind, name, day[:7])] += cost or 0.0
+        for name, day, cost in analytics.execute(
+                "select account, substr(started_at, 1, 10), sum(cost_usd) from requests "
+                "where overage = 1 and account is not null and started_at >= ? group by 1, 2",
+                [month]).fetchall():
+            spend[("overage", name, day)] += cost or 0.0
+            spend[("overage", name, day[:7])] += cost or 0.0
         self.spend = dict(spend)
 
     def _count_spend(self, requests: list[dict[str, Any]]) -> None:
@@ -395,6 +405,10 @@ class DatabaseWriter(threading.Thread):
                 if name:
                     for key in ((kind, name, started[:10]), (kind, name, started[:7])):
                         spend[key] = spend.get(key, 0.0) + cost
+            if row.get("overage") and row.get("account"):  # for overage_cap_usd
+                for key in (("overage", row["account"], started[:10]),
+                            ("overage", row["account"], started[:7])):
+                    spend[key] = spend.get(key, 0.0) + cost
 
     def _count_lost(self, table: str) -> None:
         self.write_errors += 1
