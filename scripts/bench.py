@@ -6,6 +6,8 @@ side by side in one run.
 
     ./scripts/bench [--requests 200] [--concurrency 1,8] [--rounds 3] [--soak 10000]
                     [--payloads] [--redis] [--peer better-ccflare] [--json]
+                    [--sizes] [--size-rounds 3] [--size-scale 1] [--hold-streams 500]
+                    [--hold-s 30]
 
 For each of JSON and SSE answers and each concurrency, the targets take turns in every
 round (direct, bare, mitmflare, converted, [payloads], [better-ccflare], then the next round),
@@ -36,7 +38,18 @@ missed (ratios: the median of the rounds):
 * ``mitmflare --help`` and ``mitmflare accounts list`` take <= 0.3 s (median of
   ``--cli-rounds`` runs each, timed first, before anything else is started)
 
-``--cli-only`` times just the two commands.
+``--cli-only`` times just the two commands. ``--sizes`` runs only the part at Claude Code's
+real sizes (``scripts/bench_sizes.py``: 100 KB-10 MB requests, a 2,000-event thinking stream,
+``--hold-streams`` streams held open), which the default run also ends with (``--size-rounds
+0`` skips it); its targets:
+
+* p50 added over bare mitmdump at concurrency 1: <= 0.5 ms at 100 KB, <= 2 ms at 1 MB,
+  <= 10 % at 10 MB, and at or below better-ccflare's; stream time to first byte within 0.5 ms
+  of bare's
+* peak RSS per in-flight MB of body <= 2 at 10 MB; RSS after the 10 MB rounds within 20 MB of
+  the start
+* the thinking stream arrives byte-exact, < 1 ms added per event
+* open streams: <= 100 KB of RSS each, event-loop lag p99 <= 5 ms
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_redis
+import bench_sizes
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,9 +301,19 @@ def main() -> int:
                         help="runs of each timed mitmflare command")
     parser.add_argument("--cli-only", action="store_true",
                         help="time only `mitmflare --help` and `mitmflare accounts list`")
+    parser.add_argument("--sizes", action="store_true",
+                        help="only the part at Claude Code's sizes (bench_sizes.py)")
+    parser.add_argument("--size-rounds", type=int, default=3,
+                        help="interleaved rounds of the sizes part (0: skip it)")
+    parser.add_argument("--size-scale", type=float, default=1.0,
+                        help="requests per size cell and round, times this (longer rounds)")
+    parser.add_argument("--hold-streams", type=int, default=500,
+                        help="streams held open at once (0: skip)")
+    parser.add_argument("--hold-s", type=float, default=30.0,
+                        help="seconds the streams are held open")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    cli = cli_timing(args.cli_rounds)  # first: nothing else of the benchmark runs yet
+    cli = {} if args.sizes else cli_timing(args.cli_rounds)  # first: nothing else runs yet
     if args.cli_only:
         checks = cli_checks(cli)
         if args.json:
@@ -312,7 +336,7 @@ def main() -> int:
     try:
         sim_port, bare_port, flare_port = free_port(), free_port(), free_port()
         spawn([str(BIN / "python"), "-m", "mitmflare.demo.simulator", "--port", str(sim_port),
-               "--chunk-delay-ms", str(SSE_CHUNK_DELAY_MS)], "sim.log")
+               "--chunk-delay-ms", str(SSE_CHUNK_DELAY_MS), "--forget-requests"], "sim.log")
         sim = f"http://127.0.0.1:{sim_port}"
         wait_http(sim + "/v1/models")
         (tmp / "bare.py").write_text(BARE_ADDON)
@@ -324,13 +348,20 @@ def main() -> int:
             f"  - {{name: bench-conv, provider: openai-compatible, api_key: sk-conv, priority: 2, "
             f"base_url: {sim}/v1, models: {{sonnet: gpt-bench}}}}\n")
         quiet = ["-q", "--set", "connection_strategy=lazy"]
-        bare = spawn([str(BIN / "mitmdump"), *quiet, "-s", str(tmp / "bare.py"), "--mode",
-                      f"reverse:{sim}@127.0.0.1:{bare_port}"], "bare.log")
+        lag_ports = {"bare": free_port(), "mitmflare": free_port()}
+
+        def lag(name: str) -> list[str]:  # the event-loop lag reader, in both alike
+            return ["-s", str(ROOT / "scripts" / "bench_lag.py"),
+                    "--set", f"bench_lag_port={lag_ports[name]}"]
+
+        bare = spawn([str(BIN / "mitmdump"), *quiet, "-s", str(tmp / "bare.py"), *lag("bare"),
+                      "--mode", f"reverse:{sim}@127.0.0.1:{bare_port}"], "bare.log")
 
         def mitmflare(name: str, port: int, *options: str) -> subprocess.Popen:
             sets = [f"flare_accounts={tmp / 'accounts.yaml'}", f"flare_db={tmp / name}.db",
                     f"flare_state={tmp / name}-state.db", *options]
             return spawn([str(BIN / "mitmdump"), *quiet, "-s", str(ROOT / "addons" / "bundle.py"),
+                          *(lag(name) if name in lag_ports else []),
                           "--mode", f"reverse:https://anthropic.mitmflare.invalid@127.0.0.1:{port}",
                           *[a for s in sets for a in ("--set", s)]], f"{name}.log")
 
@@ -359,6 +390,13 @@ def main() -> int:
         wait_http(targets["bare"] + "/v1/models")
         wait_http(targets["mitmflare"] + "/health")
         rss_start = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
+
+        sized = None
+        if args.sizes or args.size_rounds:
+            sized = run_sizes(args, targets, sim, {"bare": bare.pid, "mitmflare": flare.pid},
+                              lag_ports)
+        if args.sizes:
+            return report_sizes(sized, args.json)
 
         traffic = bench_redis.counters(redis_url) if args.redis else None
         rounds: dict[tuple[str, int, str], list[Result]] = {}
@@ -405,7 +443,44 @@ def main() -> int:
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}
     return report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, args.json,
-                  shared)
+                  shared, sized)
+
+
+def run_sizes(args, targets: dict[str, str], sim: str, pids: dict[str, int],
+              lag_ports: dict[str, int]) -> dict:
+    """The ``--sizes`` part (``bench_sizes``) on direct, bare, mitmflare [, better-ccflare]."""
+    chosen = {n: u for n, u in targets.items()
+              if n in ("direct", "bare", "mitmflare", "better-ccflare")}
+
+    def progress(text: str) -> None:
+        if not args.json and sys.stderr.isatty():
+            sys.stderr.write(f"\r{text:<60}")
+            sys.stderr.flush()
+
+    result = {}
+    if args.hold_streams:  # first, on fresh processes: RSS per stream is not hidden by frees
+        result["hold"] = bench_sizes.hold({n: u for n, u in chosen.items() if n != "direct"},
+                                          pids, lag_ports, rss_mb, args.hold_streams,
+                                          args.hold_s)
+    result["thinking"] = bench_sizes.thinking(chosen, sim, max(args.size_rounds, 1))
+    result["sizes"] = bench_sizes.sizes(chosen, pids, rss_mb, max(args.size_rounds, 1),
+                                        args.size_scale, progress)
+    result["summary"] = bench_sizes.summarize(result)
+    return result
+
+
+def report_sizes(sized: dict, as_json: bool) -> int:
+    """Report of ``--sizes`` alone; exit status 1 when one of its targets is missed."""
+    checks: list[dict] = []
+    bench_sizes.checks(sized, sized["summary"], lambda label, value, ok: checks.append(
+        {"check": label, "value": round(value, 3), "ok": bool(ok)}))
+    if as_json:
+        print(json.dumps({**sized, "checks": checks}, indent=2))
+    else:
+        bench_sizes.print_report(sized, sized["summary"])
+        for c in checks:
+            print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")
+    return 0 if all(c["ok"] for c in checks) else 1
 
 
 # -- converted-OpenAI column: OpenAI SDK-style SSE served by an Anthropic account -------------
@@ -526,7 +601,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_json: bool,
-           shared: dict | None = None) -> int:
+           shared: dict | None = None, sized: dict | None = None) -> int:
     figures = []
     for (kind, level, name), results in rounds.items():
         r = merged(results)
@@ -599,9 +674,11 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_jso
                       ratios[label]["median"] >= 0.95)
         per = shared["per_request"]
         check("Redis bytes per request <= 2048", per["bytes"], per["bytes"] <= 2048)
+    if sized is not None:
+        bench_sizes.checks(sized, sized["summary"], check)
     checks += cli_checks(cli)
     checks += conversion_checks()
-    out = {"figures": figures, "ratios": ratios,
+    out = {"sizes": sized, "figures": figures, "ratios": ratios,
            "rss_mb": {"start": rss_start, "after_load": rss_after},
            "soak": soak, "writer_rows_per_s": round(rate), "cli_s": cli, "checks": checks,
            "shared_state": shared,
@@ -633,6 +710,8 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_jso
                   f"{shared['propagation_ms']['p50']} ms, p99 {shared['propagation_ms']['p99']} ms")
         for name, size in growth.items():
             print(f"database growth ({name}): {size / 1e6:.2f} MB per 1,000 requests")
+        if sized is not None:
+            bench_sizes.print_report(sized, sized["summary"])
         print_cli(cli)
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['value']}")

@@ -70,3 +70,31 @@ def test_without_the_option_windows_grow_past_100_percent_as_before():
         sim.stop()
     assert last.status_code == 200
     assert float(last.headers["anthropic-ratelimit-unified-5h-utilization"]) > 1.0
+
+
+def test_a_request_can_ask_for_a_long_thinking_stream_held_open_and_read_back_its_bytes():
+    """What ``scripts/bench --sizes`` relies on: ``x-sim-answer`` shapes the answer (2,000
+    events of thinking, signature, text and tool use; a stream held open with pings), and
+    ``/_sim/sent`` gives back the exact bytes sent; ``forget_requests`` keeps no bodies."""
+    sim = SimulatedUpstream(forget_requests=True)
+    sim.start()
+    body = {**BIG, "stream": True}
+    try:
+        answer = httpx.post(sim.url + "/v1/messages", json=body, timeout=10, headers={
+            "x-api-key": "k", "x-sim-answer": '{"thinking_events": 2000, "event_delay_ms": 0}'})
+        sent = httpx.get(sim.url + "/_sim/sent",
+                         params={"id": answer.headers["request-id"]}).content
+        start = time.monotonic()
+        held = httpx.post(sim.url + "/v1/messages", json=body, timeout=10,
+                          headers={"x-api-key": "k", "x-sim-answer": '{"hold_s": 1.2}'})
+        held_s = time.monotonic() - start
+    finally:
+        sim.stop()
+    events = answer.content.split(b"\n\n")[:-1]
+    assert len(events) == 2000 and answer.content == sent
+    kinds = [e.split(b"\n", 1)[0] for e in events]
+    assert kinds[:3] == [b"event: message_start", b"event: ping", b"event: content_block_start"]
+    assert b'"signature_delta"' in answer.content and b'"input_json_delta"' in answer.content
+    assert kinds[-1] == b"event: message_stop"
+    assert held_s >= 1.2 and held.content.count(b"event: ping") >= 3  # its own, then 2 held
+    assert sim.requests == []

@@ -34,10 +34,10 @@ Codex mode (:mod:`.simulator_codex`): ``/codex/oauth/authorize``, ``/codex/oauth
 the Codex backend's ``POST /backend-api/codex/responses`` with its ``x-codex-*`` headers.
 
 Run alone: ``python -m mitmflare.demo.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
-[--windows [--enforce-windows] [--window-scale 60]]``.
+[--windows [--enforce-windows] [--window-scale 60]] [--forget-requests]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
 ``POST /_sim/overage`` ``{"credential": "...", "mode": "allowed" | "out_of_credits"}``,
-``GET /_sim/requests``, ``POST /_sim/reset``.
+``GET /_sim/requests``, ``GET /_sim/sent?id=…``, ``POST /_sim/reset``.
 """
 
 from __future__ import annotations
@@ -96,12 +96,14 @@ class SimulatedUpstream:
     credential -> ``allowed`` (once its 5-hour window is used up it answers from extra usage:
     200 with ``unified-status: rejected`` and ``overage-status: allowed``) or a disabled reason
     such as ``out_of_credits`` (``overage-status: rejected`` with that reason on every answer).
+    ``forget_requests``: keep no :class:`SeenRequest` (benchmarks sending large bodies).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
                  windows: bool = False, enforce_windows: bool = False,
-                 window_scale: float = 1.0) -> None:
+                 window_scale: float = 1.0, forget_requests: bool = False) -> None:
         self.chunk_delay_s = chunk_delay_s
+        self.forget_requests = forget_requests
         self.chaos = chaos
         self.windows = windows
         self.enforce_windows = enforce_windows
@@ -194,12 +196,13 @@ class SimulatedUpstream:
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
+        parts = []
         while True:
             message = await receive()
-            raw += message.get("body", b"")
+            parts.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
+        raw = b"".join(parts)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         try:
             body = json.loads(raw) if raw else None
@@ -207,7 +210,8 @@ class SimulatedUpstream:
             body = None
         path = scope["path"]
         if path.startswith("/_sim/"):
-            await self._control(path, body, send)
+            query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode()))
+            await self._control(path, body, send, query)
             return
         if path in ("/oauth/authorize", codex.AUTHORIZE_PATH):
             await self._authorize(scope, send)
@@ -221,12 +225,14 @@ class SimulatedUpstream:
         credential = headers.get("x-api-key")
         if credential is None and headers.get("authorization", "").startswith("Bearer "):
             credential = headers["authorization"][7:]
-        self.requests.append(SeenRequest(scope["method"], path, headers, body, credential))
+        if not self.forget_requests:
+            self.requests.append(SeenRequest(scope["method"], path, headers, body, credential))
         if path == codex.RESPONSES_PATH:
             await self._codex(headers, body, credential or "", send)
             return
         rejected = self._oauth_rejection(credential, headers)
-        answer = {"status": 401, "body": rejected} if rejected else self._next_answer(credential)
+        answer = {"status": 401, "body": rejected} if rejected else \
+            self._next_answer(credential, headers.get("x-sim-answer"))
         if answer.get("delay_s"):
             await asyncio.sleep(answer["delay_s"])
         if answer.get("status", 200) >= 400:
@@ -255,10 +261,17 @@ class SimulatedUpstream:
         await self._stream(send, out, _pieces(events, answer.get("chunk_bytes")),
                            answer.get("stall_after"))
 
-    def _next_answer(self, credential: str | None) -> dict[str, Any]:
+    def _next_answer(self, credential: str | None, asked: str | None = None) -> dict[str, Any]:
         queue = self._scripts.get(credential or "")
         if queue:
             return queue.popleft()
+        if asked:  # the request's x-sim-answer header (benchmarks)
+            try:
+                answer = json.loads(asked)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict):
+                return answer
         if self.enforce_windows and (credential or "").startswith("sk-ant-oat"):
             rejection = self._rejection(credential or "")
             if rejection is not None:
@@ -324,7 +337,7 @@ class SimulatedUpstream:
                 "cache_read_input_tokens": random.choice([0, 0, 1800, 12000, 40000]),
                 "cache_creation_input_tokens": random.choice([0, 0, 0, 2500])}
 
-    async def _control(self, path: str, body: Any, send) -> None:
+    async def _control(self, path: str, body: Any, send, query: dict[str, str]) -> None:
         if path == "/_sim/script" and isinstance(body, dict):
             self.script(body.get("credential", ""), *body.get("answers", []))
             await _send_json(send, 200, {"ok": True})
@@ -333,6 +346,8 @@ class SimulatedUpstream:
         elif path == "/_sim/overage" and isinstance(body, dict):
             self.overage[str(body.get("credential"))] = str(body.get("mode"))
             await _send_json(send, 200, {"ok": True})
+        elif path == "/_sim/sent":
+            await _send_bytes(send, self.sent.get(query.get("id", ""), b""))
         elif path == "/_sim/reset":
             self.reset()
             await _send_json(send, 200, {"ok": True})
@@ -359,7 +374,8 @@ class SimulatedUpstream:
                 events = _anthropic_events(model, usage, answer)
                 self._keep(headers, b"".join(events))
                 await self._stream(send, headers, _pieces(events, answer.get("chunk_bytes")),
-                                   answer.get("stall_after"))
+                                   answer.get("stall_after"), answer.get("event_delay_ms"),
+                                   answer.get("hold_s"))
             else:
                 message = _anthropic_message(model, usage, answer)
                 self._keep(headers, json.dumps(message).encode())
@@ -467,18 +483,28 @@ class SimulatedUpstream:
                 "anthropic-ratelimit-unified-overage-reset": str(int(month_end))}
 
     async def _stream(self, send, headers: dict[str, str], events: list[bytes],
-                      stall_after: int | None = None) -> None:
+                      stall_after: int | None = None, event_delay_ms: float | None = None,
+                      hold_s: float | None = None) -> None:
         """Send ``events`` as an SSE answer; with ``stall_after`` (a scripted answer's key),
-        fall silent for an hour after that many events (a hung upstream, for timeouts)."""
+        fall silent for an hour after that many events (a hung upstream, for timeouts); with
+        ``event_delay_ms``, that pause between events instead of the simulator's; with
+        ``hold_s``, a ``ping`` event every second for that long after the first event."""
         await send({"type": "http.response.start", "status": 200,
                     "headers": _headers({"content-type": "text/event-stream",
                                          "cache-control": "no-cache", **headers})})
+        delay = self.chunk_delay_s if event_delay_ms is None else event_delay_ms / 1000
         for i, event in enumerate(events):
             if i == stall_after:
                 await asyncio.sleep(3600)
-            if i and self.chunk_delay_s:
-                await asyncio.sleep(self.chunk_delay_s)
+            if i and delay:
+                await asyncio.sleep(delay)
             await send({"type": "http.response.body", "body": event, "more_body": True})
+            if i == 0 and hold_s:
+                end = time.monotonic() + hold_s
+                while (left := end - time.monotonic()) > 0:
+                    await asyncio.sleep(min(1.0, left))
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": _sse("ping", {"type": "ping"})})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -538,8 +564,9 @@ def _block_events(index: int, block: dict) -> list[bytes]:
 
     if kind == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
-        deltas = [delta({"type": "thinking_delta", "thinking": piece})
-                  for piece in _halves(block.get("thinking", ""))]
+        thinking = block.get("thinking", "")  # a list: the pieces as they are sent
+        deltas = [delta({"type": "thinking_delta", "thinking": piece}) for piece in
+                  (thinking if isinstance(thinking, list) else _halves(thinking))]
         deltas.append(delta({"type": "signature_delta", "signature": block["signature"]}))
     elif kind == "tool_use":
         start = {**block, "input": {}}
@@ -558,8 +585,23 @@ def _block_events(index: int, block: dict) -> list[bytes]:
             *deltas, _sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
+def _long_thinking(events: int) -> list[dict]:
+    """Content blocks whose stream (:func:`_anthropic_events`) has about ``events`` events:
+    a thinking block of ``events - 15`` deltas and its signature, a text block and a tool use
+    (a long extended-thinking answer, for benchmarks)."""
+    deltas = max(events - 15, 1)
+    return [{"type": "thinking", "signature": "EqQBCkYIBRgCKkD" + "x" * 300,
+             "thinking": [f"Step {i}: consider the {i % 7}th case of the problem, ünïcödé. "
+                          for i in range(deltas)]},
+            {"type": "text", "text": "Here is the plan, then the edit."},
+            {"type": "tool_use", "id": "toolu_bench01", "name": "Edit",
+             "input": {"file_path": "/src/app.py", "old_string": "a = 1", "new_string": "a = 2"}}]
+
+
 def _anthropic_events(model: str, usage: dict, answer: dict) -> list[bytes]:
     start_usage = {**_anthropic_usage(usage), "output_tokens": 1}
+    if answer.get("thinking_events"):
+        answer = {**answer, "blocks": _long_thinking(int(answer["thinking_events"]))}
     blocks = _scripted_blocks(answer)
     final = _anthropic_message(model, usage, answer)
     message = {**final, "content": [], "stop_reason": None, "usage": start_usage}
@@ -716,6 +758,12 @@ def _headers(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
 
 
+async def _send_bytes(send, data: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": _headers({"content-type": "application/octet-stream"})})
+    await send({"type": "http.response.body", "body": data})
+
+
 async def _send_json(send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -737,11 +785,13 @@ def main() -> None:
                              "until it resets")
     parser.add_argument("--window-scale", type=float, default=1.0,
                         help="windows last this many times less (60: 5 h become 5 min)")
+    parser.add_argument("--forget-requests", action="store_true",
+                        help="keep no record of the requests (benchmarks with large bodies)")
     args = parser.parse_args()
     if args.window_scale <= 0:
         parser.error("--window-scale must be positive")
     sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos, args.windows,
-                            args.enforce_windows, args.window_scale)
+                            args.enforce_windows, args.window_scale, args.forget_requests)
     print(f"simulated upstream on {sim.start(args.host, args.port)}", flush=True)
     try:
         while True:
