@@ -17,6 +17,7 @@ from .addons.concurrency import Slots
 from .money import usd
 from .providers.oauth import OAuthManager, TokenSet
 from .providers.presets import ANTHROPIC, OPENAI
+from .providers.request_info import parse_source
 from .providers.sse import UsageTap
 from .routing.cache_affinity import CacheAffinity, CacheContext
 from .routing.classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
@@ -72,8 +73,10 @@ class FlowContext:
     user: str | None = None
     convertible: bool = False       # an Anthropic Messages request (OpenAI accounts may serve it)
     family: str | None = None       # compatibility route: the model's provider prefix
-    body: dict[str, Any] | None = None   # the client's JSON body, parsed once
+    body: dict[str, Any] | None = None   # the client's JSON body, once request_json() parsed it
     raw_body: bytes = b""           # the client's body as sent
+    body_source: bytes | None = None  # its decoded bytes when a JSON object (mostly raw_body)
+    body_model: str | None = None   # the body's `model` when a string, uncut
     upstream_model: str | None = None    # model asked of the current account
     converted: bool = False         # the current attempt converts Anthropic ⇄ OpenAI
     upstream_body: bytes | None = None   # a converted whole answer as the upstream sent it
@@ -95,6 +98,14 @@ class FlowContext:
 
     def __post_init__(self) -> None:
         self.row_id = self.row_id or self.flow_id
+
+    def request_json(self) -> dict[str, Any] | None:
+        """The client's JSON object body, every value exact, parsed on first use: only a
+        request that is converted or gets another model needs it (routing reads what it
+        needs without keeping the parsed body, see :mod:`.providers.request_info`)."""
+        if self.body is None and self.body_source is not None:
+            self.body = parse_source(self.body_source)
+        return self.body
 
 
 class Core:

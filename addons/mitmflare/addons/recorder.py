@@ -121,8 +121,8 @@ class Recorder:
             return  # Codex always streams: kept whole, answered as JSON (see .convert)
         # the usage as the upstream counts it: read in its own format, before any conversion
         tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.provider)
-        convert = stream_converter(fc.path, fc.body, fc.upstream_model or fc.model or "",
-                                   fc.account.wire) if fc.converted else None
+        convert = stream_converter(fc.path, fc.request_json(), fc.upstream_model or fc.model
+                                   or "", fc.account.wire) if fc.converted else None
         limit = self.copy_limit
         kept = fc.stream_copy = bytearray() if limit else None
 
@@ -209,7 +209,10 @@ class Recorder:
             answer = bytes(fc.stream_copy)
         else:
             answer = response.raw_content or b""
-        return {"limit": self.payload_limit, "request_body": fc.raw_body or b"",
-                "response_body": answer,
+        limit = self.payload_limit  # cut here: no whole copy of a large body to the writer
+        request_body = fc.raw_body or b""
+        return {"limit": limit, "request_body": request_body[:limit + 1],
+                "request_size": len(request_body),
+                "response_body": answer[:limit + 1], "response_size": len(answer),
                 "request_headers": _headers(flow.request.headers),
                 "response_headers": _headers(response.headers) if response else None}

@@ -159,17 +159,19 @@ class Router:
         if refusal is None:
             info = inspect_request(provider, request)
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
-            fc.body, fc.raw_body = info.body, request.raw_content or b""
-            ttl = cache_ttl(fc.body) if provider == ANTHROPIC else 0.0  # cache_control
+            fc.raw_body, fc.body_source = request.raw_content or b"", info.source
+            fc.body_model = info.body_model
+            ttl = cache_ttl(info.body) if provider == ANTHROPIC else 0.0  # cache_control
             if ttl:
                 fc.cache = CacheContext(
-                    conversation_key(fc.client_session, fc.body, info.agent), ttl,
+                    conversation_key(fc.client_session, info.body, info.agent), ttl,
                     parent_key(fc.client_session, info.agent, info.parent_agent))
             fc.convertible = convertible(provider, path)
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
-            problem = model_problem(path, request.method, fc.body,
+            problem = model_problem(path, request.method, info.body,
                                     user is not None and user.allowed_models is not None)
+            info.body = None  # the parsed body goes now (fc.request_json() when needed)
             refusal = Refusal(400, "invalid_request", problem) if problem else \
                 access.authorize(user, provider, fc.model, fc.started) if access else None
             if refusal is None and user is not None and not await self.core.slots.take_user(
@@ -196,7 +198,8 @@ class Router:
             candidates = [a for a in self.core.pool.for_client(provider, True, fc.family)
                           if a.serves(fc.model) and a.name not in fc.excluded
                           and (fc.family is None or a.in_family(fc.family))]
-            refused = unconvertible(candidates, path, fc.body, fc.excluded, fc.skipped)
+            refused = unconvertible(candidates, path, fc.request_json(), fc.excluded,
+                                   fc.skipped)
             if refused is not None:
                 fc.error = refused
                 flow.response = error_response(provider, 400, "invalid_request", refused)
@@ -355,7 +358,8 @@ class Router:
             fc.upstream_body = flow.response.content
             fc.upstream_sse = flow.response.headers.get("content-type", "").startswith(
                 "text/event-stream")
-            convert_answer(flow.response, fc.path, fc.body, fc.upstream_model or fc.model or "",
+            convert_answer(flow.response, fc.path, fc.request_json(),
+                           fc.upstream_model or fc.model or "",
                            fc.account.wire if fc.account else "")
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
@@ -448,14 +452,16 @@ class Router:
 
 def _set_body(request: http.Request, fc: FlowContext, wire: str) -> None:
     """The body for the account speaking ``wire``: converted to its format, or with the model the
-    account maps to, or the client's own bytes (the common case: nothing is re-encoded)."""
-    body = fc.body
-    if fc.converted and body is not None:
-        request.content = json.dumps(convert_request(fc.path, body, fc.upstream_model or "",
-                                                     wire, fc.client_session),
+    account maps to, or the client's own bytes (the common case: nothing is parsed again or
+    re-encoded)."""
+    if fc.converted and fc.body_source is not None:
+        request.content = json.dumps(convert_request(fc.path, fc.request_json() or {},
+                                                     fc.upstream_model or "", wire,
+                                                     fc.client_session),
                                      separators=(",", ":")).encode()
-    elif body is not None and fc.upstream_model and body.get("model") != fc.upstream_model:
-        request.content = json.dumps({**body, "model": fc.upstream_model},
+    elif fc.body_source is not None and fc.upstream_model \
+            and fc.body_model != fc.upstream_model:
+        request.content = json.dumps({**(fc.request_json() or {}), "model": fc.upstream_model},
                                      separators=(",", ":")).encode()
     elif request.raw_content is not fc.raw_body:
         request.raw_content = fc.raw_body

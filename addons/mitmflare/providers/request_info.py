@@ -17,7 +17,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .wire import MAX_TEXT, content, header, json_object, text
+from .wire import MAX_TEXT, content, header, json_object, json_object_fast, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
 AGENT_HEADER = b"x-claude-code-agent-id"          # a Claude Code sub-agent's own id
@@ -37,7 +37,12 @@ _LEGACY_SESSION = re.compile(r"_session_([A-Za-z0-9-]+)$")
 class RequestInfo:
     """``model`` and ``client_session`` are None when the request does not say; ``body`` when
     the body is not a JSON object. ``agent`` / ``parent_agent``: a Claude Code sub-agent's id
-    and its parent agent's (None for the main conversation, or when not sent)."""
+    and its parent agent's (None for the main conversation, or when not sent). ``body`` is
+    read for routing (:func:`.wire.json_object_fast`: integers past 64 bits may be floats);
+    whoever keeps the request beyond routing keeps
+    ``source`` (the decoded body bytes, the very object mitmproxy holds when the body has no
+    ``content-encoding``) and parses it again when it must re-encode it
+    (:func:`parse_source`). ``body_model``: the body's ``model`` when a string, uncut."""
 
     model: str | None = None
     client_session: str | None = None
@@ -45,6 +50,8 @@ class RequestInfo:
     parent_agent: str | None = None
     stream: bool = False
     body: dict[str, Any] | None = None  # the JSON object body, parsed
+    source: bytes | None = None         # the bytes ``body`` was parsed from
+    body_model: str | None = None
 
 
 def inspect_request(provider: str, request: http.Request) -> RequestInfo:
@@ -54,20 +61,34 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     info = RequestInfo(client_session=text(header(request.headers, SESSION_HEADER)),
                        agent=text(header(request.headers, AGENT_HEADER)),
                        parent_agent=text(header(request.headers, PARENT_AGENT_HEADER)))
-    body = info.body = _json_body(request)
-    if body is None:
+    if not request.raw_content or request.data.method.upper() != b"POST":
         return info
-    info.model = text(body.get("model"))
+    info.source = content(request, strict=False)
+    body = info.body = json_object_fast(info.source)
+    if body is None:
+        info.source = None
+        return info
+    model = body.get("model")
+    info.body_model = model if isinstance(model, str) else None
+    info.model = text(model)
     info.stream = body.get("stream") is True
     if info.client_session is None:
         info.client_session = _session_from_metadata(body.get("metadata"))
     if (provider == "openai" and info.stream and request.path.startswith("/v1/chat/completions")):
         options = body.get("stream_options")
         if not isinstance(options, dict) or options.get("include_usage") is not True:
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
-            request.content = json.dumps(body, separators=(",", ":")).encode()
+            exact = parse_source(info.source) or {}  # re-encoded: every value as sent
+            exact["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                       "include_usage": True}
+            request.content = json.dumps(exact, separators=(",", ":")).encode()
+            info.source = content(request, strict=False)
     return info
+
+
+def parse_source(source: bytes | None) -> dict[str, Any] | None:
+    """The JSON object in a request's decoded body bytes (:attr:`RequestInfo.source`), every
+    value exact (:func:`.wire.json_object`), for re-encoding it: conversion, a model rewrite."""
+    return json_object(source)
 
 
 def model_problem(path: str, method: str, body: dict[str, Any] | None,
@@ -90,12 +111,6 @@ def model_problem(path: str, method: str, body: dict[str, Any] | None,
         return None
     got = "an empty string" if isinstance(model, str) else _JSON_TYPES.get(type(model), "?")
     return f"mitmflare: `model` must be a string naming a model, not {got}"
-
-
-def _json_body(request: http.Request) -> dict[str, Any] | None:
-    if not request.raw_content or request.data.method.upper() != b"POST":
-        return None
-    return json_object(content(request, strict=False))
 
 
 def _session_from_metadata(metadata: Any) -> str | None:

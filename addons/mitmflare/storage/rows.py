@@ -107,17 +107,21 @@ def error_text(status: int, body: bytes) -> str:
 
 def payload_row(request_id: str, created_at: str, captured: dict[str, Any]) -> dict[str, Any]:
     """The `payloads` row for a captured request: bodies as text (UTF-8, undecodable bytes
-    replaced), each cut at ``captured["limit"]`` bytes with a marker; headers as JSON."""
+    replaced), each cut at ``captured["limit"]`` bytes with a marker naming its whole size
+    (``request_size`` / ``response_size`` when the proxy sent only the first bytes); headers
+    as JSON."""
     limit = captured["limit"]
 
-    def body(raw: bytes) -> tuple[str, int]:
-        if len(raw) <= limit:
+    def body(raw: bytes, size: int | None) -> tuple[str, int]:
+        size = len(raw) if size is None else size  # the proxy sends at most limit + 1 bytes
+        if size <= limit:
             return raw.decode("utf-8", "replace"), 0
         return raw[:limit].decode("utf-8", "replace") + f"\n…[cut at {limit // 1024} KB of " \
-            f"{len(raw)} bytes]", 1
+            f"{size} bytes]", 1
 
-    request_body, request_cut = body(captured["request_body"])
-    response_body, response_cut = body(captured["response_body"])
+    request_body, request_cut = body(captured["request_body"], captured.get("request_size"))
+    response_body, response_cut = body(captured["response_body"],
+                                       captured.get("response_size"))
     headers = captured.get("response_headers")
     return {"id": request_id, "created_at": created_at,
             "request_headers": json.dumps(captured["request_headers"]),
