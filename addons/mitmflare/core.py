@@ -1,6 +1,7 @@
 """State shared by the bundle's addons: the pool, the selector, the writer and flow contexts.
 
-Runs on the event loop; database work is handed to :class:`~.writer.DatabaseWriter`.
+Runs on the event loop; database work is handed to the writer process
+(:class:`~.storage.writer_process.WriterProcess`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addons.concurrency import Slots
 from .money import usd
@@ -25,8 +26,11 @@ from .routing.pool import AVAILABLE, Account, AccountPool
 from .routing.ratelimits import Limits
 from .routing.selection import Selector
 from .routing.usage_windows import BurnTracker, window_rows
-from .storage.writer import DatabaseWriter
+from .storage.writer_process import WriterProcess
 from .times import iso_utc
+
+if TYPE_CHECKING:
+    from .addons.access import AccessKeys
 
 log = logging.getLogger("mitmflare")
 
@@ -114,7 +118,7 @@ class Core:
     def __init__(self) -> None:
         self.pool = AccountPool()
         self.selector = Selector()
-        self.writer: DatabaseWriter | None = None
+        self.writer: WriterProcess | None = None
         self.flows: dict[str, FlowContext] = {}
         self.strategy = "session"
         self.session_hours = 5.0
@@ -125,7 +129,7 @@ class Core:
         self.fallbacks: dict[str, list[str]] = {}  # model -> models to serve instead (in order)
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None
-        self.access = None  # the AccessKeys addon (see .access)
+        self.access: AccessKeys | None = None  # the AccessKeys addon (see .access)
         self.require_keys = False
         self.oauth_clients = "any"  # flare_oauth_clients (see .oauth_clients)
         self.users: dict[str, Any] = {}  # access-key users by key hash (see .users)

@@ -116,7 +116,7 @@ class AccountsFile:
             log.log(self._level, "account entry left out: %s", error)
         added, removed, renamed = self.core.pool.replace(configs)
         for name in added:
-            account = self.core.pool.get(name)
+            account = self.core.pool.accounts[name]
             saved = self._persisted_state(name, account.config.identity)
             if saved and saved.get("provider") == account.provider:
                 account.state.restore(saved)

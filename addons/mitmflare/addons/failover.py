@@ -100,7 +100,7 @@ class Failover:
         verdict = self._judge(flow, fc)
         retries = 0
         while verdict.action in (FAILOVER, TRANSIENT):
-            account = fc.account
+            account = attempt_account(fc)
             now = time.time()
             if verdict.needs_reauth and await self._refreshed_for_retry(fc, retries):
                 # an OAuth 401/403: one refresh-and-retry on the same account first
@@ -165,75 +165,79 @@ class Failover:
         fc.request_fault = True
         fc.notes.append("the same error followed the request to a second account: the "
                         "request's fault, no account charged")
-        flow.response.headers["x-mitmflare-error"] = "request_fault"
+        attempt_response(flow).headers["x-mitmflare-error"] = "request_fault"
         self._give_up(flow, fc)
 
     def _after_stream(self, fc: FlowContext) -> None:
         """A 200 whose stream carried an error event: nothing can be retried once bytes went
         out, but the account's state still learns from it."""
         kind = fc.tap.error_type if fc.tap else None
+        account = attempt_account(fc)
         now = time.time()
         if kind == "rate_limit_error":
-            self.core.apply(fc.account, Verdict(FAILOVER, "stream_rate_limit_error", backoff=True),
+            self.core.apply(account, Verdict(FAILOVER, "stream_rate_limit_error", backoff=True),
                             fc.model, fc.limits, now)
         elif kind == "overloaded_error":
-            self.core.apply(fc.account, Verdict(TRANSIENT, "stream_overloaded_error",
-                                                cooldown_until=now + TRANSIENT_COOLDOWN_S),
+            self.core.apply(account, Verdict(TRANSIENT, "stream_overloaded_error",
+                                             cooldown_until=now + TRANSIENT_COOLDOWN_S),
                             fc.model, fc.limits, now)
         else:
-            self.core.succeeded(fc.account, fc.model)
+            self.core.succeeded(account, fc.model)
 
     async def _refreshed_for_retry(self, fc: FlowContext, retries: int) -> bool:
         oauth = self.core.oauth
-        if fc.oauth_retried or fc.account.config.oauth is None or oauth is None \
+        account = attempt_account(fc)
+        if fc.oauth_retried or account.config.oauth is None or oauth is None \
                 or retries >= self.attempts:
             return False
         fc.oauth_retried = True
-        return await oauth.refresh(fc.account)
+        return await oauth.refresh(account)
 
     def _judge(self, flow: http.HTTPFlow, fc: FlowContext) -> Verdict:
         """Classify the current answer and record it as an attempt."""
         now = time.time()
-        response = flow.response
+        response, account = attempt_response(flow), attempt_account(fc)
         if fc.limits is None:
-            fc.limits = parse_limits(fc.account.wire, response.headers, now)
+            fc.limits = parse_limits(account.wire, response.headers, now)
         body = response.content if response.status_code >= 400 else None
-        verdict = classify(fc.account.wire, response.status_code, fc.limits, body, now,
+        verdict = classify(account.wire, response.status_code, fc.limits, body, now,
                            self.core.max_cooldown_s)
         if response.status_code >= 400:
-            fc.notes.append(f"{fc.account.name}: {response.status_code} {verdict.reason}")
+            fc.notes.append(f"{account.name}: {response.status_code} {verdict.reason}")
         self.core.put("attempt", {
-            "request_id": fc.row_id, "attempt": len(fc.attempts) + 1, "account": fc.account.name,
+            "request_id": fc.row_id, "attempt": len(fc.attempts) + 1, "account": account.name,
             "started_at": fc.attempt_started, "status": response.status_code,
             "reason": verdict.reason or None,
             "duration_ms": round((now - fc.attempt_started) * 1000, 3)})
-        fc.attempts.append({"account": fc.account.name, "status": response.status_code})
+        fc.attempts.append({"account": account.name, "status": response.status_code})
         return verdict
 
     async def _send(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
         """Send the (already re-routed) request again and put the answer in ``flow.response``."""
-        request = flow.request
+        request, account = flow.request, attempt_account(fc)
         headers = [(k, v) for k, v in request.headers.items(multi=True)
                    if k.lower() not in HOP_HEADERS]
         fc.limits = None
         connect, answer, stream_answer, idle = self.core.timeouts
         wait = max(stream_answer, idle) if fc.stream else answer
         try:
+            if self.client is None:  # not running (yet, or any more)
+                raise httpx.ConnectError("mitmflare is not running")
             up = await self.client.request(request.method, request.url, headers=headers,
                                            content=request.raw_content or b"",
                                            timeout=httpx.Timeout(wait, connect=connect))
         except httpx.HTTPError as exc:
-            log.warning("failover to %s: %s", fc.account.name, exc)
+            log.warning("failover to %s: %s", account.name, exc)
             flow.response = error_response(fc.provider, 502, "unavailable",
-                                           f"mitmflare: upstream of {fc.account.name} "
+                                           f"mitmflare: upstream of {account.name} "
                                            f"unreachable: {type(exc).__name__}")
             return
         now = time.time()
         out = [(k.encode(), v.encode()) for k, v in up.headers.multi_items()
                if k.lower() not in DROP_RESPONSE_HEADERS]
         flow.response = http.Response.make(up.status_code, up.content, out)
-        fc.limits = parse_limits(fc.account.wire, flow.response.headers, now)
-        self.core.learn(fc.account, fc.limits, now)
+        fc.limits = parse_limits(account.wire, flow.response.headers, now)
+        self.core.learn(account, fc.limits, now)
 
     def _delay(self, retry: int) -> float:
         """Seconds before a retry after a transient error: delay x backoff^n, +-25 % jitter."""
@@ -255,14 +259,15 @@ class Failover:
         status = 529 if fc.provider == "anthropic" else 503
         flow.response = error_response(
             fc.provider, status, "overloaded",
-            f"mitmflare: account {fc.account.name} answered {flow.response.status_code} "
+            f"mitmflare: account {attempt_account(fc).name} answered "
+            f"{attempt_response(flow).status_code} "
             f"({verdict.reason}); retry and another account will serve the request",
             {"x-should-retry": "true", "retry-after-ms": "1", "x-mitmflare-error": "failover"})
         fc.failover = True
 
     def _give_up(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
         """Retry budget spent: hand back the last answer, telling the client not to retry."""
-        headers = flow.response.headers
+        headers = attempt_response(flow).headers
         headers["x-should-retry"] = "false"
         wait = fc.limits.retry_after_s if fc.limits else None
         if wait is not None and wait > LONG_RETRY_AFTER_S:
@@ -333,6 +338,22 @@ class Failover:
             if skipped:
                 text += f"; skipped {', '.join(skipped)} (cannot serve {fc.model})"
         flow.comment = text
+
+
+def attempt_account(fc: FlowContext) -> Account:
+    """The account of ``fc``'s current attempt: failover runs only after one was sent.
+    Raises RuntimeError otherwise (a bug: the router answers that flow itself)."""
+    if fc.account is None:
+        raise RuntimeError(f"flow {fc.flow_id}: failover without an account")
+    return fc.account
+
+
+def attempt_response(flow: http.HTTPFlow) -> http.Response:
+    """The answer of the current attempt: failover runs only once there is one. Raises
+    RuntimeError otherwise."""
+    if flow.response is None:
+        raise RuntimeError(f"flow {flow.id}: failover without an answer")
+    return flow.response
 
 
 def free_at(account: Account, model: str | None, now: float) -> float:

@@ -100,7 +100,8 @@ class Listener:
         if nextlayer.layer is not None or len(context.layers) != 1 \
                 or not isinstance(context.layers[0], modes.ReverseProxy):
             return
-        if context.client.proxy_mode.scheme != "https" \
+        mode = context.client.proxy_mode
+        if not isinstance(mode, ReverseMode) or mode.scheme != "https" \
                 or context.client.transport_protocol != "tcp" \
                 or ctx.options.ignore_hosts or ctx.options.allow_hosts \
                 or starts_like_tls_record(nextlayer.data_client()):

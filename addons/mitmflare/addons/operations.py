@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from mitmproxy import command, ctx, exceptions, flow, http
 from mitmproxy.utils import asyncio_utils
@@ -114,7 +115,7 @@ class Operations:
         accounts = list(self.core.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
         available = statuses.count(AVAILABLE)
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if available else "degraded",
             "version": __version__,
             "strategy": self.core.strategy,
@@ -253,7 +254,7 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
     return f"not next: available (priority {account.config.priority}{near})"
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             for row in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
@@ -113,7 +114,7 @@ class Recorder:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)
         response = flow.response
-        if fc is None or fc.account is None or response.status_code >= 400:
+        if fc is None or fc.account is None or response is None or response.status_code >= 400:
             return
         if not response.headers.get("content-type", "").startswith(SSE):
             return
@@ -153,11 +154,11 @@ class Recorder:
         if fc is not None:
             self.core.put("request", self._row(flow, fc, flow.error.msg if flow.error else None))
 
-    def _row(self, flow: http.HTTPFlow, fc: FlowContext, error: str | None) -> dict:
+    def _row(self, flow: http.HTTPFlow, fc: FlowContext, error: str | None) -> dict[str, Any]:
         now = time.time()
         started = flow.request.timestamp_start or fc.started
         response = flow.response
-        row = {
+        row: dict[str, Any] = {
             "id": fc.row_id, "started_at": float(started),
             "provider": fc.account.provider if fc.account else fc.provider or None,
             "account": fc.account.name if fc.account else None,

@@ -156,7 +156,7 @@ class Router:
             flow.response = error_response(None, 404, "not_found",
                                            f"mitmflare: no provider serves {path}")
             return
-        if refusal is None:
+        if refusal is None and provider is not None:
             info = inspect_request(provider, request)
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
             fc.raw_body, fc.body_source = request.raw_content or b"", info.source
@@ -174,8 +174,9 @@ class Router:
             info.body = None  # the parsed body goes now (fc.request_json() when needed)
             refusal = Refusal(400, "invalid_request", problem) if problem else \
                 access.authorize(user, provider, fc.model, fc.started) if access else None
-            if refusal is None and user is not None and not await self.core.slots.take_user(
-                    user, flow.id, fc.started + self.core.queue_s):
+            if refusal is None and user is not None and user.max_concurrent is not None \
+                    and not await self.core.slots.take_user(user, flow.id,
+                                                            fc.started + self.core.queue_s):
                 refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
                                   f"{in_flight(user.max_concurrent)}, its limit "
                                   f"(max_concurrent); retry when one has finished", 1)
@@ -327,10 +328,10 @@ class Router:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)
-        if fc is None or fc.account is None:
+        response = flow.response
+        if fc is None or fc.account is None or response is None:
             return
         now = time.time()
-        response = flow.response
         redact_credentials(flow.request.headers, fc.account.name)
         fc.ttfb = now
         if fc.asked_model is not None:

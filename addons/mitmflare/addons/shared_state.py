@@ -206,7 +206,7 @@ class SharedState:
             if not self._queue:
                 continue
             pipe = client.pipeline(transaction=False)
-            batch = []
+            batch: list[tuple[str, str, dict[str, Any]]] = []
             while self._queue and len(batch) < 500:
                 batch.append(self._queue.popleft())
             for kind, name, body in batch:

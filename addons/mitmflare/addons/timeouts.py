@@ -38,12 +38,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import asyncio_utils
 
 from ..core import Core, FlowContext
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
+from ..routing.pool import Account
 
 log = logging.getLogger("mitmflare")
 
@@ -94,17 +96,18 @@ class Timeouts:
         fc = self.core.flows.get(f.id)
         if fc is None or f.id not in self.flows:
             return
-        stream = f.response.stream if f.response is not None else None
-        if not callable(stream):
+        response = f.response
+        stream = response.stream if response is not None else None
+        if response is None or not callable(stream):
             del self.flows[f.id]  # a whole answer follows: mitmproxy reads it without a limit
             return
         fc.last_byte_mono = time.monotonic()
 
-        def tapped(chunk: bytes) -> bytes | list[bytes]:
+        def tapped(chunk: bytes) -> Iterable[bytes] | bytes:
             fc.last_byte_mono = time.monotonic()
             return stream(chunk)
 
-        f.response.stream = tapped
+        response.stream = tapped
 
     def response(self, f: http.HTTPFlow) -> None:
         self.flows.pop(f.id, None)
@@ -127,24 +130,25 @@ class Timeouts:
         ended = []
         for flow_id, f in list(self.flows.items()):
             fc = self.core.flows.get(flow_id)
-            if fc is None or fc.account is None or not f.live:
+            account = fc.account if fc is not None else None
+            if fc is None or account is None or not f.live:
                 del self.flows[flow_id]
                 continue
             reason = overdue(fc, f, now, self.core.timeouts)
             if reason is not None:
                 del self.flows[flow_id]
-                self._end(f, fc, reason)
+                self._end(f, fc, account, reason)
                 ended.append(flow_id)
         return ended
 
-    def _end(self, f: http.HTTPFlow, fc: FlowContext, reason: str) -> None:
+    def _end(self, f: http.HTTPFlow, fc: FlowContext, account: Account, reason: str) -> None:
         fc.timed_out = reason
         now = time.time()
-        self.core.apply(fc.account, Verdict(TRANSIENT, reason,
+        self.core.apply(account, Verdict(TRANSIENT, reason,
                                             cooldown_until=now + TRANSIENT_COOLDOWN_S),
                         fc.model, None, now)
         log.warning("flow %s: %s on account %s; closing its upstream connection", f.id, reason,
-                    fc.account.name)
+                    account.name)
         if not close_upstream(f, reason):
             f.kill()
 

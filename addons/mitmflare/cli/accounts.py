@@ -137,7 +137,7 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
         finally:
             conn.close()
     now = time.time()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cfg in configured:
         h = health.get(cfg.name, {})
         cooling = h.get("cooldown_until")

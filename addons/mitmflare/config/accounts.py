@@ -284,8 +284,8 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         try:
             account = _account(item, label, env, dotenv)
         except _EntryError as exc:
-            where = _line(root, ["accounts", index, *exc.loc])
-            result.errors.append(f"{source}: line {where}: account {label}: {exc}")
+            at = _line(root, ["accounts", index, *exc.loc])
+            result.errors.append(f"{source}: line {at}: account {label}: {exc}")
             result.rejected.append(str(label))
             continue
         if account.name in seen:

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 import uuid
+from typing import Any
 
 DEMO_ACCOUNTS = """\
 # Written by ./scripts/run --demo: demo accounts pointed at the simulated upstream.
@@ -96,8 +97,9 @@ def traffic(anthropic_url: str, openai_url: str, interval_s: float = 1.0) -> Non
             if random.random() < 0.75:
                 model = random.choice(CLAUDE_MODELS)
                 headers = {"x-claude-code-session-id": random.choice(sessions)}
-                kwargs = {"model": model, "max_tokens": 200, "extra_headers": headers,
-                          "messages": [{"role": "user", "content": "demo " * random.randint(5, 400)}]}
+                kwargs: dict[str, Any] = {
+                    "model": model, "max_tokens": 200, "extra_headers": headers,
+                    "messages": [{"role": "user", "content": "demo " * random.randint(5, 400)}]}
                 if random.random() < 0.6:
                     with claude.messages.stream(**kwargs) as stream:
                         stream.get_final_message()
@@ -119,8 +121,9 @@ def main(argv: list[str]) -> None:
     elif command == "init-db":
         init_db(*args)
     elif command == "traffic":
+        anthropic_url, openai_url, *interval = args
         with contextlib.suppress(KeyboardInterrupt):
-            traffic(*args)
+            traffic(anthropic_url, openai_url, *map(float, interval))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

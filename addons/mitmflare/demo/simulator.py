@@ -231,7 +231,7 @@ class SimulatedUpstream:
             await self._codex(headers, body, credential or "", send)
             return
         rejected = self._oauth_rejection(credential, headers)
-        answer = {"status": 401, "body": rejected} if rejected else \
+        answer: dict[str, Any] = {"status": 401, "body": rejected} if rejected else \
             self._next_answer(credential, headers.get("x-sim-answer"))
         if answer.get("delay_s"):
             await asyncio.sleep(answer["delay_s"])
@@ -292,7 +292,7 @@ class SimulatedUpstream:
     # -- OAuth --------------------------------------------------------------------------------
     def _oauth_rejection(self, credential: str | None, headers: dict[str, str]) -> dict | None:
         """The 401 body for a bad OAuth request when enforcement is on, else None."""
-        if not self.oauth_enforce or not (credential or "").startswith("sk-ant-oat"):
+        if not self.oauth_enforce or credential is None or not credential.startswith("sk-ant-oat"):
             return None
         if "oauth-2025-04-20" not in headers.get("anthropic-beta", ""):
             message = "OAuth authentication is currently not supported."
@@ -562,6 +562,7 @@ def _block_events(index: int, block: dict) -> list[bytes]:
         return _sse("content_block_delta", {"type": "content_block_delta", "index": index,
                                             "delta": d})
 
+    start: dict[str, Any]
     if kind == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
         thinking = block.get("thinking", "")  # a list: the pieces as they are sent

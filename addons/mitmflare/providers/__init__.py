@@ -13,7 +13,7 @@ OpenAI API documentation, the official SDKs and Claude Code).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # mitmproxy is imported where used: `mitmflare` imports .presets at start
     from mitmproxy import http
@@ -68,8 +68,10 @@ def format_of_path(path: str) -> str | None:
 def detect_provider(flow: http.HTTPFlow) -> str | None:
     """Provider of a client request: the listener's reverse target when it is a known host,
     else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
+    from mitmproxy.proxy.mode_specs import ReverseMode
+
     mode = flow.client_conn.proxy_mode
-    if mode.type_name == "reverse":
+    if isinstance(mode, ReverseMode):
         provider = KNOWN_HOSTS.get(mode.address[0])
         if provider:
             return provider
@@ -196,6 +198,7 @@ def error_response(provider: str | None, status: int, kind: str, message: str,
     from mitmproxy import http
 
     a_type, o_type, o_code = _ERROR_TYPES[kind]
+    body: dict[str, Any]
     if provider == "openai":
         body = {"error": {"message": message, "type": o_type, "param": None, "code": o_code}}
     else:

@@ -49,7 +49,7 @@ import uuid
 from typing import Any
 
 from .sse import split_events
-from .wire import count, json_object, text
+from .wire import count, json_object, obj, text
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` when the client sets no limit (Anthropic requires one)."""
@@ -183,9 +183,9 @@ def _part(part: dict[str, Any]) -> dict[str, Any] | None:
         source = _source(url) if isinstance(url, str) else None
         return {"type": "image", "source": source} if source else None
     if kind in ("file", "input_file"):
-        file = part.get("file") if isinstance(part.get("file"), dict) else part
-        source = _source(file.get("file_data")) if isinstance(file.get("file_data"), str) \
-            else None
+        file = part.get("file")
+        data = (file if isinstance(file, dict) else part).get("file_data")
+        source = _source(data) if isinstance(data, str) else None
         if source and source["type"] == "base64":
             return {"type": "document", "source": source}
     return None
@@ -277,9 +277,10 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if choice == "none":
         return {"type": "none"}
     if isinstance(choice, dict):
-        function = choice.get("function") if isinstance(choice.get("function"), dict) else choice
-        if isinstance(function.get("name"), str):
-            return {"type": "tool", "name": function["name"]}
+        function = choice.get("function")
+        name = (function if isinstance(function, dict) else choice).get("name")
+        if isinstance(name, str):
+            return {"type": "tool", "name": name}
     return None
 
 
@@ -295,7 +296,9 @@ def json_format(body: dict[str, Any]) -> tuple[dict[str, Any], bool, str] | None
     spec = fmt.get("json_schema")
     if fmt.get("type") != "json_schema" or not isinstance(spec, dict):
         return None
-    schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else {"type": "object"}
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        schema = {"type": "object"}
     description = str(spec.get("description") or f"Answer as {spec.get('name') or 'JSON'}.")
     if schema.get("type") == "object":
         return schema, False, description
@@ -414,10 +417,10 @@ def error_to_openai(status: int, body: bytes) -> bytes:
     error answer of ``status``; the type follows the Anthropic ``error.type`` (else the
     status): ``rate_limit_error`` → ``rate_limit_error`` / ``rate_limit_exceeded``, …"""
     data = json_object(body) or {}
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    error = obj(data.get("error"))
     message = str(error.get("message") or "") or \
         body[:300].decode("utf-8", "replace") or f"upstream answered {status}"
-    kind = error.get("type") if error.get("type") in ERROR_TYPES else \
+    kind = error["type"] if error.get("type") in ERROR_TYPES else \
         STATUS_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
     o_type, code = ERROR_TYPES[kind]
     return json.dumps({"error": {"message": message, "type": o_type, "param": None,
@@ -499,7 +502,7 @@ class AnthropicStream:
     def _event(self, event: dict[str, Any]) -> bytes:
         kind = event.get("type")
         if kind == "message_start":
-            message = event.get("message") if isinstance(event.get("message"), dict) else {}
+            message = obj(event.get("message"))
             self.model = text(message.get("model")) or self.model
             if isinstance(message.get("id"), str):
                 self._id = f"{self.prefix}{message['id']}"
@@ -508,7 +511,7 @@ class AnthropicStream:
             return self._begin()
         if kind == "error":
             self._finished = True
-            return self._error(event.get("error") if isinstance(event.get("error"), dict) else {})
+            return self._error(obj(event.get("error")))
         if not self._started:
             return b""
         if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
@@ -523,7 +526,7 @@ class AnthropicStream:
                 return self._block_delta(index, delta if isinstance(delta, dict) else {})
             return self._block_stop(index)
         if kind == "message_delta":
-            delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
+            delta = obj(event.get("delta"))
             self._stop = str(delta.get("stop_reason") or "end_turn")
             if isinstance(event.get("usage"), dict):
                 self._usage.update({k: v for k, v in event["usage"].items() if v is not None})

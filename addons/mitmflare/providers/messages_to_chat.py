@@ -28,7 +28,7 @@ from typing import Any
 from mitmproxy import http
 
 from . import made_here
-from .wire import count, json_object, text
+from .wire import count, json_object, obj, text
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
@@ -115,7 +115,7 @@ def _convert_message(message: dict[str, Any]) -> list[dict[str, Any]]:
             out["tool_calls"] = calls
         return [out] if said or calls else []
     # user: tool results become `tool` messages, which must follow the assistant's tool calls
-    results = [{"role": "tool", "tool_call_id": str(b.get("tool_use_id") or ""),
+    results: list[dict[str, Any]] = [{"role": "tool", "tool_call_id": str(b.get("tool_use_id") or ""),
                 "content": _tool_result_text(b)}
                for b in blocks if b.get("type") == "tool_result"]
     parts = [p for p in (_user_part(b) for b in blocks) if p]
@@ -173,12 +173,12 @@ def completion_to_message(body: bytes, model: str) -> bytes:
     """An Anthropic Message (JSON bytes) from a Chat Completion body. ``model`` names the
     upstream model when the body does not. A body that is not a completion becomes an
     ``api_error`` body."""
-    data = json_object(body)
-    choices = data.get("choices") if data else None
-    if not choices or not isinstance(choices[0], dict):
+    data = json_object(body) or {}
+    choices = data.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         return error_to_anthropic(502, body)
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = obj(choice.get("message"))
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
@@ -191,7 +191,7 @@ def completion_to_message(body: bytes, model: str) -> bytes:
     return json.dumps({
         "id": f"msg_{data.get('id') or uuid.uuid4().hex}", "type": "message",
         "role": "assistant", "model": text(data.get("model")) or model, "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason"), "end_turn"),
+        "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
         "stop_sequence": None, "usage": usage_to_anthropic(data.get("usage")),
     }).encode()
 
@@ -298,7 +298,7 @@ class StreamConverter:
         for choice in event.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = obj(choice.get("delta"))
             piece = delta.get("content")
             if isinstance(piece, str) and piece:
                 out.append(self._open("text", {"type": "text", "text": ""}))
@@ -338,7 +338,7 @@ class StreamConverter:
         return _event("content_block_stop", {"type": "content_block_stop", "index": self._index})
 
     def _tool_call(self, call: dict[str, Any]) -> bytes:
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = obj(call.get("function"))
         key = f"tool:{call.get('index', 0)}"
         out = self._open(key, {"type": "tool_use", "id": str(call.get("id") or _tool_id()),
                                "name": str(function.get("name") or ""), "input": {}})

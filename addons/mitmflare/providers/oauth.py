@@ -270,8 +270,9 @@ class OAuthManager:
         if task is None:
             task = asyncio_utils.create_task(self._refresh(account),
                                              name="mitmflare: OAuth refresh", keep_ref=True)
-            self._inflight[account.name] = task
-            task.add_done_callback(lambda _t, n=account.name: self._inflight.pop(n, None))
+            name = account.name
+            self._inflight[name] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(name, None))
         return await asyncio.shield(task)
 
     async def _refresh(self, account) -> bool:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from .usage import Usage
-from .wire import json_object, text
+from .wire import json_object, obj, text
 
 _ANTHROPIC_EVENTS = (b"message_start", b"message_delta", b"error")
 _RESPONSES_EVENTS = (b"response.created", b"response.completed", b"response.incomplete",
@@ -77,18 +77,18 @@ class UsageTap:
             message = event.get("message") or {}
             message = message if isinstance(message, dict) else {}
             self.model = text(message.get("model")) or self.model
-            self.usage.merge_anthropic(_object(message.get("usage")))
+            self.usage.merge_anthropic(obj(message.get("usage")))
         elif kind == "message_delta":
-            self.usage.merge_anthropic(_object(event.get("usage")))
+            self.usage.merge_anthropic(obj(event.get("usage")))
         elif kind == "error":
-            self._set_error(_object(event.get("error")))
+            self._set_error(obj(event.get("error")))
 
     def _responses(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "error":
             self._set_error(event)
             return
-        response = _object(event.get("response"))
+        response = obj(event.get("response"))
         self.model = text(response.get("model")) or self.model
         if isinstance(response.get("usage"), dict):
             self.usage.merge_openai(response["usage"])
@@ -122,6 +122,3 @@ def split_events(buf: bytes) -> tuple[list[bytes], bytes]:
 def _loads(data: bytes) -> dict[str, Any]:
     return json_object(data) or {}
 
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

@@ -53,6 +53,12 @@ def json_object_fast(data: bytes | str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object (a dict), else an empty one: for reading a nested
+    field that may be missing or of another type (``data.get("error")``)."""
+    return value if isinstance(value, dict) else {}
+
+
 def header(headers: Headers, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case bytes), or None: one pass over the raw
     fields, cheaper than ``Headers.get`` on the hot path. Decoded as mitmproxy decodes

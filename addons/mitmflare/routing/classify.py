@@ -48,7 +48,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from ..providers.wire import json_object
+from ..providers.wire import json_object, obj
 from .ratelimits import Limits
 
 OK = "ok"
@@ -222,6 +222,6 @@ def _error_fields(body: bytes | None) -> tuple[str, str, str]:
     error = data.get("error")
     if not isinstance(error, dict):
         return "", "", ""
-    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    details = obj(error.get("details"))
     code = error.get("code") or details.get("error_code") or ""
     return str(error.get("type") or ""), str(code), str(error.get("message") or "")

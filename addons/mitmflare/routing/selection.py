@@ -132,4 +132,4 @@ def _rank(account: Account, now: float) -> tuple[int, int]:
 
 
 def _model_cooling(account: Account, model: str | None, now: float) -> bool:
-    return bool(model) and account.state.model_cooldowns.get(model, 0.0) > now
+    return model is not None and account.state.model_cooldowns.get(model, 0.0) > now

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ METADATA = Path(__file__).resolve().parents[3] / "datasette-metadata.yml"
 HASH_ENV = "MITMFLARE_DASHBOARD_HASH"
 
 
-def metadata(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def metadata(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The metadata dict: the tracked file, with ``root``-only access and the
     ``datasette-auth-passwords`` plugin added when ``MITMFLARE_DASHBOARD_HASH`` is set."""
     environ = os.environ if environ is None else environ

@@ -85,7 +85,8 @@ def conform(row: dict[str, Any], columns: dict[str, type] = schema.REQUESTS) -> 
     ``TEXT_MAX``); anything else becomes NULL. Returns ``row``."""
     for column, kind in columns.items():
         value = row.get(column)
-        if value is None or (type(value) is kind and (kind is not str or len(value) <= TEXT_MAX)):
+        if value is None or (type(value) is kind
+                             and not (isinstance(value, str) and len(value) > TEXT_MAX)):
             continue
         if kind is str:
             row[column] = value[:TEXT_MAX] if isinstance(value, str) else None

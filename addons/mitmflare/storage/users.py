@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..times import iso_utc
 
@@ -89,8 +89,9 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def looks_like_key(value: str | None) -> bool:
-    return bool(value) and len(value) == _KEY_LENGTH and value.startswith(KEY_PREFIX)
+def looks_like_key(value: str | None) -> TypeGuard[str]:
+    """True for a string shaped like an access key (``mfk_`` and its length)."""
+    return value is not None and len(value) == _KEY_LENGTH and value.startswith(KEY_PREFIX)
 
 
 def find_user(users: dict[str, User], presented: str | None) -> User | None:
@@ -173,4 +174,4 @@ class UsersStore:
 
     def _save(self, user: User) -> None:
         with self.db.conn:
-            self.db["users"].upsert(user.row(), pk="name")
+            self.db.table("users").upsert(user.row(), pk="name")

@@ -505,14 +505,14 @@ def _write_accounts(analytics: sqlite_utils.Database, account_rows: list[dict[st
     analytics.execute(f"delete from accounts where name not in ({','.join('?' * len(names))})",
                       names)
     if account_rows:
-        analytics["accounts"].upsert_all(account_rows, pk="name")
+        analytics.table("accounts").upsert_all(account_rows, pk="name")
 
 
 def _write_windows(analytics: sqlite_utils.Database, window_rows: list[dict[str, Any]]) -> None:
     """Replace `account_windows` with the latest snapshot (a small table)."""
     analytics.execute("delete from account_windows")
     if window_rows:
-        analytics["account_windows"].insert_all(window_rows)
+        analytics.table("account_windows").insert_all(window_rows)
 
 
 def _write_state(state: sqlite_utils.Database, snapshots: list[dict[str, dict]]) -> None:
@@ -520,7 +520,7 @@ def _write_state(state: sqlite_utils.Database, snapshots: list[dict[str, dict]])
     for snapshot in snapshots:
         merged.update(snapshot)
     now = iso_utc(time.time())
-    state["account_state"].upsert_all(
+    state.table("account_state").upsert_all(
         [{"name": n, "provider": d.get("provider"),
           "data": json.dumps({k: v for k, v in d.items() if k != "provider"}),
           "updated_at": now} for n, d in merged.items()], pk="name")

@@ -209,7 +209,7 @@ class WriterProcess:
         self._reader = threading.Thread(target=self._read_loop, args=(proc,),
                                         name="mitmflare-db-reader", daemon=True)
         self._reader.start()
-        if self._settings:
+        if self._settings and proc.stdin is not None:  # (stdin=PIPE: never None)
             write_frame(proc.stdin, (0, [("settings", dict(self._settings))]))
 
     def _send_loop(self) -> None:
@@ -328,6 +328,7 @@ class WriterProcess:
 
     def _read_loop(self, proc: subprocess.Popen) -> None:
         stream = proc.stdout
+        assert stream is not None  # stdout=PIPE
         while True:
             try:
                 ok, message = read_frame(stream)
@@ -365,11 +366,13 @@ _COUNTS = ("write_errors", "rows_lost", "recreated")  # counts each child report
 
 
 def _write_bytes(proc: subprocess.Popen | None, data: bytes) -> None:
-    """One pickled frame to the child's stdin. Raises OSError/ValueError/AttributeError when
-    it is gone."""
-    stream = proc.stdin  # type: ignore[union-attr]
-    stream.write(FRAME.pack(len(data)) + data)  # type: ignore[union-attr]
-    stream.flush()  # type: ignore[union-attr]
+    """One pickled frame to the child's stdin. Raises OSError/ValueError when it is gone (or
+    none was started)."""
+    stream = proc.stdin if proc is not None else None
+    if stream is None:
+        raise OSError("no database writer process")
+    stream.write(FRAME.pack(len(data)) + data)
+    stream.flush()
 
 
 # -- child side -------------------------------------------------------------------------------
