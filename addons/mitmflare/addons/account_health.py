@@ -32,6 +32,7 @@ from ..providers import OAUTH_BETA
 from ..routing.pool import AVAILABLE, OVER_BUDGET, Account
 from ..routing.ratelimits import parse_limits
 from ..storage.rows import BODY, FORMAT, PRICE_PROVIDER
+from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")
 
@@ -61,22 +62,21 @@ class AccountHealth:
     def load(self, loader) -> None:
         loader.add_option("flare_window_start", str, "off",
                           "Start an idle subscription account's next 5-hour window as soon as "
-                          "the last one resets, with a 1-token request: off | on-reset.")
+                          "the last one resets, with a 1-token request: off | on-reset.",
+                          choices=WINDOW_START_MODES)
         loader.add_option("flare_window_start_model", str, "claude-haiku-4-5",
                           "Model of the window-start request (the cheapest documented one).")
 
-    def configure(self, updated: set[str]) -> None:
-        if "flare_window_start" in updated and ctx.options.flare_window_start not in WINDOW_START_MODES:
-            raise ValueError(f"flare_window_start must be one of {', '.join(WINDOW_START_MODES)}")
-
     def running(self) -> None:
-        self._client = httpx.AsyncClient(timeout=60, trust_env=False)
+        self._client = open_client(60.0)
         self._task = asyncio_utils.create_task(self._loop(),
                                                name="mitmflare: account health loop", keep_ref=True)
 
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        client, self._client = self._client, None
+        close_soon(client, "window start")
 
     async def _loop(self) -> None:
         while True:

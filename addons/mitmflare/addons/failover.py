@@ -16,7 +16,6 @@ Runs in the async ``response`` hook, so waiting here blocks only this flow.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -25,9 +24,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from mitmproxy import ctx, http
-from mitmproxy.utils import asyncio_utils
 
-from ..config.option_types import decimal
+from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import error_response
 from ..routing.classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
@@ -36,6 +34,7 @@ from ..routing.pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from ..routing.ratelimits import parse_limits
 from ..times import iso_utc
 from .concurrency import in_flight
+from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")
 
@@ -70,21 +69,17 @@ class Failover:
                           "each retry.")
 
     def configure(self, updated: set[str]) -> None:
-        self.attempts = max(ctx.options.flare_retry_attempts, 0)
-        self.delay_ms = max(ctx.options.flare_retry_delay_ms, 0)
+        self.attempts = whole("flare_retry_attempts", ctx.options.flare_retry_attempts, 0)
+        self.delay_ms = whole("flare_retry_delay_ms", ctx.options.flare_retry_delay_ms, 0)
         self.backoff = decimal("flare_retry_backoff", ctx.options.flare_retry_backoff, 1,
                                low_inclusive=True)
 
     def running(self) -> None:
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0),
-                                        follow_redirects=False, trust_env=False)
+        self.client = open_client(httpx.Timeout(600.0, connect=10.0))
 
     def done(self) -> None:
-        if self.client is not None:
-            client, self.client = self.client, None
-            with contextlib.suppress(RuntimeError):  # no loop left at interpreter exit
-                asyncio_utils.create_task(client.aclose(),
-                                          name="mitmflare: close the failover client", keep_ref=True)
+        client, self.client = self.client, None
+        close_soon(client, "failover")
 
     # -- the loop ---------------------------------------------------------------------------
     async def handle(self, flow: http.HTTPFlow, fc: FlowContext, route: Route) -> Verdict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx
 
 from ..times import iso_utc
 
@@ -39,14 +39,13 @@ class LogFormat:
     def load(self, loader) -> None:
         loader.add_option("flare_log_format", str, "text",
                           "Log lines as text, or as one JSON object each (json) for log "
-                          "shippers; pair json with flow_detail=0 and flare_request_log=true.")
+                          "shippers; pair json with flow_detail=0 and flare_request_log=true.",
+                          choices=FORMATS)
 
     def configure(self, updated: set[str]) -> None:
         if "flare_log_format" not in updated:
             return
         wanted = ctx.options.flare_log_format
-        if wanted not in FORMATS:
-            raise exceptions.OptionsError(f"flare_log_format must be one of {', '.join(FORMATS)}")
         handlers = logging.getLogger().handlers
         if wanted == "json":
             for handler in handlers:

@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from ..config.defaults import DB_PATH
-from ..config.option_types import decimal
+from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import CLIENT_CREDENTIAL_HEADERS
 from ..providers.convert import stream_converter
@@ -55,7 +55,8 @@ class Recorder:
                           "instead of mitmproxy's connect/disconnect lines.")
         loader.add_option("flare_payloads", str, "off",
                           "Capture request and response bodies for debugging into the "
-                          "payloads table (headers without credentials): off | errors | all.")
+                          "payloads table (headers without credentials): off | errors | all.",
+                          choices=PAYLOAD_MODES)
         loader.add_option("flare_payload_max_kb", int, 256,
                           "Largest body kept per request or response, KB (cut with a marker).")
         loader.add_option("flare_payload_retention_days", str, "7",
@@ -70,12 +71,9 @@ class Recorder:
                           "never delayed.")
 
     def configure(self, updated: set[str]) -> None:
-        if ctx.options.flare_payloads not in PAYLOAD_MODES:
-            raise exceptions.OptionsError(
-                f"flare_payloads must be one of {', '.join(PAYLOAD_MODES)}")
         self.payloads = ctx.options.flare_payloads
-        self.payload_limit = max(ctx.options.flare_payload_max_kb, 1) * 1024
-        self.copy_limit = max(ctx.options.flare_stream_copy_kb, 0) * 1024
+        self.payload_limit = whole("flare_payload_max_kb", ctx.options.flare_payload_max_kb, 1) * 1024
+        self.copy_limit = whole("flare_stream_copy_kb", ctx.options.flare_stream_copy_kb, 0) * 1024
         if self.payloads != "off":
             self.copy_limit = max(self.copy_limit, self.payload_limit)
         if "flare_request_log" in updated:

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 
-import httpx
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx
 from mitmproxy.utils import asyncio_utils
 
+from ..config.option_types import whole
 from ..core import Core
 from ..providers import codex
 from ..providers.oauth import CLAUDE, DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
+from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")
 
@@ -41,17 +41,16 @@ class TokenRefresher:
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
-        if o.flare_oauth_refresh_buffer_min < 0:
-            raise exceptions.OptionsError("flare_oauth_refresh_buffer_min must be >= 0")
+        buffer_min = whole("flare_oauth_refresh_buffer_min", o.flare_oauth_refresh_buffer_min, 0)
         self.manager.clients = {
             "anthropic": dataclasses.replace(CLAUDE, token_url=o.flare_oauth_token_url,
                                              client_id=o.flare_oauth_client_id),
             "codex": dataclasses.replace(codex.CODEX, token_url=o.flare_codex_token_url)}
-        self.manager.buffer_s = o.flare_oauth_refresh_buffer_min * 60.0
+        self.manager.buffer_s = buffer_min * 60.0
         self.manager.state_path = o.flare_state
 
     def running(self) -> None:
-        self.manager.client = httpx.AsyncClient(trust_env=False)
+        self.manager.client = open_client()
         self._task = asyncio_utils.create_task(self._loop(),
                                                name="mitmflare: token refresh loop", keep_ref=True)
 
@@ -59,10 +58,7 @@ class TokenRefresher:
         if self._task:
             self._task.cancel()
         client, self.manager.client = self.manager.client, None
-        if client is not None:
-            with contextlib.suppress(RuntimeError):
-                asyncio_utils.create_task(client.aclose(),
-                                          name="mitmflare: close an HTTP client", keep_ref=True)
+        close_soon(client, "OAuth refresh")
 
     async def _loop(self) -> None:
         while True:

@@ -13,11 +13,11 @@ import logging
 import re
 import time
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy import flow as mitmproxy_flow
 from mitmproxy.utils import asyncio_utils
 
-from ..config.option_types import decimal
+from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import (
     codex,
@@ -88,15 +88,12 @@ class Router:
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
-        if o.flare_max_cooldown_s <= 0:
-            raise exceptions.OptionsError("flare_max_cooldown_s must be > 0")
+        max_cooldown_s = whole("flare_max_cooldown_s", o.flare_max_cooldown_s, 1)
         self.core.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
         self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
         self.core.strategy = o.flare_strategy
-        self.core.max_cooldown_s = float(o.flare_max_cooldown_s)
-        if o.flare_queue_s < 0:
-            raise exceptions.OptionsError("flare_queue_s must be >= 0")
-        self.core.queue_s = float(o.flare_queue_s)
+        self.core.max_cooldown_s = float(max_cooldown_s)
+        self.core.queue_s = float(whole("flare_queue_s", o.flare_queue_s, 0))
         self.failover.configure(updated)
 
     def running(self) -> None:

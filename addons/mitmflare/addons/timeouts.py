@@ -40,9 +40,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.utils import asyncio_utils
 
+from ..config.option_types import whole
 from ..core import Core, FlowContext
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from ..routing.pool import Account
@@ -72,8 +73,7 @@ class Timeouts:
 
     def configure(self, updated: set[str]) -> None:
         for name, _, _ in OPTIONS:
-            if name in updated and getattr(ctx.options, name) <= 0:
-                raise exceptions.OptionsError(f"{name} must be a whole number of seconds > 0")
+            whole(name, getattr(ctx.options, name), 1)
         o = ctx.options
         self.core.timeouts = (o.flare_connect_timeout_s, o.flare_headers_timeout_s,
                               o.flare_stream_headers_timeout_s, o.flare_stream_idle_timeout_s)

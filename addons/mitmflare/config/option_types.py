@@ -1,9 +1,13 @@
-"""Numbers with a fraction in ``flare_*`` options.
+"""Checks of numeric ``flare_*`` option values, for the addons' ``configure``.
+
+A value out of range raises ``mitmproxy.exceptions.OptionsError`` naming the option and the
+range (mitmdump then stops at startup; mitmweb keeps the old value): never clamped silently.
+Enumerations are declared with ``choices=`` and checked by :class:`mitmflare.bundle.Bundle`.
 
 mitmproxy's option editors (mitmweb's Options page, the console) handle ``str``, ``int``,
 ``bool``, optional ``str`` and sequences of ``str`` only; a ``float`` option breaks mitmweb's
 editor ("unknown option type float"). Fractional options are therefore ``str`` options holding
-a decimal number, checked here when they are set.
+a decimal number (:func:`decimal`).
 """
 
 from __future__ import annotations
@@ -29,4 +33,13 @@ def decimal(name: str, text: str, low: float, high: float = math.inf,
         upper = f"{high:g}]" if math.isfinite(high) else "inf)"
         raise exceptions.OptionsError(f"{name} must be a number in {bracket}{low:g}, {upper}, "
                                       f"not {text!r}")
+    return value
+
+
+def whole(name: str, value: int, low: int) -> int:
+    """The value of ``int`` option ``name`` when it is at least ``low``.
+
+    Raises ``mitmproxy.exceptions.OptionsError`` naming the option and the bound."""
+    if value < low:
+        raise exceptions.OptionsError(f"{name} must be a whole number >= {low}, not {value}")
     return value

@@ -15,7 +15,11 @@ import random
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: the SDKs take a while to import
+    import anthropic
+    import openai
 
 DEMO_ACCOUNTS = """\
 # Written by ./scripts/run --demo: demo accounts pointed at the simulated upstream.
@@ -88,30 +92,35 @@ def traffic(anthropic_url: str, openai_url: str, interval_s: float = 1.0) -> Non
     import openai
 
     key = os.environ.get(KEY_VARIABLE) or "demo-client"
-    claude = anthropic.Anthropic(base_url=anthropic_url, api_key=key, max_retries=2)
-    gpt = openai.OpenAI(base_url=openai_url + "/v1", api_key=key, max_retries=2)
     sessions = [str(uuid.uuid4()) for _ in range(4)]
     time.sleep(3)
-    while True:
-        try:
-            if random.random() < 0.75:
-                model = random.choice(CLAUDE_MODELS)
-                headers = {"x-claude-code-session-id": random.choice(sessions)}
-                kwargs: dict[str, Any] = {
-                    "model": model, "max_tokens": 200, "extra_headers": headers,
-                    "messages": [{"role": "user", "content": "demo " * random.randint(5, 400)}]}
-                if random.random() < 0.6:
-                    with claude.messages.stream(**kwargs) as stream:
-                        stream.get_final_message()
-                else:
-                    claude.messages.create(**kwargs)
-            else:
-                gpt.chat.completions.create(model=random.choice(OPENAI_MODELS),
-                                            messages=[{"role": "user", "content": "demo"}],
-                                            stream=random.random() < 0.5)
-        except Exception as exc:  # the demo goes on whatever one request did
-            print(f"demo request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        time.sleep(random.uniform(0.3, interval_s * 2))
+    with anthropic.Anthropic(base_url=anthropic_url, api_key=key, max_retries=2) as claude, \
+            openai.OpenAI(base_url=openai_url + "/v1", api_key=key, max_retries=2) as gpt:
+        while True:
+            try:
+                _one_request(claude, gpt, sessions)
+            except Exception as exc:  # the demo goes on whatever one request did
+                print(f"demo request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            time.sleep(random.uniform(0.3, interval_s * 2))
+
+
+def _one_request(claude: anthropic.Anthropic, gpt: openai.OpenAI, sessions: list[str]) -> None:
+    """One demo request: 3 in 4 to Claude (60 % streamed, in one of ``sessions``), the rest
+    to an OpenAI-format model."""
+    if random.random() < 0.75:
+        headers = {"x-claude-code-session-id": random.choice(sessions)}
+        kwargs: dict[str, Any] = {
+            "model": random.choice(CLAUDE_MODELS), "max_tokens": 200, "extra_headers": headers,
+            "messages": [{"role": "user", "content": "demo " * random.randint(5, 400)}]}
+        if random.random() < 0.6:
+            with claude.messages.stream(**kwargs) as stream:
+                stream.get_final_message()
+        else:
+            claude.messages.create(**kwargs)
+    else:
+        gpt.chat.completions.create(model=random.choice(OPENAI_MODELS),
+                                    messages=[{"role": "user", "content": "demo"}],
+                                    stream=random.random() < 0.5)
 
 
 def main(argv: list[str]) -> None:
