@@ -45,16 +45,16 @@ class FlowContext:
     ``path``: the client's path (each attempt prefixes it with its account's base path).
     ``attempts``: rows for the ``attempts`` table.
     ``excluded``: accounts not to try again for this request. Times are epoch s.
-    ``provider``: the client's format, ``anthropic`` or ``openai`` (the account's provider is
-    ``account.provider``).
-    ``provider``: "" when no provider serves the request. ``error``: why mitmflare answered
+    ``wire_format``: the client's wire format, ``anthropic`` or ``openai`` ("" when no
+    format is known for the path); the account's provider is ``account.provider``, the format
+    its upstream speaks ``account.wire``. ``error``: why mitmflare answered
     the request itself, recorded in the row. ``replay``: replayed from mitmweb/mitmdump.
     ``row_id``: the `requests` row's id: the flow id, with a suffix for a replay (a replayed
     flow keeps its id).
     """
 
     flow_id: str
-    provider: str
+    wire_format: str
     started: float
     path: str
     client_session: str | None
@@ -266,7 +266,7 @@ class Core:
     def choose(self, fc: FlowContext) -> Account | None:
         """The account for the request in ``fc`` now, by ``strategy``; None if none is usable."""
         now = time.time()
-        return self.selector.choose(self.pool, fc.provider, self.strategy, now,
+        return self.selector.choose(self.pool, fc.wire_format, self.strategy, now,
                                     session_hours=self.session_hours,
                                     client_session=fc.client_session, model=fc.model,
                                     exclude=fc.excluded, convertible=fc.convertible,

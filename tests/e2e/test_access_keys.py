@@ -70,6 +70,7 @@ def test_no_key_is_refused_and_nothing_reaches_an_upstream(sim, keyed):
     assert sim.requests == []
     rows = p.wait_rows(1, "select * from requests where status = 401")  # one per minute
     assert all(r["user"] is None and r["account"] is None for r in rows)
+    assert all(r["provider"] is None and r["wire_format"] == "anthropic" for r in rows)
     assert p.health() == {"status": "ok"}  # no key: no counts
 
 

@@ -45,6 +45,7 @@ def test_non_streamed_request_uses_account_key_and_records_exact_usage(sim, prox
 
     (row,) = p.wait_rows(1)
     assert row["account"] == "key-a" and row["provider"] == "anthropic"
+    assert row["wire_format"] == "anthropic"
     assert row["status"] == 200 and row["streamed"] == 0 and row["model"] == "claude-sonnet-4-6"
     assert (row["input_tokens"], row["output_tokens"]) == (120, 33)
     assert (row["cache_read_input_tokens"], row["cache_creation_input_tokens"]) == (1000, 200)

@@ -80,6 +80,7 @@ def test_chat_completion_from_an_anthropic_account(sim, gateway):
     [r] = row(gateway)
     assert (r["account"], r["provider"], r["model"], r["upstream_model"], r["status"]) == (
         "claude", "anthropic", "gpt-4.1", "claude-sonnet-4-5", 200)
+    assert r["wire_format"] == "openai"  # the client's; the account's provider above
     assert (r["input_tokens"], r["output_tokens"], r["cost_source"]) == (
         25, len(REPLY_WORDS), "genai-prices")
     assert r["cost_usd"] == pytest.approx(cost_usd("anthropic", "claude-sonnet-4-5", 25,

@@ -137,7 +137,7 @@ def test_refusals_are_counted_one_row_per_source_and_minute(keys):
     now = time.time()
     for peer in ("10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2"):
         flow = refused_flow(peer)
-        fc = FlowContext(flow_id=flow.id, provider="anthropic", started=now,
+        fc = FlowContext(flow_id=flow.id, wire_format="anthropic", started=now,
                          path="/v1/messages", client_session=None, model=None, user_agent=None,
                          error="mitmflare: a valid access key is required")
         access.core.flows[flow.id] = fc

@@ -158,7 +158,7 @@ async def test_nothing_left_to_try_answers_429_until_the_soonest_account(parts):
     for name, wait in (("a", 300), ("b", 120)):
         st = router.core.pool.get(name).state
         st.cooldown_until, st.cooldown_reason = now + wait, "rate_limited_5h"
-    fc = FlowContext(flow_id="f", provider="anthropic", started=now, path="/v1/messages",
+    fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model="claude-sonnet-4-5", user_agent=None)
     response = router.failover.no_account_response(fc)
     assert response.status_code == 429
@@ -173,7 +173,7 @@ async def test_accounts_out_for_an_outage_or_paused_answer_503(parts):
     a, b = router.core.pool.get("a"), router.core.pool.get("b")
     a.state.cooldown_until, a.state.cooldown_reason = now + 30, "http_529"
     b.state.benched, b.state.benched_reason = True, "billing_error"
-    fc = FlowContext(flow_id="f", provider="anthropic", started=now, path="/v1/messages",
+    fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model=None, user_agent=None)
     response = router.failover.no_account_response(fc)
     assert response.status_code == 503
@@ -184,7 +184,7 @@ async def test_accounts_out_for_an_outage_or_paused_answer_503(parts):
 
 async def test_openai_clients_with_no_account_of_their_format_get_404_in_their_shape(parts):
     router, _ = parts
-    fc = FlowContext(flow_id="f", provider="openai", started=time.time(),
+    fc = FlowContext(flow_id="f", wire_format="openai", started=time.time(),
                      path="/v1/responses", client_session=None, model="gpt-4o", user_agent=None)
     response = router.failover.no_account_response(fc)
     assert response.status_code == 404

@@ -18,7 +18,7 @@ LIMITS = (10, 600, 60, 30)  # connect, headers, stream headers, stream idle (s)
 
 
 def context(stream: bool = False) -> FlowContext:
-    fc = FlowContext(flow_id="f", provider="anthropic", started=0.0, path="/v1/messages",
+    fc = FlowContext(flow_id="f", wire_format="anthropic", started=0.0, path="/v1/messages",
                      client_session=None, model=None, user_agent=None, stream=stream)
     fc.attempt_mono = 1000.0
     return fc

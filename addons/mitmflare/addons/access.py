@@ -122,7 +122,7 @@ class AccessKeys:
         queued now when it is its source's first this minute, else only counted. The
         recorder records no row of its own for it."""
         self.core.flows.pop(flow.id, None)
-        row = {"id": fc.row_id, "started_at": fc.started, "provider": fc.provider or None,
+        row = {"id": fc.row_id, "started_at": fc.started, "wire_format": fc.wire_format or None,
                "method": flow.request.method, "path": fc.path.split("?", 1)[0],
                "status": 401, "error": fc.error, "user": fc.user, "replay": int(fc.replay),
                "user_agent": header(flow.request.headers, b"user-agent"), "attempts": 0}
@@ -134,13 +134,15 @@ class AccessKeys:
         for row in self.refusals.due(now):
             self.core.put("request", row)
 
-    def authorize(self, user: User | None, provider: str, model: str | None,
+    def authorize(self, user: User | None, wire_format: str, model: str | None,
                   now: float) -> Refusal | None:
-        """None when ``user`` may send this request now, else why not (403 provider or model
-        not allowed, 429 over a spend cap)."""
+        """None when ``user`` may send this request (in ``wire_format``, for ``model``) now,
+        else why not (403: a format or model the user may not use, 429 over a spend cap). The
+        user's ``allowed_providers`` (``--providers``) name wire formats: ``anthropic``,
+        ``openai``."""
         if user is None:
             return None
-        why = user.allows(provider, model)
+        why = user.allows(wire_format, model)
         if why:
             return Refusal(403, "permission", f"mitmflare: {why}")
         return self._over_cap(user, now)

@@ -146,7 +146,8 @@ class AccountHealth:
         row = {"id": f"window-start-{uuid.uuid4()}", "started_at": started, "method": "POST",
                "path": "/v1/messages", "provider": account.provider, "account": account.name,
                "model": model, "upstream_model": model, "streamed": 0, "attempts": 1,
-               "failover": 0, "purpose": "window_start", FORMAT: "anthropic",
+               "failover": 0, "purpose": "window_start", "wire_format": "anthropic",
+               FORMAT: "anthropic",
                PRICE_PROVIDER: account.config.preset.price_provider}
         try:
             secret = self.core.secret(account)

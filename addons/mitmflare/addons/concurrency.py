@@ -8,7 +8,7 @@ and per user (``max_concurrent`` in the ``users`` table, ``mitmflare users … -
 * A user counts a request from the moment it passed the access checks until its answer has
   ended, failovers included. Over the cap it waits for a slot.
 * Waiting shares ``flare_queue_s`` with the wait for a cooling account: at most that long
-  after the request came. Then the client gets a 429 in its provider's error shape naming
+  after the request came. Then the client gets a 429 in its wire format's error shape naming
   the cap.
 
 Every slot is given back on every way a flow ends: its ``response`` hook (an answer, also one

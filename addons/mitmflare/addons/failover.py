@@ -223,7 +223,7 @@ class Failover:
                                            timeout=httpx.Timeout(wait, connect=connect))
         except httpx.HTTPError as exc:
             log.warning("failover to %s: %s", account.name, exc)
-            flow.response = error_response(fc.provider, 502, "unavailable",
+            flow.response = error_response(fc.wire_format, 502, "unavailable",
                                            f"mitmflare: upstream of {account.name} "
                                            f"unreachable: {type(exc).__name__}")
             return
@@ -251,9 +251,9 @@ class Failover:
         The answer is an ``overloaded_error`` (529; 503 for OpenAI), not the upstream's 429:
         the SDKs retry both, but Claude Code logged in as a subscriber does not retry 429s,
         while it does retry overloaded errors (``upstream-apis.md`` section 7)."""
-        status = 529 if fc.provider == "anthropic" else 503
+        status = 529 if fc.wire_format == "anthropic" else 503
         flow.response = error_response(
-            fc.provider, status, "overloaded",
+            fc.wire_format, status, "overloaded",
             f"mitmflare: account {attempt_account(fc).name} answered "
             f"{attempt_response(flow).status_code} "
             f"({verdict.reason}); retry and another account will serve the request",
@@ -270,7 +270,7 @@ class Failover:
             headers.pop("retry-after-ms", None)
 
     def no_account_response(self, fc: FlowContext) -> http.Response:
-        """The answer when no account can take the request (provider's error shape). The
+        """The answer when no account can take the request (in its wire format's error shape). The
         message names each account's reason; the status fits the reasons:
 
         * No account of the format (or the compatibility route's family) is configured, or
@@ -286,16 +286,16 @@ class Failover:
           could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
           back at a known time; none at all (paused, needs login, benched): 503 without."""
         now = time.time()
-        accounts = [a for a in self.core.pool.for_client(fc.provider, fc.convertible, fc.family)
+        accounts = [a for a in self.core.pool.for_client(fc.wire_format, fc.convertible, fc.family)
                     if fc.family is None or a.in_family(fc.family)]
         if not accounts:
             where = f"{fc.family} " if fc.family else ""
-            return error_response(fc.provider, 404, "not_found",
-                                  f"mitmflare: no {where}account for {fc.provider} requests "
+            return error_response(fc.wire_format, 404, "not_found",
+                                  f"mitmflare: no {where}account for {fc.wire_format} requests "
                                   f"is configured (model {fc.model!r})")
         accounts = [a for a in accounts if a.serves(fc.model)]
         if not accounts:
-            return error_response(fc.provider, 404, "not_found",
+            return error_response(fc.wire_format, 404, "not_found",
                                   f"mitmflare: no account serves model {fc.model!r}")
         held = [_held(a, fc, now) for a in accounts]
         reasons = "; ".join(f"{a.name} ({why})" for a, (_, why, _) in zip(accounts, held,
@@ -312,11 +312,11 @@ class Failover:
             if soonest is not None and soonest <= now:  # refused only for now: retry anew
                 headers = {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"}
                 then = f"; retry in {RETRY_SOON_S} s"
-            return error_response(fc.provider, 429, "rate_limit",
-                                  f"mitmflare: every {fc.provider} account is rate limited "
+            return error_response(fc.wire_format, 429, "rate_limit",
+                                  f"mitmflare: every {fc.wire_format} account is rate limited "
                                   f"({reasons}){then}", headers)
-        return error_response(fc.provider, 503, "unavailable",
-                              f"mitmflare: no {fc.provider} account can serve now "
+        return error_response(fc.wire_format, 503, "unavailable",
+                              f"mitmflare: no {fc.wire_format} account can serve now "
                               f"({reasons}){then}", headers)
 
     def _comment(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
@@ -327,7 +327,7 @@ class Failover:
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
         if fc.model:
-            skipped = [a.name for a in self.core.pool.for_client(fc.provider, fc.convertible,
+            skipped = [a.name for a in self.core.pool.for_client(fc.wire_format, fc.convertible,
                                                                   fc.family)
                        if not a.serves(fc.model)]
             if skipped:

@@ -54,7 +54,7 @@ class Guard:
         strip_client_credentials(flow.request.headers)
         log.error("flow %s was not routed; answered with an error, not forwarded", flow.id)
         fc = self.core.flows.setdefault(flow.id, FlowContext(
-            provider="", started=time.time(), path=flow.request.path, client_session=None,
+            wire_format="", started=time.time(), path=flow.request.path, client_session=None,
             model=None, user_agent=None, flow_id=flow.id))
         fc.account = None
         fc.error = NOT_ROUTED_ERROR

@@ -5,7 +5,7 @@ Claude Code and other native Anthropic applications" (``shared/reference/
 prompt-cache-limits-clients.md``, "Terms"). With ``flare_oauth_clients=claude-code`` the
 subscription accounts serve only requests from Claude Code; other clients are served by the
 pool's other accounts (API keys, compatible providers), or, when only subscription accounts
-could serve them, refused with a 403 ``permission_error`` in their provider's shape. The
+could serve them, refused with a 403 ``permission_error`` in their wire format's shape. The
 default, ``any``, lets every client use every account.
 
 Claude Code is told by its headers (``upstream-apis.md`` section 8): ``User-Agent:
@@ -40,7 +40,7 @@ def keep_for_claude_code(core: Core, fc: FlowContext, headers: http.Headers) -> 
     subscription accounts could serve it, else None."""
     if core.oauth_clients != "claude-code" or from_claude_code(headers):
         return None
-    accounts = [a for a in core.pool.for_client(fc.provider, fc.convertible)
+    accounts = [a for a in core.pool.for_client(fc.wire_format, fc.convertible)
                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))]
     oauth = [a for a in accounts if a.config.oauth is not None and a.wire == "anthropic"]
     for account in oauth:

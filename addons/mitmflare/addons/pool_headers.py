@@ -198,7 +198,7 @@ class PoolHeaders:
 
     def _apply(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)
-        if fc is None or fc.provider != ANTHROPIC or fc.error is not None \
+        if fc is None or fc.wire_format != ANTHROPIC or fc.error is not None \
                 or flow.response is None:
             return
         limits = pool_limits(list(self.core.pool.accounts.values()), time.time(),

@@ -119,7 +119,7 @@ class Recorder:
         if fc.account.wire == CODEX and not fc.stream:
             return  # Codex always streams: kept whole, answered as JSON (see .convert)
         # the usage as the upstream counts it: read in its own format, before any conversion
-        tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.provider)
+        tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.wire_format)
         convert = stream_converter(fc.path, fc.request_json(), fc.upstream_model or fc.model
                                    or "", fc.account.wire) if fc.converted else None
         limit = self.copy_limit
@@ -158,7 +158,8 @@ class Recorder:
         response = flow.response
         row: dict[str, Any] = {
             "id": fc.row_id, "started_at": float(started),
-            "provider": fc.account.provider if fc.account else fc.provider or None,
+            "provider": fc.account.provider if fc.account else None,
+            "wire_format": fc.wire_format or None,
             "account": fc.account.name if fc.account else None,
             "method": flow.request.method, "path": fc.path.split("?", 1)[0],
             "model": fc.asked_model or fc.model, "upstream_model": fc.upstream_model,
@@ -174,7 +175,7 @@ class Recorder:
                                 and fc.limits.plan_spent_until(now))),
             "conversation": fc.cache.conversation,
             "cache_ttl_s": fc.cache.ttl_s if fc.cache.conversation else None,
-            FORMAT: fc.provider,
+            FORMAT: fc.wire_format,
             PRICE_PROVIDER: fc.account.config.preset.price_provider if fc.account else None,
             ACCOUNT_PRICE: fc.account.config.price.rates() if fc.account and
             fc.account.config.price else None,

@@ -108,7 +108,7 @@ class Router:
     # -- hooks ------------------------------------------------------------------------------
     async def request(self, flow: http.HTTPFlow) -> None:
         """Fail closed: the client's credentials go first, and any unexpected exception is
-        answered here (500 in the provider's error shape) instead of letting the raw request
+        answered here (500 in the wire format's error shape) instead of letting the raw request
         through. Takes the guard's placeholder answer away and marks the flow routed (see
         :mod:`.guard`) only once it is done with it."""
         presented = presented_key(flow.request.headers)
@@ -127,11 +127,11 @@ class Router:
         if replay:  # a replayed flow goes through the router again, from the client's path
             request.path = flow.metadata.get(CLIENT_PATH, request.path)
         client_path = flow.metadata[CLIENT_PATH] = request.path
-        provider, full_path, compat = detect_route(flow)
+        wire_format, full_path, compat = detect_route(flow)
         if full_path != client_path:
             request.path = full_path
         path = full_path.split("?", 1)[0]
-        fc = FlowContext(provider=provider or "", started=time.time(), path=full_path,
+        fc = FlowContext(wire_format=wire_format or "", started=time.time(), path=full_path,
                          client_session=None, model=None, user_agent=None, flow_id=flow.id,
                          replay=replay)
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
@@ -139,7 +139,7 @@ class Router:
         unfit = unfit_request(request)
         if unfit is not None:  # answered here: never sent, so never charged to an account
             status, fc.error = unfit
-            flow.response = error_response(provider, status, "invalid_request", fc.error)
+            flow.response = error_response(wire_format, status, "invalid_request", fc.error)
             return
         access = self.core.access
         user, refusal = access.authenticate(presented) if access else (None, None)
@@ -148,29 +148,29 @@ class Router:
         if user is not None and refusal is None:
             flow.metadata[USER] = user.name
         fc.user = user.name if user else None
-        if refusal is None and provider is None:
-            fc.error = "no provider serves this path"
+        if refusal is None and wire_format is None:
+            fc.error = "no API format is known for this path"
             flow.response = error_response(None, 404, "not_found",
-                                           f"mitmflare: no provider serves {path}")
+                                           f"mitmflare: no API format is known for {path}")
             return
-        if refusal is None and provider is not None:
-            info = inspect_request(provider, request)
+        if refusal is None and wire_format is not None:
+            info = inspect_request(wire_format, request)
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
             fc.raw_body, fc.body_source = request.raw_content or b"", info.source
             fc.body_model = info.body_model
-            ttl = cache_ttl(info.body) if provider == ANTHROPIC else 0.0  # cache_control
+            ttl = cache_ttl(info.body) if wire_format == ANTHROPIC else 0.0  # cache_control
             if ttl:
                 fc.cache = CacheContext(
                     conversation_key(fc.client_session, info.body, info.agent), ttl,
                     parent_key(fc.client_session, info.agent, info.parent_agent))
-            fc.convertible = convertible(provider, path)
+            fc.convertible = convertible(wire_format, path)
             if compat and fc.model and "/" in fc.model:  # e.g. openai/gpt-4.1
                 fc.family, fc.model = fc.model.split("/", 1)
             problem = model_problem(path, request.method, info.body,
                                     user is not None and user.allowed_models is not None)
             info.body = None  # the parsed body goes now (fc.request_json() when needed)
             refusal = Refusal(400, "invalid_request", problem) if problem else \
-                access.authorize(user, provider, fc.model, fc.started) if access else None
+                access.authorize(user, wire_format, fc.model, fc.started) if access else None
             if refusal is None and user is not None and user.max_concurrent is not None \
                     and not await self.core.slots.take_user(user, flow.id,
                                                             fc.started + self.core.queue_s):
@@ -180,7 +180,7 @@ class Router:
         if refusal is not None:
             fc.error = refusal.message
             extra = {"retry-after": str(refusal.retry_after)} if refusal.retry_after else None
-            flow.response = error_response(provider, refusal.status, refusal.kind,
+            flow.response = error_response(wire_format, refusal.status, refusal.kind,
                                            refusal.message, extra)
             if refusal.status == 401 and access is not None:  # counted, not each a row
                 access.refused(flow, fc)
@@ -190,17 +190,17 @@ class Router:
         refused = keep_for_claude_code(self.core, fc, request.headers)
         if refused is not None:
             fc.error = refused
-            flow.response = error_response(provider, 403, "permission", refused)
+            flow.response = error_response(wire_format, 403, "permission", refused)
             return
-        if provider == OPENAI and fc.convertible:
-            candidates = [a for a in self.core.pool.for_client(provider, True, fc.family)
+        if wire_format == OPENAI and fc.convertible:
+            candidates = [a for a in self.core.pool.for_client(wire_format, True, fc.family)
                           if a.serves(fc.model) and a.name not in fc.excluded
                           and (fc.family is None or a.in_family(fc.family))]
             refused = unconvertible(candidates, path, fc.request_json(), fc.excluded,
                                    fc.skipped)
             if refused is not None:
                 fc.error = refused
-                flow.response = error_response(provider, 400, "invalid_request", refused)
+                flow.response = error_response(wire_format, 400, "invalid_request", refused)
                 return
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
         if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
@@ -216,12 +216,12 @@ class Router:
         return prior, None
 
     def _internal_error(self, flow: http.HTTPFlow, exc: Exception) -> None:
-        """Answer a flow whose routing raised: 500 ``api_error`` in the provider's shape, the
+        """Answer a flow whose routing raised: 500 ``api_error`` in the wire format's shape, the
         traceback logged once, and the row recorded with the error. Nothing is sent upstream."""
         log.error("mitmflare could not route flow %s", flow.id, exc_info=exc)
         fc = self.core.flows.get(flow.id)
         if fc is None:
-            fc = FlowContext(provider="", started=time.time(), path=flow.request.path,
+            fc = FlowContext(wire_format="", started=time.time(), path=flow.request.path,
                              client_session=None, model=None, user_agent=None, flow_id=flow.id)
             self.core.flows[flow.id] = fc
         self._release(fc)
@@ -230,7 +230,7 @@ class Router:
         flow.metadata.pop("mitmflare.account", None)
         strip_client_credentials(flow.request.headers)
         flow.response = error_response(
-            fc.provider or None, 500, "internal",
+            fc.wire_format or None, 500, "internal",
             f"mitmflare could not route this request ({type(exc).__name__}); it was not sent "
             f"upstream. Flow id {flow.id} (see the proxy's log).")
 
@@ -279,7 +279,7 @@ class Router:
         now = time.time()
         deadline = fc.started + self.core.queue_s
         frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
-                    fc.provider, fc.convertible, fc.family)
+                    fc.wire_format, fc.convertible, fc.family)
                  if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
                  and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
         full = any(at <= now and a.full() and a.name not in fc.excluded for at, a in frees)
@@ -302,7 +302,7 @@ class Router:
         cfg = account.config
         scheme, host, port, prefix = account.target
         host_header = retarget(request, scheme, host, port)
-        fc.converted = fc.provider != account.wire
+        fc.converted = fc.wire_format != account.wire
         path = upstream_path(account.wire) if fc.converted else fc.path
         if cfg.preset.versioned_base and path.startswith("/v1/"):
             path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
@@ -403,7 +403,7 @@ class Router:
             self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
                                       if v[1] > now}
         tried = {a["account"] for a in fc.attempts} | fc.excluded
-        usable = {a.name for a in self.core.pool.available(fc.provider, now, fc.convertible,
+        usable = {a.name for a in self.core.pool.available(fc.wire_format, now, fc.convertible,
                                                             fc.family)}
         if usable <= tried:  # nothing left to steer to: the retry starts over on every account
             self._retry_exclusions.pop(_digest(flow), None)

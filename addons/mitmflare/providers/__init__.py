@@ -46,13 +46,13 @@ def detect_route(flow: http.HTTPFlow) -> tuple[str | None, str, bool]:
     ``/v1/anthropic/…`` and ``/v1/openai/…`` name the format and lose their prefix, once.
     ``/v1/mitmflare/…`` is the compatibility route: the prefix goes, the format follows the
     path, and the account is chosen by the model's provider prefix (``openai/gpt-4.1``).
-    Other paths: :func:`detect_provider`."""
+    Other paths: :func:`detect_wire_format`."""
     path = flow.request.path
     for prefix, client in ROUTE_PREFIXES:
         if path.startswith(prefix + "/"):
             rest = path[len(prefix):]
             return client or format_of_path(rest), rest, client is None
-    return detect_provider(flow), path, False
+    return detect_wire_format(flow), path, False
 
 
 def format_of_path(path: str) -> str | None:
@@ -65,16 +65,17 @@ def format_of_path(path: str) -> str | None:
     return None
 
 
-def detect_provider(flow: http.HTTPFlow) -> str | None:
-    """Provider of a client request: the listener's reverse target when it is a known host,
-    else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if unknown."""
+def detect_wire_format(flow: http.HTTPFlow) -> str | None:
+    """Wire format of a client request: the listener's reverse target when it is a known
+    host, else the path (``/v1/messages…`` → anthropic, OpenAI endpoints → openai). None if
+    unknown."""
     from mitmproxy.proxy.mode_specs import ReverseMode
 
     mode = flow.client_conn.proxy_mode
     if isinstance(mode, ReverseMode):
-        provider = KNOWN_HOSTS.get(mode.address[0])
-        if provider:
-            return provider
+        wire_format = KNOWN_HOSTS.get(mode.address[0])
+        if wire_format:
+            return wire_format
     return format_of_path(flow.request.path)
 
 
@@ -190,7 +191,7 @@ def made_here(response: http.Response) -> bool:
     return response.headers.get("x-mitmflare-error", "request_fault") != "request_fault"
 
 
-def error_response(provider: str | None, status: int, kind: str, message: str,
+def error_response(wire_format: str | None, status: int, kind: str, message: str,
                    headers: dict[str, str] | None = None) -> http.Response:
     """A response in the upstream's own error shape, marked ``x-should-retry: false`` unless
     ``headers`` says otherwise. Anthropic: ``{"type":"error","error":{"type","message"}}``;
@@ -199,7 +200,7 @@ def error_response(provider: str | None, status: int, kind: str, message: str,
 
     a_type, o_type, o_code = _ERROR_TYPES[kind]
     body: dict[str, Any]
-    if provider == "openai":
+    if wire_format == "openai":
         body = {"error": {"message": message, "type": o_type, "param": None, "code": o_code}}
     else:
         body = {"type": "error", "error": {"type": a_type, "message": message}}

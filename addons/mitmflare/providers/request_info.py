@@ -54,7 +54,7 @@ class RequestInfo:
     body_model: str | None = None
 
 
-def inspect_request(provider: str, request: http.Request) -> RequestInfo:
+def inspect_request(wire_format: str, request: http.Request) -> RequestInfo:
     """Read the request. For an OpenAI streamed chat completion without
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
@@ -74,7 +74,7 @@ def inspect_request(provider: str, request: http.Request) -> RequestInfo:
     info.stream = body.get("stream") is True
     if info.client_session is None:
         info.client_session = _session_from_metadata(body.get("metadata"))
-    if (provider == "openai" and info.stream and request.path.startswith("/v1/chat/completions")):
+    if (wire_format == "openai" and info.stream and request.path.startswith("/v1/chat/completions")):
         options = body.get("stream_options")
         if not isinstance(options, dict) or options.get("include_usage") is not True:
             exact = parse_source(info.source) or {}  # re-encoded: every value as sent

@@ -31,10 +31,10 @@ class UsageTap:
     (``"<type>: <message>"`` of an error event, or None), ``error_type``, ``events`` (count).
     """
 
-    __slots__ = ("_buf", "_provider", "error", "error_type", "events", "model", "usage")
+    __slots__ = ("_buf", "_wire_format", "error", "error_type", "events", "model", "usage")
 
-    def __init__(self, provider: str) -> None:
-        self._provider = provider
+    def __init__(self, wire_format: str) -> None:
+        self._wire_format = wire_format
         self._buf = b""
         self.usage = Usage()
         self.model: str | None = None
@@ -62,7 +62,7 @@ class UsageTap:
                 name = line[6:].strip()
         if not data:
             return
-        if self._provider == "anthropic":
+        if self._wire_format == "anthropic":
             if name in _ANTHROPIC_EVENTS:
                 self._anthropic(_loads(data))
         elif name:

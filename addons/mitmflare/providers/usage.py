@@ -63,7 +63,7 @@ class Usage:
             self.output_tokens = output
 
 
-def usage_from_json(provider: str, body: bytes) -> tuple[Usage | None, str | None]:
+def usage_from_json(wire_format: str, body: bytes) -> tuple[Usage | None, str | None]:
     """Usage and model from a non-streamed JSON response body (Anthropic Message, OpenAI chat
     completion, Responses object, embeddings). Returns (None, None) when the body has neither."""
     data = json_object(body)
@@ -74,7 +74,7 @@ def usage_from_json(provider: str, body: bytes) -> tuple[Usage | None, str | Non
     if not isinstance(raw, dict):
         return None, model
     usage = Usage()
-    if provider == "anthropic":
+    if wire_format == "anthropic":
         usage.merge_anthropic(raw)
     else:
         usage.merge_openai(raw)

@@ -93,7 +93,7 @@ class Verdict:
     model_backoff: bool = False
 
 
-def classify(provider: str, status: int, limits: Limits, body: bytes | None, now: float,
+def classify(wire_format: str, status: int, limits: Limits, body: bytes | None, now: float,
              max_cooldown_s: float) -> Verdict:
     """Classify an upstream answer (see the module table). ``body`` is the (small, non-streamed)
     error body or None; ``max_cooldown_s`` caps any cooldown taken from headers."""
@@ -104,12 +104,12 @@ def classify(provider: str, status: int, limits: Limits, body: bytes | None, now
         zai = _classify_zai(code or error_type, message, now, max_cooldown_s)
         if zai is not None:
             return zai
-    if provider == "codex":
+    if wire_format == "codex":
         codex = _classify_codex(status, error_type or code, limits, body, now, max_cooldown_s)
         if codex is not None:
             return codex
     if status == 429:
-        return _classify_429(provider, limits, error_type, code, message, now, max_cooldown_s)
+        return _classify_429(wire_format, limits, error_type, code, message, now, max_cooldown_s)
     if status in TRANSIENT_STATUSES:
         return Verdict(TRANSIENT, f"http_{status}", cooldown_until=now + TRANSIENT_COOLDOWN_S)
     if status in (401, 403):
@@ -119,7 +119,7 @@ def classify(provider: str, status: int, limits: Limits, body: bytes | None, now
     return Verdict(RETURN, f"http_{status}")
 
 
-def _classify_429(provider: str, limits: Limits, error_type: str, code: str, message: str,
+def _classify_429(wire_format: str, limits: Limits, error_type: str, code: str, message: str,
                   now: float, cap: float) -> Verdict:
     def until(*resets: float | None) -> float:
         times = [r for r in resets if r is not None]
@@ -130,7 +130,7 @@ def _classify_429(provider: str, limits: Limits, error_type: str, code: str, mes
         return Verdict(RETURN, "credits_required")
     if code == "enforced_spend_limit_reached":
         return Verdict(FAILOVER, "spend_limit_reached", bench=True)
-    if provider == "openai" and (code in OPENAI_QUOTA_CODES or error_type in OPENAI_QUOTA_CODES):
+    if wire_format == "openai" and (code in OPENAI_QUOTA_CODES or error_type in OPENAI_QUOTA_CODES):
         return Verdict(FAILOVER, code or error_type, bench=True)
 
     rejected = limits.rejected_windows()

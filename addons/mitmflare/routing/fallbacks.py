@@ -48,7 +48,7 @@ def fallback_choice(core: Core, fc: FlowContext) -> tuple[str, Account] | None:
     try:
         fc.excluded = _still_excluded(fc)
         for candidate in chain[start:]:
-            if candidate == asked or (user is not None and user.allows(fc.provider, candidate)):
+            if candidate == asked or (user is not None and user.allows(fc.wire_format, candidate)):
                 continue
             fc.model = candidate
             account = core.choose(fc)

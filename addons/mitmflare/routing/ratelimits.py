@@ -143,7 +143,7 @@ CODEX_PREFIX = "x-codex-"
 _CODEX_WINDOWS = {"primary": "5h", "secondary": "7d"}  # when a window states no length
 
 
-def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
+def parse_limits(wire_format: str, headers: Headers, now: float) -> Limits:
     """Parse every limit header of a response received at ``now`` (epoch s). One pass over
     the raw headers, then one over the limit headers found; nothing more is done for a
     response that carries none."""
@@ -153,7 +153,7 @@ def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
     if not found:
         return limits
     limits.retry_after_s = parse_retry_after(found, now)
-    if provider == "anthropic":
+    if wire_format == "anthropic":
         for key, value in found.items():
             if key.startswith(UNIFIED):
                 _unified_field(limits, key[len(UNIFIED):], value)
@@ -162,7 +162,7 @@ def parse_limits(provider: str, headers: Headers, now: float) -> Limits:
                 if name in ANTHROPIC_LIMITS and part in _BUCKET_PARTS:
                     _bucket_field(limits, name, part, parse_iso(value) if part == "reset"
                                   else _num(value))
-    elif provider == "codex":
+    elif wire_format == "codex":
         for slot, default in _CODEX_WINDOWS.items():
             _codex_window(limits, found, f"{CODEX_PREFIX}{slot}-", default, now)
     else:

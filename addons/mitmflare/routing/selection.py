@@ -1,12 +1,12 @@
 """Choosing an account for a request (``flare_strategy``).
 
 Every strategy first narrows the candidates to the *best tier*: available accounts of the
-request's provider, not excluded for this request, whose model is not cooling down, with a
+request's wire format, not excluded for this request, whose model is not cooling down, with a
 free slot (``max_concurrent``), ranked by (tier, ``priority``): first the accounts that
 serve from their plan, then those near a limit, last those whose plan is spent and that
 serve from extra usage with ``overage: last_resort``.
 
-* ``session`` (default): one account per provider for ``flare_session_hours``, left early when
+* ``session`` (default): one account per wire format for ``flare_session_hours``, left early when
   a better-ranked account is free again; a client conversation stays on the account it started
   on while that account is available, so its prompt cache keeps hitting.
 * ``round-robin``: rotate through the best tier.
@@ -30,24 +30,24 @@ class Selector:
     """Stateful account chooser; all methods are O(accounts) and do no I/O."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, tuple[str, float]] = {}  # provider -> (account, started_at)
+        self._sessions: dict[str, tuple[str, float]] = {}  # wire_format -> (account, started_at)
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._rotation: dict[str, int] = {}
 
-    def choose(self, pool: AccountPool, provider: str, strategy: str, now: float, *,
+    def choose(self, pool: AccountPool, wire_format: str, strategy: str, now: float, *,
                session_hours: float, client_session: str | None = None,
                model: str | None = None, exclude: Collection[str] = (),
                convertible: bool = False, family: str | None = None,
                warm: Sequence[str] = ()) -> Account | None:
         """The account for one request at ``now`` (epoch s), or None when none is usable.
 
-        ``provider``: the client's format (``anthropic``/``openai``); ``convertible``: an
+        ``wire_format``: the client's (``anthropic``/``openai``); ``convertible``: an
         Anthropic Messages request that OpenAI-format accounts may serve converted;
         ``family``: the compatibility route's model prefix, limiting the candidates;
         ``warm``: accounts where the request's conversation has a live prompt cache, best
         first (:mod:`.cache_affinity`): the first of them that can serve is chosen, whatever
         the strategy, unless it opted out (``sticky: false``)."""
-        candidates = [a for a in pool.available(provider, now, convertible, family)
+        candidates = [a for a in pool.available(wire_format, now, convertible, family)
                       if a.name not in exclude and a.serves(model)
                       and (family is None or a.in_family(family))
                       and not _model_cooling(a, model, now) and not a.full()]
@@ -62,22 +62,22 @@ class Selector:
         best = _rank(ranked[0], now)
         tier = [a for a in ranked if _rank(a, now) == best]
         if strategy == "round-robin":
-            i = self._rotation.get(provider, -1) + 1
-            self._rotation[provider] = i
+            i = self._rotation.get(wire_format, -1) + 1
+            self._rotation[wire_format] = i
             return tier[i % len(tier)]
         if strategy == "least-requests":
             return min(tier, key=lambda a: (a.state.in_flight, a.state.requests, a.order))
         if strategy == "weighted":
             return random.choices(tier, weights=[a.config.weight for a in tier])[0]
-        return self._session(ranked, best, provider, now, session_hours * 3600.0, client_session)
+        return self._session(ranked, best, wire_format, now, session_hours * 3600.0, client_session)
 
-    def preview(self, pool: AccountPool, provider: str, strategy: str, now: float,
+    def preview(self, pool: AccountPool, wire_format: str, strategy: str, now: float,
                 session_hours: float, convertible: bool = False) -> list[Account]:
-        """The order in which the next request of ``provider``'s format (no client
+        """The order in which the next request in ``wire_format`` (no client
         conversation, no model) would try the available accounts, without changing any
         state: first the one it would go to, then the next in line. Empty when none is usable.
         ``weighted`` is random: heavier first."""
-        ranked = sorted(pool.available(provider, now, convertible),
+        ranked = sorted(pool.available(wire_format, now, convertible),
                         key=lambda a: (_rank(a, now), a.order))
         if not ranked:
             return []
@@ -85,19 +85,20 @@ class Selector:
         tier = [a for a in ranked if _rank(a, now) == best]
         rest = ranked[len(tier):]
         if strategy == "round-robin":
-            start = (self._rotation.get(provider, -1) + 1) % len(tier)
+            start = (self._rotation.get(wire_format, -1) + 1) % len(tier)
             tier = tier[start:] + tier[:start]
         elif strategy == "least-requests":
             tier.sort(key=lambda a: (a.state.in_flight, a.state.requests, a.order))
         elif strategy == "weighted":
             tier.sort(key=lambda a: (-a.config.weight, a.order))
         else:
-            current = self._sessions.get(provider)
+            current = self._sessions.get(wire_format)
             if current and now - current[1] < session_hours * 3600.0:
                 tier.sort(key=lambda a: (a.name != current[0], a.order))
         return tier + rest
 
-    def _session(self, ranked: list[Account], best: tuple[int, int], provider: str, now: float,
+    def _session(self, ranked: list[Account], best: tuple[int, int], wire_format: str,
+                 now: float,
                  ttl: float, client_session: str | None) -> Account:
         by_name = {a.name: a for a in ranked}
         chosen = None
@@ -106,14 +107,14 @@ class Selector:
             if sticky and now - sticky[1] < ttl:
                 chosen = by_name.get(sticky[0])
         if chosen is None:
-            current = self._sessions.get(provider)
+            current = self._sessions.get(wire_format)
             if current and now - current[1] < ttl:
                 account = by_name.get(current[0])
                 if account is not None and _rank(account, now) <= best:
                     chosen = account
         if chosen is None:
             chosen = ranked[0]
-            self._sessions[provider] = (chosen.name, now)
+            self._sessions[wire_format] = (chosen.name, now)
         if client_session:
             self._affinity[client_session] = (chosen.name, now)
             self._affinity.move_to_end(client_session)

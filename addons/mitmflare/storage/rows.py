@@ -18,7 +18,7 @@ from .pricing import account_cost, cost_usd
 
 BODY = "_body"          # raw response body kept for parsing here (bytes)
 BODY_IS_SSE = "_sse"    # the kept body is an event stream
-FORMAT = "_format"      # the client's format (anthropic/openai): how the body reads
+FORMAT = "_format"      # the wire format the kept body is in (anthropic/openai)
 PRICE_PROVIDER = "_price"  # genai-prices provider id of the account (None: by model)
 ACCOUNT_PRICE = "_account_price"  # the account's own `price:` (USD per MTok), or None
 PAYLOAD = "_payload"    # captured bodies and headers (flare_payloads), see payload_row
@@ -34,7 +34,7 @@ def complete(row: dict[str, Any]) -> dict[str, Any]:
     :class:`.cache_forensics.CacheForensics`."""
     body: bytes | None = row.pop(BODY, None)
     is_sse = row.pop(BODY_IS_SSE, False)
-    wire = row.pop(FORMAT, None) or row.get("provider") or ""
+    wire = row.pop(FORMAT, None) or row.get("wire_format") or ""
     price_provider = row.pop(PRICE_PROVIDER, None)
     account_price = row.pop(ACCOUNT_PRICE, None)
     reported = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from ..providers import OPENAI_PATHS
+
 REQUESTS = {  # in the order a person reads a row (new databases; older ones keep theirs)
     "id": str,                 # mitmproxy flow id (with a suffix for a replay)
     "started_at": str,         # ISO 8601 UTC, ms
@@ -25,7 +27,8 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "cache_creation_input_tokens": int,
     "cache_creation_5m_input_tokens": int,
     "cache_creation_1h_input_tokens": int,
-    "provider": str,
+    "provider": str,           # the serving account's provider (NULL when no account served)
+    "wire_format": str,        # the client's: anthropic (Messages) or openai (Chat, Responses)
     "method": str,
     "path": str,
     "client_session": str,
@@ -196,7 +199,8 @@ STATE_TABLES = {
 
 def migrate(db: sqlite_utils.Database, tables: dict, indexes: dict | None = None) -> None:
     """Create missing tables, add missing columns and create missing indexes. A new
-    ``usage_hourly`` table is filled from the rows already recorded."""
+    ``usage_hourly`` table is filled from the rows already recorded; a new
+    ``requests.wire_format`` column from the rows' path (:func:`split_wire_format`)."""
     for name, (columns, pk) in tables.items():
         table = db.table(name)
         if not table.exists():
@@ -209,9 +213,39 @@ def migrate(db: sqlite_utils.Database, tables: dict, indexes: dict | None = None
             for column, kind in columns.items():
                 if column not in existing:
                     table.add_column(column, kind)
+            if name == "requests" and "wire_format" not in existing:
+                with db.atomic():
+                    split_wire_format(db.conn)
     for name, index_list in (indexes or {}).items():
         for cols in index_list:
             db.table(name).create_index(cols, if_not_exists=True)
+
+
+WIRE_FORMAT_OF_PATH = ("case when path like '/v1/messages%' then 'anthropic' when "
+                       + " or ".join(f"path like '{p}%'" for p in OPENAI_PATHS)
+                       + " then 'openai' end")
+"""SQL: the wire format of a `requests` row's path, as :func:`mitmflare.providers.format_of_path`
+reads it (NULL for other paths)."""
+
+
+def split_wire_format(conn) -> None:
+    """Migrate `requests` rows recorded before the ``wire_format`` column (same transaction as
+    the caller's): where no account served, ``provider`` held the client's wire format, which
+    moves to ``wire_format`` (``provider`` becomes NULL, in ``usage_hourly`` too); other rows
+    get the wire format of their path. ``provider`` then always means the account's."""
+    conn.execute("update requests set wire_format = provider, provider = null "
+                 "where account is null and provider is not null")
+    conn.execute(f"update requests set wire_format = {WIRE_FORMAT_OF_PATH} "
+                 "where wire_format is null")
+    if conn.execute("select 1 from sqlite_master where name = 'usage_hourly'").fetchone():
+        sums = ", ".join(ROLLUP_SUMS)
+        conn.execute(
+            f"insert into usage_hourly (hour, provider, account, model, {sums}) "
+            f"select hour, '', account, model, {sums} from usage_hourly "
+            "where account = '' and provider != '' "
+            "on conflict (hour, provider, account, model) do update set "
+            + ", ".join(f"{c} = coalesce({c}, 0) + coalesce(excluded.{c}, 0)" for c in ROLLUP_SUMS))
+        conn.execute("delete from usage_hourly where account = '' and provider != ''")
 
 
 def _key_sql() -> list[str]:
