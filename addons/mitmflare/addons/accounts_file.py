@@ -18,7 +18,7 @@ from mitmproxy import ctx
 from mitmproxy.utils import asyncio_utils
 
 from ..config.accounts import AccountsLoad, ConfigError, env_file, load_accounts
-from ..config.defaults import ACCOUNTS_PATH, STATE_PATH
+from ..config.defaults import FILE_OPTIONS
 from ..core import Core
 from ..providers.oauth import TokenSet, read_stored_tokens, resolve_tokens
 from ..storage.writer import load_state
@@ -41,12 +41,8 @@ class AccountsFile:
         self._running = False
 
     def load(self, loader) -> None:
-        loader.add_option("flare_accounts", str, ACCOUNTS_PATH,
-                          "Path of the accounts YAML file; edits (and edits of the .env file "
-                          "beside it) take effect within 2 s.")
-        loader.add_option("flare_state", str, STATE_PATH,
-                          "Path of the SQLite file with account state and secrets "
-                          "(cooldowns, OAuth tokens). Created with mode 0600; never serve it.")
+        for name in ("flare_accounts", "flare_state"):
+            loader.add_option(name, str, *FILE_OPTIONS[name])
 
     def configure(self, updated: set[str]) -> None:
         if "flare_state" in updated:

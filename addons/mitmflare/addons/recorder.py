@@ -14,7 +14,7 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-from ..config.defaults import DB_PATH
+from ..config.defaults import FILE_OPTIONS
 from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import CLIENT_CREDENTIAL_HEADERS
@@ -47,9 +47,7 @@ class Recorder:
         self.payload_limit = 256 * 1024
 
     def load(self, loader) -> None:
-        loader.add_option("flare_db", str, DB_PATH,
-                          "Path of the analytics SQLite database (served by Datasette; "
-                          "holds no secrets).")
+        loader.add_option("flare_db", str, *FILE_OPTIONS["flare_db"])
         loader.add_option("flare_request_log", bool, False,
                           "Log one line per request (account, model, status, tokens, cost, ms) "
                           "instead of mitmproxy's connect/disconnect lines.")

@@ -5,7 +5,9 @@ Changes apply to a running proxy within 2 s (it reads the ``users`` table every 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -34,9 +36,18 @@ MaxConcurrent = Annotated[int | None, typer.Option(
     "--max-concurrent", min=0, help="At most this many requests in flight (0: no limit).")]
 
 
-def _store(state: str) -> UsersStore:
+@contextlib.contextmanager
+def _store(state: str) -> Iterator[UsersStore]:
+    """The users of ``state`` (created when missing), closed afterwards; a
+    :class:`UserError` inside exits 1 with its one-line reason."""
     creatable_state(state)
-    return UsersStore(state)
+    store = UsersStore(state)
+    try:
+        yield store
+    except UserError as exc:
+        fail(exc)
+    finally:
+        store.close()
 
 
 def _listed(text: str | None) -> list[str] | None:
@@ -58,15 +69,10 @@ def add(name: str, models: Models = None, providers: Providers = None,
 
     Example: mitmflare users add alice --daily-cap 5 --models 'claude-sonnet-*'
     """
-    store = _store(state)
-    try:
+    with _store(state) as store:
         user, key = store.add(name, allowed_models=_listed(models),
                               allowed_providers=_listed(providers), daily_cap_usd=daily_cap,
                               monthly_cap_usd=monthly_cap, max_concurrent=max_concurrent or None)
-    except UserError as exc:
-        fail(exc)
-    finally:
-        store.close()
     _show_key(user, key, "Created user")
 
 
@@ -76,11 +82,8 @@ def list_users(as_json: Json = False, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare users list --json
     """
-    store = _store(state)
-    try:
+    with _store(state) as store:
         users = store.all()
-    finally:
-        store.close()
     if as_json:
         typer.echo(json.dumps([{"name": u.name, "key_prefix": u.key_prefix,
                                 "disabled": u.disabled, "allowed_models": u.allowed_models,
@@ -103,13 +106,8 @@ def list_users(as_json: Json = False, state: State = STATE_DEFAULT) -> None:
 
 
 def _update(name: str, state: str, done: str, **changes) -> None:
-    store = _store(state)
-    try:
+    with _store(state) as store:
         store.update(name, **changes)
-    except UserError as exc:
-        fail(exc)
-    finally:
-        store.close()
     typer.echo(f"{done} {name} (a running proxy applies it within 2 s)")
 
 
@@ -155,13 +153,8 @@ def rotate(name: str, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare users rotate alice
     """
-    store = _store(state)
-    try:
+    with _store(state) as store:
         user, key = store.rotate(name)
-    except UserError as exc:
-        fail(exc)
-    finally:
-        store.close()
     _show_key(user, key, "New key for")
 
 
@@ -171,11 +164,6 @@ def remove(name: str, state: State = STATE_DEFAULT) -> None:
 
     Example: mitmflare users remove alice
     """
-    store = _store(state)
-    try:
+    with _store(state) as store:
         store.remove(name)
-    except UserError as exc:
-        fail(exc)
-    finally:
-        store.close()
     typer.echo(f"Removed {name} (a running proxy refuses its key within 2 s)")

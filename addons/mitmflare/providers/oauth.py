@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module
     import httpx
 
     from ..config.accounts import AccountConfig, OAuthConfig
+from ..read_only import read_table
 from ..times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -147,18 +148,7 @@ def save_tokens(state_path: str, name: str, tokens: TokenSet) -> None:
 def read_stored_tokens(state_path: str) -> dict[str, TokenSet]:
     """Every account's pair in ``flare_state`` (blocking: call from a worker thread); {} when
     the file or table is missing or locked."""
-    try:
-        conn = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return {}
-    try:
-        conn.row_factory = sqlite3.Row
-        return {r["name"]: TokenSet.from_row(dict(r)) for r in
-                conn.execute("select * from oauth_tokens")}
-    except sqlite3.Error:
-        return {}
-    finally:
-        conn.close()
+    return {r["name"]: TokenSet.from_row(r) for r in read_table(state_path, "oauth_tokens")}
 
 
 def pkce_pair() -> tuple[str, str]:

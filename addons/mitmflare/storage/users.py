@@ -13,11 +13,11 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from ..read_only import read_table
 from ..times import iso_utc
 
 KEY_PREFIX = "mfk_"
@@ -107,18 +107,7 @@ def find_user(users: dict[str, User], presented: str | None) -> User | None:
 def read_users(state_path: str) -> dict[str, User]:
     """Every user in ``flare_state``, keyed by key hash (blocking: call from a worker thread).
     {} when the file or table is missing or locked."""
-    try:
-        conn = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return {}
-    try:
-        conn.row_factory = sqlite3.Row
-        return {u.key_hash: u for u in (User.from_row(dict(r))
-                                        for r in conn.execute("select * from users"))}
-    except sqlite3.Error:
-        return {}
-    finally:
-        conn.close()
+    return {u.key_hash: u for u in map(User.from_row, read_table(state_path, "users"))}
 
 
 class UsersStore:
