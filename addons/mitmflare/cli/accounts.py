@@ -344,9 +344,11 @@ def login(name: str,
 
     if provider not in LOGINS:
         fail(f"--provider {provider}: {one_of(provider, LOGINS)}")
-    login_with = LOGINS[provider]._replace(**{k: v for k, v in (
-        ("token_url", token_url), ("authorize_url", authorize_url), ("client_id", client_id),
-        ("redirect_uri", redirect_uri)) if v})
+    base = LOGINS[provider]
+    login_with = base._replace(token_url=token_url or base.token_url,
+                               authorize_url=authorize_url or base.authorize_url,
+                               client_id=client_id or base.client_id,
+                               redirect_uri=redirect_uri or base.redirect_uri)
     try:
         if access_token or refresh_token:
             expires = datetime.fromisoformat(expires_at).timestamp() if expires_at else \

@@ -176,7 +176,8 @@ class Supervisor:
         except OSError as exc:
             typer.echo(f"{worker.name}: haproxy's runtime API: {exc}", err=True)
         self.restarts += 1
-        typer.echo(f"{worker.name} restarted (pid {old} -> {worker.proc.pid})", err=True)
+        new = worker.proc.pid if worker.proc is not None else None
+        typer.echo(f"{worker.name} restarted (pid {old} -> {new})", err=True)
 
     def _wait_idle(self, worker: Worker) -> None:
         """Until HAProxy has no request on ``worker`` and the worker none in flight."""

@@ -245,7 +245,7 @@ class SimulatedUpstream:
     async def _codex(self, headers: dict[str, str], body: Any, credential: str, send) -> None:
         """The Codex backend's Responses endpoint (see :mod:`.simulator_codex`)."""
         refused = codex.problem(self, headers, body, credential)
-        answer = {"status": refused[0], "body": refused[1]} if refused else \
+        answer: dict[str, Any] = {"status": refused[0], "body": refused[1]} if refused else \
             self._next_answer(credential)
         if answer.get("delay_s"):
             await asyncio.sleep(answer["delay_s"])

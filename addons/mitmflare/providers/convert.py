@@ -28,7 +28,7 @@ from . import (
     responses_to_messages,
 )
 from .presets import ANTHROPIC, CODEX, OPENAI
-from .wire import json_object
+from .wire import json_object, obj
 
 MESSAGES, CHAT, RESPONSES = "/v1/messages", "/v1/chat/completions", "/v1/responses"
 CONVERTIBLE = {ANTHROPIC: (MESSAGES,), OPENAI: (CHAT, RESPONSES)}
@@ -87,7 +87,8 @@ def convert_answer(response: http.Response, client_path: str, body: dict[str, An
         response.content = chat_to_messages.error_to_openai(response.status_code, raw)
     elif response.headers.get("content-type", "").startswith(SSE):
         feed = stream_converter(client_path, body, model)
-        response.content = feed(raw) + feed(b"")
+        if feed is not None:  # (None only for a Codex upstream, handled above)
+            response.content = feed(raw) + feed(b"")
         return
     elif path == RESPONSES:
         response.content = responses_to_messages.message_to_response(raw, model, body)
@@ -171,7 +172,7 @@ def codex_error_to_openai(status: int, raw: bytes) -> bytes:
     ``message``, ``type``, ``param``, ``code``), a ``{"detail": "…"}`` or other body as its
     message."""
     data = json_object(raw) or {}
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    error = obj(data.get("error"))
     message = error.get("message") or data.get("detail") or \
         raw[:300].decode("utf-8", "replace") or f"upstream answered {status}"
     kind = error.get("type") or ("server_error" if status >= 500 else "invalid_request_error")

@@ -20,7 +20,7 @@ from typing import Any
 
 from .messages_to_chat import joined_text
 from .sse import split_events
-from .wire import count, json_object, text
+from .wire import count, json_object, obj, text
 
 
 # -- request ----------------------------------------------------------------------------------
@@ -275,12 +275,11 @@ class ResponsesChatStream:
             return self._chunk({"tool_calls": [{"index": self._calls[event["output_index"]],
                                                 "function": {"arguments": event["delta"]}}]})
         if kind in TERMINAL:
-            return self._finish(event.get("response") if isinstance(event.get("response"), dict)
-                                else {}, kind)
+            return self._finish(obj(event.get("response")), kind)
         if kind == "error":
             self._finished = True
-            return _error_chunk(event.get("error") if isinstance(event.get("error"), dict)
-                                else event)
+            error = event.get("error")
+            return _error_chunk(error if isinstance(error, dict) else event)
         return b""
 
     def _finish(self, response: dict[str, Any], kind: str) -> bytes:

@@ -96,8 +96,9 @@ class StreamWriter:
                 self._acknowledge(client)
             except (redis.RedisError, OSError) as error:
                 log.warning("mitmflare writer: Redis unreachable (%s); trying again", error)
-                with contextlib.suppress(Exception):
-                    client.close()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
                 client = None
                 self.stop.wait(1.0)
         self.db.stop(timeout=300)
