@@ -50,7 +50,7 @@ def test_only_integers_past_64_bits_differ_and_re_encoding_reads_them_exactly():
     request = tutils.treq(method=b"POST", path=b"/v1/messages", content=data)
     info = inspect_request("anthropic", request)
     assert info.model == info.body_model == "claude-sonnet-4-6"
-    fc = FlowContext(provider="anthropic", started=0.0, path="/v1/messages",
+    fc = FlowContext(wire_format="anthropic", started=0.0, path="/v1/messages",
                      client_session=None, model=info.model, user_agent=None, flow_id="f")
     fc.body_source = info.source
     assert fc.request_json()["max_tokens"] == 123456789012345678901234567890
