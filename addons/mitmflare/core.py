@@ -123,6 +123,7 @@ class Core:
         self.strategy = "session"
         self.session_hours = 5.0
         self.headroom = 0.95
+        self.cache_ttl_scale = 1.0  # prompt-cache TTLs last this many times less (benchmarks)
         self.max_cooldown_s = 6 * 3600.0
         self.queue_s = 10.0  # hold a request this long (s) for a cooling account (flare_queue_s)
         self.config_errors: list[str] = []  # why the accounts file (or entries) were rejected

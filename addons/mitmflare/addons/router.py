@@ -84,6 +84,10 @@ class Router:
                           "then instead of answering 429 (0: never hold).")
         loader.add_option("flare_max_cooldown_s", int, 6 * 3600,
                           "Upper bound (s) for a cooldown taken from rate-limit headers.")
+        loader.add_option("flare_cache_ttl_scale", str, "1",
+                          "For benchmarks and tests only: prompt-cache TTLs (5 min, 1 h) last "
+                          "this many times less (a decimal number > 0), to match a simulated "
+                          "upstream whose time runs faster.")
         self.failover.load(loader)
 
     def configure(self, updated: set[str]) -> None:
@@ -91,6 +95,7 @@ class Router:
         max_cooldown_s = whole("flare_max_cooldown_s", o.flare_max_cooldown_s, 1)
         self.core.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
         self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
+        self.core.cache_ttl_scale = decimal("flare_cache_ttl_scale", o.flare_cache_ttl_scale, 0)
         self.core.strategy = o.flare_strategy
         self.core.max_cooldown_s = float(max_cooldown_s)
         self.core.queue_s = float(whole("flare_queue_s", o.flare_queue_s, 0))
@@ -158,7 +163,8 @@ class Router:
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
             fc.raw_body, fc.body_source = request.raw_content or b"", info.source
             fc.body_model = info.body_model
-            ttl = cache_ttl(info.body) if wire_format == ANTHROPIC else 0.0  # cache_control
+            ttl = cache_ttl(info.body) / self.core.cache_ttl_scale \
+                if wire_format == ANTHROPIC else 0.0  # cache_control
             if ttl:
                 fc.cache = CacheContext(
                     conversation_key(fc.client_session, info.body, info.agent), ttl,

@@ -34,7 +34,7 @@ Codex mode (:mod:`.simulator_codex`): ``/codex/oauth/authorize``, ``/codex/oauth
 the Codex backend's ``POST /backend-api/codex/responses`` with its ``x-codex-*`` headers.
 
 Run alone: ``python -m mitmflare.demo.simulator --port 9099 [--chunk-delay-ms 50] [--chaos 0.1]
-[--windows [--enforce-windows] [--window-scale 60]] [--forget-requests]``.
+[--windows [--enforce-windows] [--window-scale 60]] [--ttl-scale 60] [--forget-requests]``.
 Control over HTTP: ``POST /_sim/script`` ``{"credential": "...", "answers": [...]}``,
 ``POST /_sim/overage`` ``{"credential": "...", "mode": "allowed" | "out_of_credits"}``,
 ``GET /_sim/requests``, ``GET /_sim/sent?id=…``, ``POST /_sim/reset``.
@@ -92,16 +92,19 @@ class SimulatedUpstream:
     demo): an OAuth token's 5-hour window stops at 100 % and its requests get the 429 a used-up
     window gets (:meth:`_rejection`) until the window resets. ``window_scale``: windows last
     that many times less than their real length (60: a 5-hour window lasts 5 minutes).
-    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`). ``overage``:
-    credential -> ``allowed`` (once its 5-hour window is used up it answers from extra usage:
-    200 with ``unified-status: rejected`` and ``overage-status: allowed``) or a disabled reason
-    such as ``out_of_credits`` (``overage-status: rejected`` with that reason on every answer).
-    ``forget_requests``: keep no :class:`SeenRequest` (benchmarks sending large bodies).
+    ``caches``: the per-credential prompt caches (:class:`.PromptCaches`), whose TTLs last
+    ``ttl_scale`` times less (a proxy in front needs ``flare_cache_ttl_scale`` set alike).
+    ``overage``: credential -> ``allowed`` (once its 5-hour window is used up it answers from
+    extra usage: 200 with ``unified-status: rejected`` and ``overage-status: allowed``) or a
+    disabled reason such as ``out_of_credits`` (``overage-status: rejected`` with that reason
+    on every answer). ``forget_requests``: keep no :class:`SeenRequest` (benchmarks sending
+    large bodies).
     """
 
     def __init__(self, chunk_delay_s: float = 0.0, chaos: float = 0.0,
                  windows: bool = False, enforce_windows: bool = False,
-                 window_scale: float = 1.0, forget_requests: bool = False) -> None:
+                 window_scale: float = 1.0, forget_requests: bool = False,
+                 ttl_scale: float = 1.0) -> None:
         self.chunk_delay_s = chunk_delay_s
         self.forget_requests = forget_requests
         self.chaos = chaos
@@ -109,7 +112,7 @@ class SimulatedUpstream:
         self.enforce_windows = enforce_windows
         self.window_scale = window_scale
         self._used: dict[str, tuple[float, int]] = {}  # credential -> (window start, tokens)
-        self.caches = PromptCaches()
+        self.caches = PromptCaches(ttl_scale)
         self.overage: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sent: OrderedDict[str, bytes] = OrderedDict()  # request-id -> body bytes sent
@@ -788,11 +791,15 @@ def main() -> None:
                         help="windows last this many times less (60: 5 h become 5 min)")
     parser.add_argument("--forget-requests", action="store_true",
                         help="keep no record of the requests (benchmarks with large bodies)")
+    parser.add_argument("--ttl-scale", type=float, default=1.0,
+                        help="prompt-cache TTLs last this many times less (60: 5 min become "
+                             "5 s); give the proxy the same flare_cache_ttl_scale")
     args = parser.parse_args()
-    if args.window_scale <= 0:
-        parser.error("--window-scale must be positive")
+    if args.window_scale <= 0 or args.ttl_scale <= 0:
+        parser.error("--window-scale and --ttl-scale must be positive")
     sim = SimulatedUpstream(args.chunk_delay_ms / 1000.0, args.chaos, args.windows,
-                            args.enforce_windows, args.window_scale, args.forget_requests)
+                            args.enforce_windows, args.window_scale, args.forget_requests,
+                            args.ttl_scale)
     print(f"simulated upstream on {sim.start(args.host, args.port)}", flush=True)
     try:
         while True:
