@@ -50,6 +50,9 @@ real sizes (``scripts/bench_sizes.py``: 100 KB-10 MB requests, a 2,000-event thi
   the start
 * the thinking stream arrives byte-exact, < 1 ms added per event
 * open streams: <= 100 KB of RSS each, event-loop lag p99 <= 5 ms
+
+``--cache-day`` runs a simulated day of prompt-cache economics instead
+(``scripts/bench_cache_day.py``; its own options follow).
 """
 
 from __future__ import annotations
@@ -283,6 +286,9 @@ def start_peer(binary: Path, home: Path, port: int, sim: str, spawn) -> str:
 
 
 def main() -> int:
+    if "--cache-day" in sys.argv[1:]:  # dollars lost to cache misses per routing, not overhead
+        import bench_cache_day
+        return bench_cache_day.main([a for a in sys.argv[1:] if a != "--cache-day"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="per target, kind and round")
     parser.add_argument("--concurrency", default="1,8")

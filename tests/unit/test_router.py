@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from mitmproxy import exceptions
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -93,3 +96,16 @@ async def test_unknown_path_on_unknown_target_gets_error_shape(bundle):
     await router.request(flow)
     assert flow.response.status_code == 404
     assert flow.response.json()["error"]["type"] == "not_found_error"
+
+
+async def test_cache_ttl_scale_shortens_the_ttl_a_request_asks_and_must_be_positive(bundle):
+    (_, router, _), tctx = bundle
+    tctx.options.update(flare_cache_ttl_scale="60")
+    flow = messages_flow(x_claude_code_session_id="s1")
+    flow.request.content = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]}).encode()
+    await router.request(flow)
+    assert router.core.flows[flow.id].cache.ttl_s == 5.0  # 5 minutes, 60 times faster
+    for bad in ("0", "-1", "fast"):
+        with pytest.raises(exceptions.OptionsError, match="flare_cache_ttl_scale"):
+            tctx.options.update(flare_cache_ttl_scale=bad)

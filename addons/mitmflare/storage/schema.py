@@ -42,7 +42,7 @@ REQUESTS = {  # in the order a person reads a row (new databases; older ones kee
     "cost_source": str,        # genai-prices | account (its price:) | NULL (no price known)
     "worker": str,             # the mitmflare process that served it: host:pid
     "conversation": str,       # prompt-cache conversation (session id, or a hash of its start)
-    "cache_ttl_s": float,      # prompt-cache TTL the request asked for (s; NULL: none)
+    "cache_ttl_s": float,      # prompt-cache TTL asked (s; / flare_cache_ttl_scale; NULL: none)
     "cache_event": str,        # why it wrote to the cache: first|switch|expired|changed|unknown
     "cache_loss_usd": float,   # what that write cost above a cache read of the same tokens
     "overage": int,            # 1: served from the account's extra usage (its plan was spent)
