@@ -2,8 +2,8 @@
 """A simulated working day of Claude Code traffic through several routings: what each loses
 to prompt-cache misses, read back from each proxy's database.
 
-    ./scripts/bench --cache-day [--conversations 20] [--accounts 5] [--hours 8]
-                                [--scale 180] [--seed 24] [--keep DIR] [--json]
+    ./scripts/bench --cache-day [--conversations 20] [--accounts 5] [--hours 6]
+                                [--scale 120] [--seed 24] [--keep DIR] [--json]
 
 The day: ``--conversations`` Claude Code-like conversations (``x-claude-code-session-id``,
 streamed Messages requests with ``cache_control`` on the system prompt, which follows the
@@ -20,7 +20,7 @@ and its own mitmflare with ``--accounts`` subscription (OAuth) accounts, all run
 side by side. Time runs ``--scale`` times faster: the simulator's windows and prompt-cache
 TTLs (``--window-scale``, ``--ttl-scale``) and the proxy's TTLs (``flare_cache_ttl_scale``,
 an option for benchmarks and tests) alike, so a 5-minute TTL really expires during the day
-(180: 8 hours in 160 s, a TTL of 1.7 s). The routings (:data:`ROUTINGS`):
+(120: 6 hours in 180 s, a 5-minute TTL in 2.5 s, a 5-hour window in 150 s). The routings (:data:`ROUTINGS`):
 
 * ``mitmflare``: the defaults (``session`` strategy, prompt-cache stickiness), its
   ``flare_session_hours`` compressed like the day;
@@ -60,9 +60,9 @@ import httpx
 from bench import BIN, ROOT, free_port, wait_http
 
 MODEL = "claude-sonnet-4-6"
-MAX_TOKENS = 32        # the simulator counts max_tokens x 40 against the 5-hour window:
-#                        ~300 requests fill an account's window
-COMPACT_AT = 50_000    # tokens of history after which the conversation is compacted
+MAX_TOKENS = 24        # the simulator counts max_tokens x 40 against the 5-hour window:
+#                        ~400 requests fill an account's window
+COMPACT_AT = 30_000    # tokens of history after which the conversation is compacted
 TOKEN_CHARS = 4        # the simulator counts a block's JSON length / 4 as its tokens
 WORDS = ("def", "return", "self", "import", "the", "value", "file", "test", "error", "path",
          "config", "request", "account", "cache", "token", "session", "model", "stream",
@@ -109,8 +109,8 @@ def _text(rng: random.Random, tokens: int) -> str:
 
 
 def _tools(rng: random.Random) -> list[dict]:
-    """Claude Code's tool definitions (~7,000 tokens; the same for every conversation)."""
-    return [{"name": name, "description": _text(rng, 550), "input_schema": {
+    """Claude Code's tool definitions (~3,600 tokens; the same for every conversation)."""
+    return [{"name": name, "description": _text(rng, 270), "input_schema": {
         "type": "object", "properties": {"arg": {"type": "string"}}, "required": ["arg"]}}
         for name in TOOLS]
 
@@ -126,18 +126,18 @@ def _step(rng: random.Random, thread: Thread, n: int, prompt: bool) -> None:
     ``prompt``, the user's new instruction); compacted to a summary past COMPACT_AT."""
     if not thread.messages or thread.tokens > COMPACT_AT:
         thread.messages = [{"role": "user", "content": [
-            {"type": "text", "text": _text(rng, 2000 if thread.messages else 150)}]}]
-        thread.tokens = 2000
+            {"type": "text", "text": _text(rng, 1500 if thread.messages else 150)}]}]
+        thread.tokens = 1500
         return
     call = f"toolu_{thread.session[-6:]}{thread.agent or ''}{n:04d}"
-    said = _text(rng, rng.randint(30, 200))
+    said = _text(rng, rng.randint(20, 120))
     thread.messages = [*thread.messages, {"role": "assistant", "content": [
         {"type": "text", "text": said},
         {"type": "tool_use", "id": call, "name": rng.choice(TOOLS), "input": {"arg": said[:40]}}]}]
-    size = rng.randint(100, 150) if prompt else int(rng.lognormvariate(math.log(500), 0.8))
+    size = rng.randint(100, 150) if prompt else int(rng.lognormvariate(math.log(300), 0.8))
     thread.messages.append({"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": call, "content": _text(rng, size)}]})
-    thread.tokens += size + 250
+    thread.tokens += size + 150
 
 
 def plan_day(conversations: int, hours: float, seed: int) -> list[list[Call]]:
@@ -148,7 +148,7 @@ def plan_day(conversations: int, hours: float, seed: int) -> list[list[Call]]:
     plans = []
     for c in range(conversations):
         session = f"day-{seed}-{c:02d}-{rng.getrandbits(32):08x}"
-        main = Thread(session, None, _system(rng, rng.randint(2500, 4000)), tools)
+        main = Thread(session, None, _system(rng, rng.randint(1500, 2500)), tools)
         t = rng.uniform(0, 0.6 * day_s)
         end = min(day_s - 120, t + rng.uniform(0.2, 0.4) * day_s)
         calls: list[Call] = []
@@ -158,9 +158,9 @@ def plan_day(conversations: int, hours: float, seed: int) -> list[list[Call]]:
                 _step(rng, main, n, j == 0)
                 calls.append(Call(t, main, main.messages))
                 n += 1
-                t += rng.uniform(3, 25)  # the answer, then the tool runs
+                t += rng.uniform(8, 40)  # the answer, then the tool runs
                 if j == 1 and rng.random() < 0.2:  # a sub-agent (Task tool)
-                    agent = Thread(session, f"a{n}", _system(rng, 1500), tools[:6])
+                    agent = Thread(session, f"a{n}", _system(rng, 800), tools[:6])
                     for k in range(rng.randint(3, 6)):
                         _step(rng, agent, k, k == 0)
                         calls.append(Call(t, agent, agent.messages))
@@ -211,11 +211,13 @@ class Bodies:
 
 
 async def _converse(client: httpx.AsyncClient, url: str, calls: list[Call], start: float,
-                    scale: float, bodies: Bodies, statuses: list[int]) -> None:
+                    scale: float, bodies: Bodies, statuses: list[int],
+                    late: list[float]) -> None:
     for call in calls:
         wait = start + call.at_s / scale - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        late.append(max(0.0, -wait) * scale)  # behind the plan (the previous answer was slow)
         try:
             async with client.stream("POST", url + "/v1/messages", content=bodies.get(call),
                                      headers=headers(call)) as answer:
@@ -226,10 +228,12 @@ async def _converse(client: httpx.AsyncClient, url: str, calls: list[Call], star
             statuses.append(0)
 
 
-async def drive(plans: list[list[Call]], urls: dict[str, str], scale: float) -> dict[str, list]:
-    """Send every conversation to every routing at the planned (scaled) times; the HTTP
-    status each request got, per routing."""
+async def drive(plans: list[list[Call]], urls: dict[str, str],
+                scale: float) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+    """Send every conversation to every routing at the planned (scaled) times; per routing,
+    the HTTP status each request got and how late it was sent (simulated s)."""
     statuses: dict[str, list[int]] = {name: [] for name in urls}
+    late: dict[str, list[float]] = {name: [] for name in urls}
     bodies = Bodies(len(urls))
     limits = httpx.Limits(max_connections=len(plans) * 2)
     clients = {name: httpx.AsyncClient(timeout=120, limits=limits, trust_env=False)
@@ -237,12 +241,12 @@ async def drive(plans: list[list[Call]], urls: dict[str, str], scale: float) -> 
     start = time.monotonic() + 0.5
     try:
         await asyncio.gather(*[_converse(clients[name], url, calls, start, scale, bodies,
-                                         statuses[name])
+                                         statuses[name], late[name])
                                for calls in plans for name, url in urls.items()])
     finally:
         for client in clients.values():
             await client.aclose()
-    return statuses
+    return statuses, late
 
 
 def accounts_yaml(sim: str, accounts: int, sticky: bool) -> str:
@@ -309,6 +313,8 @@ def table(results: dict[str, dict]) -> str:
              lambda f: f"{f['requests']} ({f['client_errors']})"),
             ("upstream 429s (limits hit) / failovers",
              lambda f: f"{f['upstream_429']} / {f['failovers']}"),
+            ("sent late p50 / p99 (simulated s)",
+             lambda f: f"{f['late_s']['p50']:g} / {f['late_s']['p99']:g}"),
             ("cache hit rate", lambda f: f"{100 * f['hit_rate']:.1f} %"),
             ("total cost", lambda f: f"${f['cost_usd']:.2f}"),
             ("**lost to cache misses**", lambda f: f"**${f['loss_usd']:.2f}**")]
@@ -326,8 +332,8 @@ def main(argv: list[str]) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=20)
     parser.add_argument("--accounts", type=int, default=5)
-    parser.add_argument("--hours", type=float, default=8.0, help="length of the simulated day")
-    parser.add_argument("--scale", type=float, default=180.0,
+    parser.add_argument("--hours", type=float, default=6.0, help="length of the simulated day")
+    parser.add_argument("--scale", type=float, default=120.0,
                         help="time runs this many times faster (windows, TTLs, the day)")
     parser.add_argument("--seed", type=int, default=24)
     parser.add_argument("--keep", type=Path, help="keep each routing's database here")
@@ -348,8 +354,8 @@ def main(argv: list[str]) -> int:
         started = {name: start_routing(folder, name, options, sticky, args.accounts,
                                        args.scale, spawn)
                    for name, (options, sticky) in ROUTINGS.items()}
-        statuses = asyncio.run(drive(plans, {n: u for n, (u, _) in started.items()},
-                                     args.scale))
+        statuses, late = asyncio.run(drive(plans, {n: u for n, (u, _) in started.items()},
+                                           args.scale))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGINT)
@@ -359,6 +365,10 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     results = {name: figures(db) for name, (_, db) in started.items()}
+    for name, behind in late.items():
+        behind.sort()
+        results[name]["late_s"] = {"p50": round(behind[len(behind) // 2], 1),
+                                   "p99": round(behind[int(0.99 * (len(behind) - 1))], 1)}
     for name, sent in statuses.items():  # every request answered is a row
         if len(sent) != results[name]["requests"]:
             print(f"{name}: {len(sent)} requests sent, {results[name]['requests']} rows",
