@@ -107,6 +107,18 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def stop(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """Interrupt every process (SIGINT: mitmdump writes its last rows), then wait for each
+    up to ``timeout`` s and kill it if it has not ended by then."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its child processes (mitmflare's writer process), MB."""
     total = 0.0
@@ -438,13 +450,7 @@ def main() -> int:
                     "rss_after_mb": rss_mb(flare.pid)}
         rate = writer_rate()
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
 
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}

@@ -47,7 +47,6 @@ import asyncio
 import json
 import math
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from bench import BIN, ROOT, free_port, wait_http
+from bench import BIN, ROOT, free_port, stop, wait_http
 
 MODEL = "claude-sonnet-4-6"
 MAX_TOKENS = 24        # the simulator counts max_tokens x 40 against the 5-hour window:
@@ -357,13 +356,7 @@ def main(argv: list[str]) -> int:
         statuses, late = asyncio.run(drive(plans, {n: u for n, (u, _) in started.items()},
                                            args.scale))
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs, 30)
     results = {name: figures(db) for name, (_, db) in started.items()}
     for name, behind in late.items():
         behind.sort()
