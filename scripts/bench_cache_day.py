@@ -265,7 +265,7 @@ def start_routing(folder: Path, name: str, options: dict[str, str], sticky: bool
     slug = name.replace(",", "").replace(" ", "-")
     sim_port, port = free_port(), free_port()
     spawn([str(BIN / "python"), "-m", "mitmflare.demo.simulator", "--port", str(sim_port),
-           "--chunk-delay-ms", "0", "--windows", "--enforce-windows",
+           "--chunk-delay-ms", "0", "--windows", "--enforce-windows", "--forget-requests",
            "--window-scale", str(scale), "--ttl-scale", str(scale)], f"{slug}-sim.log")
     sim = f"http://127.0.0.1:{sim_port}"
     (folder / f"{slug}.yaml").write_text(accounts_yaml(sim, accounts, sticky))
