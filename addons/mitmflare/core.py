@@ -20,9 +20,10 @@ from .providers.oauth import OAuthManager, TokenSet
 from .providers.presets import ANTHROPIC, OPENAI
 from .providers.request_info import parse_source
 from .providers.sse import UsageTap
+from .routing.account_state import OUTLIER_ERRORS, Change  # noqa: F401 (re-exported)
 from .routing.cache_affinity import CacheAffinity, CacheContext
-from .routing.classify import BACKOFF_MAX_S, BACKOFF_START_S, Verdict
-from .routing.pool import AVAILABLE, Account, AccountPool
+from .routing.classify import Verdict
+from .routing.pool import Account, AccountPool
 from .routing.ratelimits import Limits
 from .routing.selection import Selector
 from .routing.usage_windows import BurnTracker, window_rows
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mitmflare")
 
 ACCOUNTS_SNAPSHOT_S = 5.0  # the `accounts` table is refreshed at most this often
-OUTLIER_ERRORS = 3  # transient errors in a row, of unknown cause, that cool an account
 
 
 @dataclass(slots=True)
@@ -166,12 +166,9 @@ class Core:
         """End ``needs_reauth`` for accounts whose credential changed since it was rejected
         (a new API key in the YAML file, a new OAuth pair from a login)."""
         for account in self.pool.accounts.values():
-            st = account.state
-            if st.needs_reauth and st.reauth_fingerprint != self.credential_fingerprint(account):
-                st.needs_reauth = False
-                st.reauth_fingerprint = ""
-                self.event(account, "reauthenticated", "new credentials")
-                self.persist(account)
+            if account.state.needs_reauth:
+                self.record(account, account.state.reauth_done(
+                    self.credential_fingerprint(account)))
 
     def mark_accounts_changed(self) -> None:
         """The `accounts` table is stale (written at the next snapshot)."""
@@ -187,6 +184,17 @@ class Core:
         self.put("state", {account.name: {"provider": account.provider,
                                           **account.state.to_persisted()}})
         self._accounts_dirty = True
+
+    def record(self, account: Account, change: Change) -> None:
+        """Record what a transition of ``account``'s state returned (:mod:`.account_state`):
+        its events (``account_events`` rows, log lines, other processes), then its state in
+        ``flare_state`` when persisted fields changed; the `accounts` table is stale."""
+        for ev in change.events:
+            self.event(account, ev.kind, ev.reason, ev.until, ev.limits)
+        if change.persist:
+            self.persist(account)
+        elif change.events:
+            self._accounts_dirty = True
 
     def event(self, account: Account, event: str, reason: str = "", until: float = 0.0,
               limits: Limits | None = None) -> None:
@@ -283,17 +291,9 @@ class Core:
         the plan's window resets."""
         if not limits.present:
             return
-        st = account.state
-        st.limits = limits.to_dict()
-        self.burn.observe(account.name, st.limits, now)
-        st.overage_until = limits.plan_spent_until(now)
-        if limits.constrained(self.headroom, now) and not (
-                st.overage_until and account.config.overage == "allowed"):
-            resets = [w.reset for w in limits.windows.values() if w.reset and w.reset > now]
-            resets += [b.reset for b in limits.buckets.values() if b.reset and b.reset > now]
-            st.constrained_until = limits.unified_reset or (min(resets) if resets else now + 60)
-        else:
-            st.constrained_until = 0.0
+        self.record(account, account.state.near_limit(
+            limits, self.headroom, now, overage_allowed=account.config.overage == "allowed"))
+        self.burn.observe(account.name, account.state.limits, now)
         self.check_overage(account, now, limits)
         self._accounts_dirty = True
 
@@ -303,13 +303,9 @@ class Core:
         second (the cap is reached when the writer has counted the spend)."""
         st = account.state
         if st.overage_until <= now or st.cooldown_until >= st.overage_until:
-            return
-        refusal = self.overage_refusal(account, now)
-        if refusal:
-            st.cooldown_until = min(st.overage_until, now + self.max_cooldown_s)
-            st.cooldown_reason = refusal
-            self.event(account, "cooldown", refusal, st.cooldown_until, limits)
-            self.persist(account)
+            return  # (checked before the refusal, which reads the spend)
+        self.record(account, st.overage_refused(self.overage_refusal(account, now), now,
+                                                self.max_cooldown_s, limits))
 
     def overage_refusal(self, account: Account, now: float) -> str | None:
         """Why ``account`` may not serve from overage now (``overage: never``, or its
@@ -326,63 +322,26 @@ class Core:
     def succeeded(self, account: Account, model: str | None = None) -> None:
         """A good answer: the exponential cooldowns (account, and the model's) start again
         from their base."""
-        st = account.state
-        st.consecutive_errors = 0
-        model_backoff = st.model_backoff_s.pop(model, None) if model else None
-        if st.backoff_s or model_backoff:
-            st.backoff_s = 0.0
-            self.persist(account)
+        self.record(account, account.state.succeeded(model))
 
     def count_error(self, account: Account, verdict: Verdict, model: str | None,
                     limits: Limits | None, now: float) -> None:
         """A transient upstream error (5xx, 529, 408, a dropped connection) that is not known
         to be the account's: the request did not go on to succeed elsewhere. It counts toward
-        the account's outlier threshold (as Envoy's outlier detection counts consecutive 5xx);
-        the account cools down as ``verdict`` says only at the ``OUTLIER_ERRORS``-th such error
-        in a row with no good answer between. An error that followed the request to another
-        account is the request's fault and is never counted (see :mod:`.failover`)."""
-        st = account.state
-        st.consecutive_errors += 1
-        if st.consecutive_errors >= OUTLIER_ERRORS:
-            st.consecutive_errors = 0
-            self.apply(account, verdict, model, limits, now)
+        the account's outlier threshold (:meth:`.AccountState.transient_error`). An error
+        that followed the request to another account is the request's fault and is never
+        counted (see :mod:`.failover`)."""
+        self.record(account, account.state.transient_error(
+            verdict, model, limits, now, paused=account.config.paused,
+            max_cooldown_s=self.max_cooldown_s, fingerprint=self.credential_fingerprint(account)))
 
     def apply(self, account: Account, verdict: Verdict, model: str | None, limits: Limits | None,
               now: float) -> None:
-        """Change the account's state as the verdict says and record what happened."""
-        st = account.state
-        st.failures += 1
-        until = verdict.cooldown_until
-        if verdict.backoff:
-            st.backoff_s = min(max(st.backoff_s * 2, BACKOFF_START_S), BACKOFF_MAX_S)
-            until = now + st.backoff_s
-        if until > now:
-            was = account.status(now)
-            st.cooldown_until = max(st.cooldown_until, until)
-            st.cooldown_reason = verdict.reason
-            if was == AVAILABLE or verdict.backoff:
-                self.event(account, "cooldown", verdict.reason, st.cooldown_until, limits)
-        model_until = verdict.model_cooldown_until
-        reason = f"{verdict.reason} ({model})"
-        if verdict.model_backoff and model:
-            wait = min(max(st.model_backoff_s.get(model, 0.0) * 2, BACKOFF_START_S),
-                       self.max_cooldown_s)
-            st.model_backoff_s[model] = wait
-            model_until = now + wait
-            reason = f"{verdict.reason} ({model}; no reset given, backoff {wait:.0f} s)"
-        if model_until > now and model:
-            st.model_cooldowns[model] = model_until
-            st.model_reasons[model] = reason
-            self.event(account, "model_cooldown", reason, model_until, limits)
-        if verdict.needs_reauth and not st.needs_reauth:
-            st.needs_reauth = True
-            st.reauth_fingerprint = self.credential_fingerprint(account)
-            self.event(account, "needs_reauth", verdict.reason)
-        if verdict.bench and not st.benched:
-            st.benched = True
-            st.benched_reason = verdict.reason
-            self.event(account, "benched", verdict.reason, limits=limits)
-        self.persist(account)
+        """Change the account's state as the verdict says (:meth:`.AccountState.cooled`) and
+        record what happened."""
+        self.record(account, account.state.cooled(
+            verdict, model, limits, now, paused=account.config.paused,
+            max_cooldown_s=self.max_cooldown_s, fingerprint=self.credential_fingerprint(account)))
 
 
 def _skew(last_date: tuple[str | None, float]) -> float | None:

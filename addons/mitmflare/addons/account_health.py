@@ -29,7 +29,7 @@ from mitmproxy.utils import asyncio_utils
 from ..core import Core
 from ..money import usd
 from ..providers import OAUTH_BETA
-from ..routing.pool import AVAILABLE, OVER_BUDGET, Account
+from ..routing.pool import AVAILABLE, Account
 from ..routing.ratelimits import parse_limits
 from ..storage.rows import BODY, FORMAT, PRICE_PROVIDER
 from .http_clients import close_soon, open_client
@@ -101,21 +101,17 @@ class AccountHealth:
         for account in self.core.pool.accounts.values():
             st, budget = account.state, account.config.budget_usd
             today, month = self.core.spent("account", account.name, now)
-            over = None
+            spent = None
             if budget is not None and budget.month is not None and month >= budget.month:
-                over = ("month", month, budget.month)
+                spent = ("month", month, budget.month)
             elif budget is not None and budget.day is not None and today >= budget.day:
-                over = ("day", today, budget.day)
-            if over is not None and st.over_budget_until <= now:
-                period, spent, limit = over
-                st.over_budget_until = period_end(now, period)
-                st.over_budget_reason = f"spent {usd(spent)} of its {usd(limit)} {period} budget"
-                self.core.event(account, OVER_BUDGET, st.over_budget_reason, st.over_budget_until)
-                self.core.mark_accounts_changed()
-            elif over is None and st.over_budget_until:
-                st.over_budget_until, st.over_budget_reason = 0.0, ""
-                self.core.event(account, "within_budget")
-                self.core.mark_accounts_changed()
+                spent = ("day", today, budget.day)
+            over = None
+            if spent is not None:
+                period, amount, limit = spent
+                over = (period_end(now, period),
+                        f"spent {usd(amount)} of its {usd(limit)} {period} budget")
+            self.core.record(account, st.budget(over, now))
 
     # -- window start -----------------------------------------------------------------------
     def due_for_window_start(self, now: float) -> list[Account]:
@@ -137,8 +133,7 @@ class AccountHealth:
     async def _start_window(self, account: Account) -> None:
         st = account.state
         reset = st.limits["windows"]["5h"]["reset"]
-        st.window_started_for, st.window_started_at = reset, time.time()
-        self.core.persist(account)
+        self.core.record(account, st.window_started(reset, time.time()))
         model = ctx.options.flare_window_start_model
         body = {"model": model, "max_tokens": 1,
                 "messages": [{"role": "user", "content": "."}]}

@@ -227,9 +227,7 @@ class Operations:
         if not targets:
             raise exceptions.CommandError(f"no account named {name!r}")
         for account in targets:
-            account.state.resume()
-            self.core.event(account, "resumed", "operator")
-            self.core.persist(account)
+            self.core.record(account, account.state.resume())
         self.core.snapshot_accounts(force=True)
 
 

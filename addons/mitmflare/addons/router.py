@@ -439,18 +439,7 @@ class Router:
     def tick(self, now: float) -> None:
         """Return accounts whose cooldown has passed and refresh the `accounts` table."""
         for account in self.core.pool.accounts.values():
-            st = account.state
-            if st.cooldown_until and st.cooldown_until <= now:
-                st.cooldown_until = 0.0
-                reason, st.cooldown_reason = st.cooldown_reason, ""
-                self.core.event(account, "recovered", reason)
-                self.core.persist(account)
-            expired = [m for m, t in st.model_cooldowns.items() if t <= now]
-            for model in expired:
-                del st.model_cooldowns[model]
-                st.model_reasons.pop(model, None)
-                self.core.event(account, "model_recovered", model)
-                self.core.persist(account)
+            self.core.record(account, account.state.recovered(now))
         self.core.snapshot_accounts()
 
 

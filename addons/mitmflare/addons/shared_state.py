@@ -303,9 +303,9 @@ class SharedState:
             return
         self._changed_at[name] = float(at)
         state = account.state
-        for field, value in (message.get("s") or {}).items():
-            if field in SHARED_FIELDS:
-                setattr(state, field, value)
+        shared = message.get("s")
+        state.restore({f: v for f, v in shared.items() if f in SHARED_FIELDS}
+                      if isinstance(shared, dict) else {})
         self.received += 1
         self.core.mark_accounts_changed()
         log.info("account %s: state from worker %s%s", name, message.get("w"),

@@ -1,4 +1,5 @@
-"""Routing decisions, without I/O: the account pool and its state, choosing an account,
+"""Routing decisions, without I/O: the account pool, its state and every transition of it
+(``account_state``), choosing an account,
 classifying upstream answers, rate-limit headers, usage windows, prompt-cache affinity,
 model fallbacks, refusal counts.
 

@@ -1,4 +1,4 @@
-"""The account pool: configured accounts plus their live state (cooldowns, counters, limits).
+"""The account pool: configured accounts plus their live state (:mod:`.account_state`).
 
 Everything here runs on the proxy's event loop and does no I/O. Times are Unix epoch seconds.
 """
@@ -7,91 +7,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from ..config.accounts import AccountConfig
 from ..providers.presets import CODEX, OPENAI
+from .account_state import (  # noqa: F401  (status names, re-exported)
+    AVAILABLE,
+    BENCHED,
+    COOLING_DOWN,
+    NEEDS_REAUTH,
+    OVER_BUDGET,
+    PAUSED,
+    AccountState,
+)
 
 log = logging.getLogger(__name__)
-
-# Status names, as shown in /health, the `accounts` table and account_events.
-AVAILABLE = "available"
-COOLING_DOWN = "cooling_down"
-PAUSED = "paused"
-NEEDS_REAUTH = "needs_reauth"
-BENCHED = "benched"
-OVER_BUDGET = "over_budget"
-
-
-@dataclass
-class AccountState:
-    """Mutable state of one account. Persisted in ``flare_state`` (see :mod:`.state_store`).
-
-    ``cooldown_until``: epoch s before which the account is not chosen (0 = none).
-    ``backoff_s``: current exponential cooldown for 429s that carry no reset time, s.
-    ``benched``: out of quota until an operator resumes it (``flare.resume``).
-    ``limits``: the latest parsed rate-limit snapshot (see :mod:`.ratelimits`).
-    ``constrained_until``: epoch s until which the account is near a limit (chosen last).
-    ``overage_until``: epoch s until which its plan is spent and it serves from extra usage
-    (overage); with ``overage: last_resort`` it is chosen after every account that can serve
-    from its plan.
-    ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
-    ``model_backoff_s``: model -> current exponential model cooldown (s) when no reset is known
-    (e.g. ``out_of_credits``); ``model_reasons``: model -> why it cools down.
-    ``reauth_fingerprint``: fingerprint of the credential that was rejected (``needs_reauth``
-    ends when the account's credential changes). ``identity``: the account's
-    :attr:`~.config.AccountConfig.identity`, to recognise it after a rename.
-    """
-
-    cooldown_until: float = 0.0
-    cooldown_reason: str = ""
-    backoff_s: float = 0.0
-    needs_reauth: bool = False
-    benched: bool = False
-    benched_reason: str = ""
-    requests: int = 0
-    failures: int = 0
-    in_flight: int = 0
-    last_used: float = 0.0
-    limits: dict[str, Any] = field(default_factory=dict)
-    constrained_until: float = 0.0
-    overage_until: float = 0.0
-    model_cooldowns: dict[str, float] = field(default_factory=dict)
-    model_backoff_s: dict[str, float] = field(default_factory=dict)
-    model_reasons: dict[str, str] = field(default_factory=dict)
-    reauth_fingerprint: str = ""
-    identity: str = ""
-    over_budget_until: float = 0.0  # epoch s: spent its day/month budget until then
-    over_budget_reason: str = ""
-    window_started_for: float = 0.0  # the 5h reset (epoch s) a window start was sent after
-    window_started_at: float = 0.0   # when that request was sent (epoch s)
-    last_date: tuple[str | None, float] = (None, 0.0)  # upstream Date header, local epoch s
-    consecutive_errors: int = 0  # transient upstream errors since its last good answer
-
-    PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
-                 "benched_reason", "requests", "failures", "last_used", "limits",
-                 "constrained_until", "overage_until", "model_cooldowns", "model_backoff_s", "model_reasons",
-                 "reauth_fingerprint", "identity", "window_started_for",
-                 "window_started_at")
-
-    def to_persisted(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.PERSISTED}
-
-    def resume(self) -> None:
-        """What an operator's resume does: no cooldown, bench or ``needs_reauth`` mark, and
-        no model cooldowns or backoffs (``flare.resume``, ``mitmflare accounts reset``)."""
-        self.cooldown_until, self.cooldown_reason, self.backoff_s = 0.0, "", 0.0
-        self.benched, self.benched_reason, self.needs_reauth = False, "", False
-        self.constrained_until, self.consecutive_errors, self.overage_until = 0.0, 0, 0.0
-        self.model_cooldowns.clear()
-        self.model_backoff_s.clear()
-        self.model_reasons.clear()
-
-    def restore(self, data: dict[str, Any]) -> None:
-        for key in self.PERSISTED:
-            if key in data and data[key] is not None:
-                setattr(self, key, data[key])
 
 
 @dataclass
@@ -147,17 +77,7 @@ class Account:
 
     def status(self, now: float) -> str:
         """One of available / cooling_down / paused / needs_reauth / benched / over_budget."""
-        if self.config.paused:
-            return PAUSED
-        if self.state.needs_reauth:
-            return NEEDS_REAUTH
-        if self.state.benched:
-            return BENCHED
-        if self.state.over_budget_until > now:
-            return OVER_BUDGET
-        if self.state.cooldown_until > now:
-            return COOLING_DOWN
-        return AVAILABLE
+        return self.state.status(now, self.config.paused)
 
     def blocked(self, now: float) -> tuple[float, str]:
         """(until when, why) the account is not available: epoch s (0: until an operator or

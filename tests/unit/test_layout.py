@@ -1,0 +1,84 @@
+"""The package keeps its seams (issue 22), checked on the source (AST), not by convention:
+
+* only :mod:`mitmflare.routing.account_state` changes an account's cooldown, bench,
+  re-login, budget and near-limit fields (everything else calls its transitions);
+* only :mod:`mitmflare.storage.state_store` opens the state database (``flare_state``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mitmflare
+
+PACKAGE = Path(mitmflare.__file__).parent
+ACCOUNT_STATE = "routing/account_state.py"
+
+STATE_FIELDS = frozenset({
+    "cooldown_until", "cooldown_reason", "backoff_s", "benched", "benched_reason",
+    "needs_reauth", "reauth_fingerprint", "constrained_until", "model_cooldowns",
+    "model_backoff_s", "model_reasons", "over_budget_until", "over_budget_reason",
+    "consecutive_errors", "window_started_for", "window_started_at", "overage_until"})
+"""Fields of :class:`~mitmflare.routing.account_state.AccountState` only its transitions
+change (``Verdict.cooldown_until`` and the like are other objects' fields of the same name:
+they are set only in constructors, which this check does not see)."""
+MUTATORS = frozenset({"pop", "clear", "update", "setdefault", "popitem", "__setitem__",
+                      "__delitem__"})
+
+
+def modules() -> list[tuple[str, ast.Module]]:
+    """(path relative to the package, parsed module) of every module of mitmflare."""
+    return [(str(p.relative_to(PACKAGE)), ast.parse(p.read_text(encoding="utf-8")))
+            for p in sorted(PACKAGE.rglob("*.py"))]
+
+
+def _field(node: ast.expr) -> str | None:
+    """The state field ``node`` names (``x.cooldown_until``, ``x.model_cooldowns[m]``)."""
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Attribute) and node.attr in STATE_FIELDS:
+        return node.attr
+    return None
+
+
+def state_changes(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, field) of every assignment, deletion or in-place change of a state field."""
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                targets += target.elts if isinstance(target, ast.Tuple) else [target]
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in MUTATORS:
+            targets = [node.func.value]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "setattr" and len(node.args) > 1 \
+                and isinstance(node.args[1], ast.Constant) and node.args[1].value in STATE_FIELDS:
+            found.append((node.lineno, node.args[1].value))
+        for target in targets:
+            name = _field(target)
+            if name is not None:
+                found.append((node.lineno, name))
+    return found
+
+
+def test_only_the_account_state_module_changes_account_state():
+    offenders = [f"{path}:{line} changes {name}" for path, tree in modules()
+                 if path != ACCOUNT_STATE for line, name in state_changes(tree)]
+    assert offenders == [], "call a transition of routing/account_state.py instead"
+
+
+def test_the_check_sees_every_form_of_change():
+    tree = ast.parse("st.cooldown_until = 1\nst.backoff_s += 1\na.benched, b = 1, 2\n"
+                     "del st.model_cooldowns[m]\nst.model_reasons.pop(m)\n"
+                     "st.model_cooldowns[m] = 1\nsetattr(st, 'needs_reauth', True)\n"
+                     "x = st.cooldown_until\nst.model_cooldowns.get(m)\n")
+    assert sorted(line for line, _ in state_changes(tree)) == [1, 2, 3, 4, 5, 6, 7]
+    own = dict(modules())[ACCOUNT_STATE]
+    assert len(state_changes(own)) > 20  # the transitions themselves are seen
