@@ -46,6 +46,7 @@ from .addons.runtime_file import RuntimeFile
 from .addons.shared_state import SharedState
 from .addons.timeouts import Timeouts
 from .core import Core
+from .storage import state_store
 
 log = logging.getLogger("mitmflare")
 
@@ -203,12 +204,13 @@ def corrupt_database(options) -> str | None:
     other bytes: "file is not a database"), naming the file, or None when both can (or do not
     exist yet: they are created). Reads only the schema, so it is quick on a large file;
     ``mitmflare doctor`` runs the full integrity check."""
-    for option, what in (("flare_state", "state database"), ("flare_db", "analytics database")):
+    for option, what, connect in (("flare_state", "state database", state_store.read_only),
+                                  ("flare_db", "analytics database", _analytics_read_only)):
         path = getattr(options, option, None)
         if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
             continue
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            conn = connect(path)
             try:
                 conn.execute("select count(*) from sqlite_master").fetchone()
             finally:
@@ -218,6 +220,10 @@ def corrupt_database(options) -> str | None:
         except sqlite3.DatabaseError as exc:
             return f"the {what} {os.path.abspath(path)} ({option}) is corrupt ({exc})"
     return None
+
+
+def _analytics_read_only(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
 
 def apply_deferred(options) -> str | None:

@@ -1,7 +1,9 @@
-"""State shared by the bundle's addons: the pool, the selector, the writer and flow contexts.
+"""State shared by the bundle's addons: the pool, the selector, the writer, the state store
+and flow contexts.
 
-Runs on the event loop; database work is handed to the writer process
-(:class:`~.storage.writer_process.WriterProcess`).
+Runs on the event loop. Rows and account state are handed to the writer process
+(:class:`~.storage.writer_process.WriterProcess`); reads and writes of users, OAuth pairs and
+operator commands go to the state store (:mod:`.storage.state_store`) in worker threads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .routing.pool import Account, AccountPool
 from .routing.ratelimits import Limits
 from .routing.selection import Selector
 from .routing.usage_windows import BurnTracker, window_rows
+from .storage.state_store import SqliteStateStore
 from .storage.writer_process import WriterProcess
 from .times import iso_utc
 
@@ -119,6 +122,7 @@ class Core:
         self.pool = AccountPool()
         self.selector = Selector()
         self.writer: WriterProcess | None = None
+        self.store: SqliteStateStore | None = None  # flare_state (see open_store)
         self.flows: dict[str, FlowContext] = {}
         self.strategy = "session"
         self.session_hours = 5.0
@@ -142,6 +146,15 @@ class Core:
         self.shared: Any = None  # the SharedState addon when flare_redis is set (.shared_state)
         # per-attempt limits, s: connect, headers, stream headers, stream idle (see .timeouts)
         self.timeouts: tuple[int, int, int, int] = (10, 600, 60, 60)
+
+    def open_store(self, path: str) -> SqliteStateStore:
+        """The state store of ``path`` (``flare_state``), one per process: made on the first
+        call, again (the old one closed) when the path changes. Opens nothing yet."""
+        if self.store is None or self.store.path != path:
+            if self.store is not None:
+                self.store.close()
+            self.store = SqliteStateStore(path)
+        return self.store
 
     # -- credentials ------------------------------------------------------------------------
     def secret(self, account: Account) -> str | None:

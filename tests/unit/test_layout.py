@@ -14,6 +14,20 @@ import mitmflare
 
 PACKAGE = Path(mitmflare.__file__).parent
 ACCOUNT_STATE = "routing/account_state.py"
+STATE_STORE = "storage/state_store.py"
+ANALYTICS_CONNECTIONS = {
+    ("storage/writer.py", "open_analytics_db"),  # the writer's connection
+    ("bundle.py", "_analytics_read_only"),       # start-up check: is flare_db a database
+    ("cli/doctor.py", "_read_only"),             # doctor: flare_db's integrity and schema
+    ("cli/doctor.py", "_clock"),                 # doctor: the accounts table's clock skew
+    ("cli/options.py", "read_db"),               # --db for the commands that read it
+    ("cli/accounts.py", "list_accounts"),        # accounts list: health from --db
+    ("cli/data.py", "prune"),                    # prune --db
+    ("cli/data.py", "vacuum"),                   # vacuum --db
+    ("storage/stream_writer.py", "_load_offset"),  # rows through Redis: the stream offset
+}
+"""(module, function) pairs that open a SQLite file other than the state database: the
+analytics database (``flare_db``), the only other one."""
 
 STATE_FIELDS = frozenset({
     "cooldown_until", "cooldown_reason", "backoff_s", "benched", "benched_reason",
@@ -82,3 +96,48 @@ def test_the_check_sees_every_form_of_change():
     assert sorted(line for line, _ in state_changes(tree)) == [1, 2, 3, 4, 5, 6, 7]
     own = dict(modules())[ACCOUNT_STATE]
     assert len(state_changes(own)) > 20  # the transitions themselves are seen
+
+
+def sqlite_connections(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, enclosing function) of every ``sqlite3.connect(…)`` and every use of a name
+    ``open_state_db`` (the old opener of the state database)."""
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef,
+                                                     ast.AsyncFunctionDef)) else function
+            connects = isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute) \
+                and child.func.attr == "connect" and isinstance(child.func.value, ast.Name) \
+                and child.func.value.id == "sqlite3"
+            names_opener = isinstance(child, (ast.Name, ast.Attribute, ast.alias)) and \
+                "open_state_db" in (getattr(child, "id", None), getattr(child, "attr", None),
+                                    getattr(child, "name", None))
+            if connects or names_opener:
+                found.append((child.lineno, function))
+            visit(child, inner)
+
+    visit(tree, "")
+    return found
+
+
+def test_only_the_state_store_opens_the_state_database():
+    offenders = [f"{path}:{line} ({function or 'module level'}) opens a SQLite file"
+                 for path, tree in modules() if path != STATE_STORE
+                 for line, function in sqlite_connections(tree)
+                 if (path, function) not in ANALYTICS_CONNECTIONS]
+    assert offenders == [], ("open the state database through storage/state_store.py; a new "
+                             "opener of the analytics database belongs in ANALYTICS_CONNECTIONS")
+
+
+def test_every_listed_analytics_connection_exists():
+    """The list cannot go stale: each pair names a function that does connect."""
+    seen = {(path, function) for path, tree in modules()
+            for _, function in sqlite_connections(tree)}
+    assert seen >= ANALYTICS_CONNECTIONS
+
+
+def test_the_connection_check_sees_each_form():
+    tree = ast.parse("import sqlite3\ndef f():\n    sqlite3.connect('x')\n"
+                     "from w import open_state_db\ndef g():\n    w.open_state_db('y')\n")
+    assert sqlite_connections(tree) == [(3, "f"), (4, ""), (6, "g")]

@@ -76,7 +76,7 @@ class AccessKeys:
     def configure(self, updated: set[str]) -> None:
         self.core.require_keys = ctx.options.flare_require_access_keys
         if "flare_state" in updated or "flare_require_access_keys" in updated:
-            self.core.users = read_users(ctx.options.flare_state)
+            self.core.users = read_users(self.core.open_store(ctx.options.flare_state))
 
     def running(self) -> None:
         self._task = asyncio_utils.create_task(self._watch(),
@@ -94,7 +94,8 @@ class AccessKeys:
             if not self.core.require_keys:
                 continue
             try:
-                self.core.users = await asyncio.to_thread(read_users, ctx.options.flare_state)
+                self.core.users = await asyncio.to_thread(
+                    read_users, self.core.open_store(ctx.options.flare_state))
             except Exception:  # the watcher must outlive any surprise
                 log.exception("users watcher")
 

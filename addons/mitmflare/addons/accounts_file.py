@@ -20,8 +20,8 @@ from mitmproxy.utils import asyncio_utils
 from ..config.accounts import AccountsLoad, ConfigError, env_file, load_accounts
 from ..config.defaults import FILE_OPTIONS
 from ..core import Core
-from ..providers.oauth import TokenSet, read_stored_tokens, resolve_tokens
-from ..storage.writer import load_state
+from ..providers.oauth import TokenSet, resolve_tokens
+from ..storage.state_store import StoreUnavailable
 
 log = logging.getLogger("mitmflare")
 
@@ -46,8 +46,9 @@ class AccountsFile:
 
     def configure(self, updated: set[str]) -> None:
         if "flare_state" in updated:
-            self._persisted, rows = load_state(ctx.options.flare_state)
-            self._stored_tokens = {name: TokenSet.from_row(row) for name, row in rows.items()}
+            store = self.core.open_store(ctx.options.flare_state)
+            self._persisted = store.account_states()  # creates the file and its tables
+            self._stored_tokens = store.tokens()
             self.core.tokens.clear()
         if "flare_accounts" in updated or "flare_state" in updated:
             self._stamp = None
@@ -86,7 +87,11 @@ class AccountsFile:
             else:
                 self._install(loaded, stamp)
         if any(a.config.oauth for a in self.core.pool.accounts.values()):
-            stored = await asyncio.to_thread(read_stored_tokens, ctx.options.flare_state)
+            try:
+                stored = await asyncio.to_thread(self.core.open_store(ctx.options.flare_state)
+                                                 .tokens)
+            except StoreUnavailable:  # missing or locked now: the next second tries again
+                return
             self._adopt_tokens(stored)
 
     def _rejected(self, message: str, stamp: Stamp) -> None:

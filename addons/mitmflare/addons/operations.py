@@ -24,7 +24,7 @@ from ..core import Core
 from ..providers import strip_client_credentials
 from ..providers.presets import ANTHROPIC, OPENAI
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
-from ..storage import operator_commands
+from ..storage.state_store import StoreUnavailable
 from ..times import iso_utc
 from .access import presented_key
 from .guard import ROUTED
@@ -58,12 +58,15 @@ class Operations:
         """Apply what ``mitmflare accounts reset`` queued in ``flare_state`` (table
         ``operator_commands``), polled every second in a worker thread; only commands queued
         after this proxy started."""
-        path = ctx.options.flare_state
-        seen = await asyncio.to_thread(operator_commands.latest_id, path)
+        store = self.core.open_store(ctx.options.flare_state)
+        try:
+            seen = await asyncio.to_thread(store.latest_command_id)
+        except StoreUnavailable:  # no file or table yet: every command is new
+            seen = 0
         while True:
             await asyncio.sleep(COMMAND_POLL_S)
             try:
-                queued = await asyncio.to_thread(operator_commands.since, path, seen)
+                queued = await asyncio.to_thread(store.commands_since, seen)
             except Exception as exc:  # a locked or missing file: try again next second
                 log.debug("operator commands not read: %s", exc)
                 continue

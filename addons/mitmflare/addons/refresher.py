@@ -25,6 +25,7 @@ class TokenRefresher:
     """Options ``flare_oauth_*`` and the background refresh of idle accounts."""
 
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.manager = OAuthManager(core)
         core.oauth = self.manager
         self._task: asyncio.Task | None = None
@@ -47,7 +48,7 @@ class TokenRefresher:
                                              client_id=o.flare_oauth_client_id),
             "codex": dataclasses.replace(codex.CODEX, token_url=o.flare_codex_token_url)}
         self.manager.buffer_s = buffer_min * 60.0
-        self.manager.state_path = o.flare_state
+        self.core.open_store(o.flare_state)
 
     def running(self) -> None:
         self.manager.client = open_client()

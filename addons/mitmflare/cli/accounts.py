@@ -340,7 +340,7 @@ def login(name: str,
     """
     import httpx
 
-    from ..storage.writer import open_state_db
+    from ..storage.state_store import SqliteStateStore
 
     if provider not in LOGINS:
         fail(f"--provider {provider}: {one_of(provider, LOGINS)}")
@@ -358,8 +358,11 @@ def login(name: str,
             tokens = _browser_login(login_with)
     except (oauth.RefreshError, httpx.HTTPError, ValueError) as exc:
         fail(f"login failed: {exc}")
-    open_state_db(state).conn.close()  # creates the file (0600) and its tables
-    oauth.save_tokens(state, name, tokens)
+    store = SqliteStateStore(state)  # creates the file (0600) and its tables
+    try:
+        store.save_tokens(name, tokens)
+    finally:
+        store.close()
     _edit(accounts, accounts_edit.use_stored_tokens, name, priority, provider)
     typer.echo(f"account {name}: tokens stored in {state} (access token expires "
                f"{iso_utc(tokens.expires_at) or 'unknown'}); {accounts} updated. A running "

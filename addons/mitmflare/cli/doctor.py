@@ -41,7 +41,7 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
     Example: mitmflare doctor
     """
-    from ..storage import schema
+    from ..storage import schema, state_store
 
     checks: list[tuple[str, str, str]] = []  # (ok | warn | fail, check, detail / what to do)
 
@@ -64,8 +64,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
     add("ok" if in_venv else "warn", "virtual environment",
         sys.prefix if in_venv else "not in a venv: run ./scripts/run once to create .venv")
     _accounts(accounts, add)
-    _database(db, "analytics database", schema.ANALYTICS_TABLES, add)
-    _database(state, "state database", schema.STATE_TABLES, add)
+    _database(db, "analytics database", schema.ANALYTICS_TABLES, add, _read_only)
+    _database(state, "state database", schema.STATE_TABLES, add, state_store.read_only)
     if Path(state).exists():
         mode = stat.S_IMODE(os.stat(state).st_mode)
         add("ok" if mode & 0o077 == 0 else "fail", "state database mode",
@@ -106,12 +106,19 @@ def _accounts(path: str, add) -> None:
         f"{count} account(s) in {path}" if count else f"{path} has no account yet")
 
 
-def _database(path: str, name: str, tables: dict, add) -> None:
+def _read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to the analytics database (the state database's is
+    :func:`.state_store.read_only`)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def _database(path: str, name: str, tables: dict, add, connect) -> None:
+    """Check the database at ``path``, opened read-only with ``connect(path)``."""
     if not Path(path).exists():
         add("warn", name, f"{path} does not exist yet (the proxy creates it)")
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        conn = connect(path)
         try:
             result = conn.execute("pragma quick_check").fetchone()[0]
             present = {t: {c[1] for c in conn.execute(f"pragma table_info({t})")} for t in tables}

@@ -10,6 +10,9 @@ endpoint takes JSON (not a form); a refresh sends ``grant_type=refresh_token``,
 ``refresh_token`` (rotated: the old one dies on use) and ``expires_in`` (s, about 8 h);
 ``400 {"error": "invalid_grant"}`` means the account must log in again.
 
+Every pair is stored in the state database (``flare_state``) through the core's state store
+(:mod:`mitmflare.storage.state_store`), in a worker thread.
+
 Which pair wins: a pair in ``flare_state`` that was derived (by rotation) from the pair now in
 the YAML file wins over the YAML pair; a *different* pair pasted into the YAML file wins over
 the state. The YAML pair is identified by a fingerprint (a hash, never the token).
@@ -21,13 +24,10 @@ import base64
 import hashlib
 import logging
 import secrets
-import sqlite3
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-
-from ..config.defaults import STATE_PATH
 
 if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module at start
     import asyncio
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # annotations only: the mitmflare command imports this module
     import httpx
 
     from ..config.accounts import AccountConfig, OAuthConfig
-from ..read_only import read_table
 from ..times import iso_utc, parse_iso
 
 log = logging.getLogger("mitmflare")
@@ -130,27 +129,6 @@ def resolve_tokens(config: AccountConfig, current: TokenSet | None) -> TokenSet 
     return TokenSet(oauth.access_token, oauth.refresh_token, expires, None, fp)
 
 
-def save_tokens(state_path: str, name: str, tokens: TokenSet) -> None:
-    """Write one account's pair to ``flare_state`` in a single transaction (blocking: call
-    from a worker thread). Raises sqlite3.Error."""
-    row = tokens.row(name)
-    conn = sqlite3.connect(state_path, timeout=10)
-    try:
-        with conn:
-            columns = ", ".join(row)
-            marks = ", ".join("?" * len(row))
-            conn.execute(f"insert or replace into oauth_tokens ({columns}) values ({marks})",
-                         list(row.values()))
-    finally:
-        conn.close()
-
-
-def read_stored_tokens(state_path: str) -> dict[str, TokenSet]:
-    """Every account's pair in ``flare_state`` (blocking: call from a worker thread); {} when
-    the file or table is missing or locked."""
-    return {r["name"]: TokenSet.from_row(r) for r in read_table(state_path, "oauth_tokens")}
-
-
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge) for the authorization-code flow."""
     verifier = secrets.token_urlsafe(48)
@@ -226,7 +204,8 @@ def _pair(tokens: TokenSet) -> dict[str, Any]:
 class OAuthManager:
     """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
     persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``.
-    ``clients``: the token endpoint of each OAuth provider (``anthropic``, ``codex``)."""
+    ``clients``: the token endpoint of each OAuth provider (``anthropic``, ``codex``);
+    ``core.store`` keeps the pairs (:class:`~mitmflare.storage.state_store.StateStore`)."""
 
     FAILURE_BACKOFF_S = 60.0
 
@@ -234,7 +213,6 @@ class OAuthManager:
         self.core = core
         self.clients: dict[str, OAuthClient] = clients or {"anthropic": CLAUDE}
         self.buffer_s = 30 * 60.0
-        self.state_path = STATE_PATH
         self.client: httpx.AsyncClient | None = None
         self._inflight: dict[str, asyncio.Task[bool]] = {}
 
@@ -300,8 +278,8 @@ class OAuthManager:
             fresh = token_set_from_answer(response.json(), current.refresh_token,
                                           current.source_fingerprint, time.time())
             # the rotated refresh token is on disk before the new access token is used
-            await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
-        except (RefreshError, httpx.HTTPError, ValueError, sqlite3.Error) as exc:
+            await asyncio.to_thread(self.core.store.save_tokens, name, fresh)
+        except (RefreshError, httpx.HTTPError, ValueError, OSError) as exc:  # OSError: stored
             invalid = isinstance(exc, RefreshError) and exc.invalid_grant
             if invalid and await self._rotated_elsewhere(account, current):
                 return True
@@ -365,8 +343,8 @@ class OAuthManager:
         self.core.clear_stale_reauth()
         self.core.mark_accounts_changed()
         try:
-            await asyncio.to_thread(save_tokens, self.state_path, name, fresh)
-        except sqlite3.Error:
+            await asyncio.to_thread(self.core.store.save_tokens, name, fresh)
+        except OSError:  # the store's StoreUnavailable
             log.exception("OAuth: the adopted pair of %s was not saved to flare_state", name)
 
     async def _rotated_elsewhere(self, account, used: TokenSet) -> bool:
@@ -374,7 +352,10 @@ class OAuthManager:
         login, another proxy) rotated it since ``used`` was read. True when adopted."""
         import asyncio
 
-        stored = (await asyncio.to_thread(read_stored_tokens, self.state_path)).get(account.name)
+        try:
+            stored = (await asyncio.to_thread(self.core.store.tokens)).get(account.name)
+        except OSError:  # the store's StoreUnavailable: missing or locked now
+            return False
         if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
             return False
         if resolve_tokens(account.config, stored) is not stored:

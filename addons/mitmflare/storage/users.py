@@ -4,7 +4,7 @@ A key is ``mfk_`` + 64 hex digits (256 random bits), shown once when created. On
 SHA-256 is stored (a fast hash suffices for a random 256-bit secret; nothing to brute-force),
 with its first 8 characters to tell keys apart. The proxy reads the ``users`` table every
 second (:func:`read_users`, in a worker thread), so changes apply within 2 s; the ``mitmflare
-users`` commands write it (:class:`UsersStore`).
+users`` commands write it (:class:`UsersStore`). Both go through :mod:`.state_store`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from ..read_only import read_table
 from ..times import iso_utc
 
 KEY_PREFIX = "mfk_"
@@ -104,41 +103,49 @@ def find_user(users: dict[str, User], presented: str | None) -> User | None:
     return user if user is not None and hmac.compare_digest(user.key_hash, digest) else None
 
 
-def read_users(state_path: str) -> dict[str, User]:
-    """Every user in ``flare_state``, keyed by key hash (blocking: call from a worker thread).
-    {} when the file or table is missing or locked."""
-    return {u.key_hash: u for u in map(User.from_row, read_table(state_path, "users"))}
+def read_users(store) -> dict[str, User]:
+    """Every user in ``store`` (:class:`~.state_store.StateStore`), keyed by key hash
+    (blocking: call from a worker thread). {} when the store cannot be read now (a missing or
+    locked file)."""
+    from .state_store import StoreUnavailable
+
+    try:
+        return {u.key_hash: u for u in store.users()}
+    except StoreUnavailable:
+        return {}
 
 
 class UsersStore:
-    """Read and change users in the state database at ``path`` (created with mode 0600)."""
+    """Read and change users in the state database at ``path`` (created with mode 0600),
+    through its :class:`~.state_store.SqliteStateStore`."""
 
     def __init__(self, path: str) -> None:
-        from .writer import open_state_db
+        from .state_store import SqliteStateStore
 
-        self.db = open_state_db(path)
+        self.store = SqliteStateStore(path)
+        self.store.open()  # creates the file (0600) and its tables
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.store.close()
 
     def all(self) -> list[User]:
-        return [User.from_row(r) for r in self.db["users"].rows_where(order_by="name")]
+        return self.store.users()
 
     def get(self, name: str) -> User:
-        rows = list(self.db["users"].rows_where("name = ?", [name]))
-        if not rows:
+        user = next((u for u in self.store.users() if u.name == name), None)
+        if user is None:
             raise UserError(f"no user named {name!r}")
-        return User.from_row(rows[0])
+        return user
 
     def add(self, name: str, **settings: Any) -> tuple[User, str]:
         """Create ``name``; returns the user and its key (the only time the key exists)."""
         if not name or not all(c.isalnum() or c in "-_." for c in name) or len(name) > 64:
             raise UserError(f"user name {name!r}: use letters, digits, '-', '_' or '.'")
-        if list(self.db["users"].rows_where("name = ?", [name])):
+        if any(u.name == name for u in self.store.users()):
             raise UserError(f"user {name!r} exists already (rotate its key with `users rotate`)")
         key = new_key()
         user = User(name, key_hash(key), key[:8], created_at=iso_utc(time.time()), **settings)
-        self._save(user)
+        self.store.save_user(user)
         return user, key
 
     def rotate(self, name: str) -> tuple[User, str]:
@@ -146,21 +153,16 @@ class UsersStore:
         user = self.get(name)
         key = new_key()
         user.key_hash, user.key_prefix = key_hash(key), key[:8]
-        self._save(user)
+        self.store.save_user(user)
         return user, key
 
     def update(self, name: str, **changes: Any) -> User:
         user = self.get(name)
         for attr, value in changes.items():
             setattr(user, attr, value)
-        self._save(user)
+        self.store.save_user(user)
         return user
 
     def remove(self, name: str) -> None:
         self.get(name)
-        with self.db.conn:
-            self.db.conn.execute("delete from users where name = ?", [name])
-
-    def _save(self, user: User) -> None:
-        with self.db.conn:
-            self.db.table("users").upsert(user.row(), pk="name")
+        self.store.remove_user(name)

@@ -1,4 +1,7 @@
-"""The database writer: the only code that writes the SQLite files while the proxy runs.
+"""The database writer: the only code that writes the analytics database (``flare_db``), and
+the code that stores account state in the state database (``flare_state``, through
+:mod:`.state_store`; the proxy also stores rotated OAuth pairs there, and the ``mitmflare``
+command users, logins and resets).
 
 The proxy runs it in a child process (:mod:`.writer_process`), fed over a pipe; it can also
 run as a thread of the caller's process (tests, benchmarks). :meth:`DatabaseWriter.put` only
@@ -11,7 +14,6 @@ epoch seconds (float); they are formatted here.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -19,6 +21,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import sqlite_utils
@@ -26,6 +29,7 @@ import sqlite_utils
 from ..times import iso_utc
 from . import retention, rows, schema
 from .cache_forensics import CacheForensics
+from .state_store import SqliteStateStore, StoreUnavailable, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +37,6 @@ BATCH_MAX = 5000
 FLUSH_S = 0.5        # the thread wakes this often (items wait at most this long)
 UPKEEP_S = 10.0      # file sizes refreshed this often
 PRUNE_EVERY_S = 3600.0
-
-
-def open_state_db(path: str) -> sqlite_utils.Database:
-    """Open (creating with mode 0600) the state database that holds secrets and cooldowns."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-    db = sqlite_utils.Database(sqlite3.connect(path, timeout=10))
-    db.enable_wal()
-    schema.migrate(db, schema.STATE_TABLES)
-    return db
 
 
 def open_analytics_db(path: str) -> sqlite_utils.Database:
@@ -61,6 +54,8 @@ BACKLOG_MAX = 100_000   # items kept in memory while the disk refuses writes (th
 def is_storage_error(error: BaseException) -> bool:
     """True for SQLite errors about the file or the disk (full, I/O error, read-only, cannot
     open, locked too long), which pass when the disk does; False for errors about a row."""
+    if isinstance(error, StoreUnavailable):
+        error = error.__cause__
     return isinstance(error, sqlite3.OperationalError)
 
 
@@ -83,7 +78,8 @@ class _Batch:
 
 
 class DatabaseWriter(threading.Thread):
-    """Owns the connections to ``analytics_path`` and ``state_path``.
+    """Owns the connection to ``analytics_path`` and, in its process, the state store of
+    ``state_path`` (:class:`~.state_store.SqliteStateStore`).
 
     Queue items are ``(kind, payload)``; kinds: ``request``, ``attempt``, ``event`` (rows for
     the analytics tables), ``offset`` (``{"stream", "last_id"}``: a Redis Stream position,
@@ -124,6 +120,7 @@ class DatabaseWriter(threading.Thread):
         self._backlog: deque[_Batch] = deque()  # prepared batches not yet committed, oldest first
         self._next_retry = 0.0
         self._dbs: dict[str, sqlite_utils.Database] = {}
+        self._state = SqliteStateStore(state_path, synchronous="normal")
         self._inodes: dict[str, tuple[int, int]] = {}
         self.after_batch: Callable[[], None] | None = None  # called after each cycle
         self.forensics = CacheForensics()  # why each request wrote to the prompt cache
@@ -185,24 +182,28 @@ class DatabaseWriter(threading.Thread):
                     log.exception("database writer: after-batch callback failed")
         for db in self._dbs.values():
             db.conn.close()
+        self._state.close()
 
     def _open(self, which: str) -> None:
         """(Re)open one database, creating the file and schema when missing."""
+        if which == "state":
+            self._state.open()
+            self._inodes[which] = file_identity(self.state_path)
+            return
         old = self._dbs.pop(which, None)
         if old is not None:
             with contextlib.suppress(sqlite3.Error):
                 old.conn.close()  # the last connection of an unlinked file: its WAL goes too
-        path = self.analytics_path if which == "analytics" else self.state_path
-        db = open_analytics_db(path) if which == "analytics" else open_state_db(path)
+        db = open_analytics_db(self.analytics_path)
         db.execute("pragma synchronous=normal")  # WAL: durable across crashes, not power cuts
         self._dbs[which] = db
-        self._inodes[which] = _identity(path)
+        self._inodes[which] = file_identity(self.analytics_path)
 
     def _replaced(self, which: str) -> bool:
         """The file at the database's path is no longer the one open (deleted or replaced):
         open it again (new schema) and say so."""
         path = self.analytics_path if which == "analytics" else self.state_path
-        if _identity(path) == self._inodes[which]:
+        if file_identity(path) == self._inodes[which]:
             return False
         self.recreated += 1
         log.error("database writer: the %s database %s was deleted or replaced while open; "
@@ -321,14 +322,18 @@ class DatabaseWriter(threading.Thread):
                     log.info("%s", request_line(row), extra=_log_fields(row))
         analytics = self._dbs["analytics"]
         if batch.accounts is not None:
-            self._guarded("accounts", _write_accounts, analytics, batch.accounts)
+            self._guarded("accounts", partial(_atomic, analytics, _write_accounts, batch.accounts))
             batch.accounts = None
         if batch.windows is not None:
-            self._guarded("account windows", _write_windows, analytics, batch.windows)
+            self._guarded("account windows", partial(_atomic, analytics, _write_windows,
+                                                     batch.windows))
             batch.windows = None
         if batch.state:
             self._replaced("state")
-            self._guarded("account state", _write_state, self._dbs["state"], batch.state)
+            merged: dict[str, dict] = {}
+            for snapshot in batch.state:
+                merged.update(snapshot)
+            self._guarded("account state", partial(self._state.save_account_states, merged))
             batch.state = []
 
     def _insert_rows(self, items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -419,10 +424,11 @@ class DatabaseWriter(threading.Thread):
         self._count_lost(table)
         log.exception("database writer: a %s row of flow %s was not written", table, flow_id)
 
-    def _guarded(self, what: str, write, db: sqlite_utils.Database, payload: Any) -> None:
+    def _guarded(self, what: str, write: Callable[[], None]) -> None:
+        """Run ``write`` (one transaction): an error about its rows is counted and logged, a
+        storage error raised."""
         try:
-            with db.atomic():
-                write(db, payload)
+            write()
         except Exception as error:
             if is_storage_error(error):
                 raise
@@ -434,15 +440,6 @@ def _settle(batch: _Batch) -> None:
     for marker in batch.markers:
         marker.set()
     batch.markers = []
-
-
-def _identity(path: str) -> tuple[int, int]:
-    """(device, inode) of the file at ``path``; (0, 0) when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0, 0
-    return st.st_dev, st.st_ino
 
 
 def _new_only(conn: sqlite3.Connection,
@@ -500,6 +497,11 @@ def _insert(conn: sqlite3.Connection, items: list[tuple[str, dict[str, Any]]]) -
         schema.add_to_rollup(conn, [r["id"] for r in by_table["requests"]])
 
 
+def _atomic(db: sqlite_utils.Database, write, payload: Any) -> None:
+    with db.atomic():
+        write(db, payload)
+
+
 def _write_accounts(analytics: sqlite_utils.Database, account_rows: list[dict[str, Any]]) -> None:
     names = [r["name"] for r in account_rows]
     analytics.execute(f"delete from accounts where name not in ({','.join('?' * len(names))})",
@@ -513,17 +515,6 @@ def _write_windows(analytics: sqlite_utils.Database, window_rows: list[dict[str,
     analytics.execute("delete from account_windows")
     if window_rows:
         analytics.table("account_windows").insert_all(window_rows)
-
-
-def _write_state(state: sqlite_utils.Database, snapshots: list[dict[str, dict]]) -> None:
-    merged: dict[str, dict] = {}
-    for snapshot in snapshots:
-        merged.update(snapshot)
-    now = iso_utc(time.time())
-    state.table("account_state").upsert_all(
-        [{"name": n, "provider": d.get("provider"),
-          "data": json.dumps({k: v for k, v in d.items() if k != "provider"}),
-          "updated_at": now} for n, d in merged.items()], pk="name")
 
 
 _COLUMNS = {
@@ -548,17 +539,3 @@ def _values(row: dict[str, Any], table: str) -> list:
         if isinstance(values[i], float):
             values[i] = iso_utc(values[i])
     return values
-
-
-def load_state(path: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Read persisted account state and OAuth tokens (startup only, before traffic).
-
-    Returns (name -> state dict, name -> token row)."""
-    db = open_state_db(path)
-    try:
-        states = {r["name"]: {**json.loads(r["data"] or "{}"), "provider": r["provider"]}
-                  for r in db["account_state"].rows}
-        tokens = {r["name"]: r for r in db["oauth_tokens"].rows}
-    finally:
-        db.conn.close()
-    return states, tokens
