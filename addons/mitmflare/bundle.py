@@ -32,6 +32,7 @@ from .addons.access import AccessKeys
 from .addons.account_health import AccountHealth
 from .addons.accounts_file import AccountsFile
 from .addons.concurrency import SlotRelease
+from .addons.failover import Failover
 from .addons.guard import Guard, Refusal
 from .addons.listener import Listener
 from .addons.log_format import LogFormat
@@ -60,14 +61,16 @@ def make_addons() -> list[object]:
     log format, accounts, access keys, shared state (Redis), token refresh, account health
     (budgets, window start), which clients subscription accounts serve, operations
     (``/health``, probes, commands), the runtime file (where the ``mitmflare`` command finds
-    this proxy), routing/failover, the pool's limit headers (after the router has read the
+    this proxy), failover (its ``response`` hook judges the answer and retries before the
+    router's reads the verdict), routing, the pool's limit headers (after the router has read the
     account's own), giving back users' slots, recording (its rows through Redis when
     ``flare_redis`` is set), then the per-attempt timeouts (after
     the recorder, whose stream tap they watch)."""
     core = Core()
     return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
             SharedState(core), TokenRefresher(core), AccountHealth(core), OAuthClients(core),
-            Operations(core), RuntimeFile(), Router(core), PoolHeaders(core), SlotRelease(core),
+            Operations(core), RuntimeFile(), Failover(core), Router(core), PoolHeaders(core),
+            SlotRelease(core),
             Recorder(core), RowStream(core), Timeouts(core)]
 
 

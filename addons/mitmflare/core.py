@@ -102,6 +102,7 @@ class FlowContext:
     attempt_mono: float = 0.0       # monotonic s: when the current attempt was sent
     last_byte_mono: float = 0.0     # monotonic s: the streamed answer's latest piece
     timed_out: str | None = None    # which limit of .timeouts ended the attempt
+    verdict: Verdict | None = None  # on the last upstream answer (set by .failover)
 
     def __post_init__(self) -> None:
         self.row_id = self.row_id or self.flow_id

@@ -1,6 +1,7 @@
-"""Failover in-process: the router's :class:`~mitmflare.addons.failover.Failover` judging the
-first answer (set on the flow here, as the upstream's), re-sending to the simulated upstream,
-and answering when nothing is left to try; mitmproxy's taddons and tflow."""
+"""Failover in-process: :class:`~mitmflare.addons.failover.Failover` (the bundle's part just
+before the router) judging the first answer (set on the flow here, as the upstream's),
+re-sending to the simulated upstream, and answering when nothing is left to try; mitmproxy's
+taddons and tflow."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 import time
 
 import pytest
+from mitmproxy import ctx
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
 from conftest import accounts_yaml
 from mitmflare.addons.accounts_file import AccountsFile
-from mitmflare.addons.failover import free_at
+from mitmflare.addons.failover import Failover, free_at, no_account_response
 from mitmflare.addons.recorder import Recorder
 from mitmflare.addons.router import Router
 from mitmflare.bundle import make_addons
@@ -36,9 +38,9 @@ async def parts(tmp_path, sim):
     with taddons.context(*addons) as tctx:
         tctx.configure(files, flare_accounts=str(path), flare_db=str(tmp_path / "a.db"),
                        flare_state=str(tmp_path / "s.db"), flare_retry_delay_ms=0)
-        router.failover.running()  # its HTTP client (mitmproxy calls running once started)
+        by_type[Failover].running()  # its HTTP client (mitmproxy calls running once started)
         yield router, tctx
-        router.failover.done()
+        by_type[Failover].done()
         recorder.done()
 
 
@@ -60,8 +62,15 @@ async def answered(router: Router, flow, status: int, headers: dict[str, str] | 
                                  headers=Headers(content_type="application/json",
                                                  **(headers or {})))
     router.responseheaders(flow)
-    await router.response(flow)
+    await respond(router, flow)
     return router.core.flows[flow.id]
+
+
+async def respond(router: Router, flow) -> None:
+    """The response hooks in the bundle's order: failover judges (and retries), then the
+    router."""
+    await ctx.master.addons.get("failover").response(flow)
+    router.response(flow)
 
 
 def error_body(kind: str) -> bytes:
@@ -146,7 +155,7 @@ async def test_an_error_event_in_a_200_stream_still_cools_the_account(parts, sim
     flow.response = tutils.tresp(status_code=200, headers=Headers(
         content_type="text/event-stream"))
     router.responseheaders(flow)
-    await router.response(flow)
+    await respond(router, flow)
     a = router.core.pool.get("a")
     assert a.state.cooldown_reason == "stream_rate_limit_error"
     assert a.status(time.time()) == COOLING_DOWN
@@ -160,7 +169,7 @@ async def test_nothing_left_to_try_answers_429_until_the_soonest_account(parts):
         st.cooldown_until, st.cooldown_reason = now + wait, "rate_limited_5h"
     fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model="claude-sonnet-4-5", user_agent=None)
-    response = router.failover.no_account_response(fc)
+    response = no_account_response(router.core, fc)
     assert response.status_code == 429
     assert response.json()["error"]["type"] == "rate_limit_error"
     assert 119 <= int(response.headers["retry-after"]) <= 120
@@ -175,7 +184,7 @@ async def test_accounts_out_for_an_outage_or_paused_answer_503(parts):
     b.state.benched, b.state.benched_reason = True, "billing_error"
     fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model=None, user_agent=None)
-    response = router.failover.no_account_response(fc)
+    response = no_account_response(router.core, fc)
     assert response.status_code == 503
     message = response.json()["error"]["message"]
     assert "a (cooling down until" in message and "b (benched: billing_error)" in message
@@ -186,7 +195,7 @@ async def test_openai_clients_with_no_account_of_their_format_get_404_in_their_s
     router, _ = parts
     fc = FlowContext(flow_id="f", wire_format="openai", started=time.time(),
                      path="/v1/responses", client_session=None, model="gpt-4o", user_agent=None)
-    response = router.failover.no_account_response(fc)
+    response = no_account_response(router.core, fc)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
 

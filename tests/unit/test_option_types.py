@@ -65,8 +65,9 @@ def test_the_values_in_force_follow_the_options(bundle):
     tctx.configure(addon, flare_retry_attempts=0, flare_payload_max_kb=1,
                    flare_stream_copy_kb=0, flare_queue_s=0)
     router = next(p for p in addon.parts if type(p).__name__ == "Router")
+    failover = next(p for p in addon.parts if type(p).__name__ == "Failover")
     recorder = next(p for p in addon.parts if type(p).__name__ == "Recorder")
-    assert router.failover.attempts == 0 and router.core.queue_s == 0.0
+    assert failover.attempts == 0 and router.core.queue_s == 0.0
     assert recorder.payload_limit == 1024 and recorder.copy_limit == 0
 
 

@@ -20,7 +20,6 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 from mitmproxy import ctx, http
@@ -33,23 +32,20 @@ from ..routing.fallbacks import fallback_choice
 from ..routing.pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from ..routing.ratelimits import parse_limits
 from ..times import iso_utc
+from .attempt import attempt_account, attempt_response, free_at, resend, route
 from .concurrency import in_flight
 from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")
 
 SELF_RETRY_MAX_COUNT = 2   # the SDKs' default max_retries: beyond it they would give up
-HOP_HEADERS = ("host", "content-length", "connection", "transfer-encoding", "keep-alive")
-DROP_RESPONSE_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding",
-                         "keep-alive")
 LONG_RETRY_AFTER_S = 60.0
 RETRY_SOON_S = 2  # retry-after (s) when every usable account refused a request only for now
 
-Route = Callable[..., Awaitable[bool]]
-
 
 class Failover:
-    """Retry budget and pacing (``flare_retry_*`` options) and the failover loop."""
+    """Addon: retry budget and pacing (``flare_retry_*`` options) and the failover loop, in
+    the ``response`` hook just before the router's (which reads ``fc.verdict``)."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -81,8 +77,13 @@ class Failover:
         client, self.client = self.client, None
         close_soon(client, "failover")
 
+    async def response(self, flow: http.HTTPFlow) -> None:
+        fc = self.core.flows.get(flow.id)
+        if fc is not None and fc.account is not None and flow.response is not None:
+            fc.verdict = await self.handle(flow, fc)
+
     # -- the loop ---------------------------------------------------------------------------
-    async def handle(self, flow: http.HTTPFlow, fc: FlowContext, route: Route) -> Verdict:
+    async def handle(self, flow: http.HTTPFlow, fc: FlowContext) -> Verdict:
         """Judge the answer in ``flow.response`` and fail over as needed; leaves the answer for
         the client in ``flow.response``. Returns the verdict on the last upstream answer.
 
@@ -99,9 +100,9 @@ class Failover:
             now = time.time()
             if verdict.needs_reauth and await self._refreshed_for_retry(fc, retries):
                 # an OAuth 401/403: one refresh-and-retry on the same account first
-                await route(flow, fc, account)
+                await route(self.core, flow, fc, account)
                 retries += 1
-                await self._send(flow, fc)
+                await resend(self.core, self.client, flow, fc)
                 verdict = self._judge(flow, fc)
                 continue
             same = verdict.action == TRANSIENT and not fc.same_account_retried
@@ -119,21 +120,21 @@ class Failover:
                 break
             if fc.stream and self._client_retries(flow) and not same:
                 if self.core.choose(fc) is None and fallback_choice(self.core, fc) is None:
-                    flow.response = self.no_account_response(fc)
+                    flow.response = no_account_response(self.core, fc)
                 else:
                     self._ask_client_to_retry(flow, fc, verdict)
                 break
             if same:
                 fc.same_account_retried = True
-                await route(flow, fc, account)
-            elif not await route(flow, fc):
-                flow.response = self.no_account_response(fc)
+                await route(self.core, flow, fc, account)
+            elif not await route(self.core, flow, fc):
+                flow.response = no_account_response(self.core, fc)
                 break
             if verdict.action == TRANSIENT:
                 await asyncio.sleep(self._delay(retries))
             retries += 1
             fc.failover = True
-            await self._send(flow, fc)
+            await resend(self.core, self.client, flow, fc)
             verdict = self._judge(flow, fc)
         self._charge_transient(fc, proven=verdict.action == OK)
         if verdict.action == OK:
@@ -207,33 +208,6 @@ class Failover:
         fc.attempts.append({"account": account.name, "status": response.status_code})
         return verdict
 
-    async def _send(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
-        """Send the (already re-routed) request again and put the answer in ``flow.response``."""
-        request, account = flow.request, attempt_account(fc)
-        headers = [(k, v) for k, v in request.headers.items(multi=True)
-                   if k.lower() not in HOP_HEADERS]
-        fc.limits = None
-        connect, answer, stream_answer, idle = self.core.timeouts
-        wait = max(stream_answer, idle) if fc.stream else answer
-        try:
-            if self.client is None:  # not running (yet, or any more)
-                raise httpx.ConnectError("mitmflare is not running")
-            up = await self.client.request(request.method, request.url, headers=headers,
-                                           content=request.raw_content or b"",
-                                           timeout=httpx.Timeout(wait, connect=connect))
-        except httpx.HTTPError as exc:
-            log.warning("failover to %s: %s", account.name, exc)
-            flow.response = error_response(fc.wire_format, 502, "unavailable",
-                                           f"mitmflare: upstream of {account.name} "
-                                           f"unreachable: {type(exc).__name__}")
-            return
-        now = time.time()
-        out = [(k.encode(), v.encode()) for k, v in up.headers.multi_items()
-               if k.lower() not in DROP_RESPONSE_HEADERS]
-        flow.response = http.Response.make(up.status_code, up.content, out)
-        fc.limits = parse_limits(account.wire, flow.response.headers, now)
-        self.core.learn(account, fc.limits, now)
-
     def _delay(self, retry: int) -> float:
         """Seconds before a retry after a transient error: delay x backoff^n, +-25 % jitter."""
         base = self.delay_ms / 1000.0 * self.backoff ** retry
@@ -269,56 +243,6 @@ class Failover:
             headers.pop("retry-after", None)
             headers.pop("retry-after-ms", None)
 
-    def no_account_response(self, fc: FlowContext) -> http.Response:
-        """The answer when no account can take the request (in its wire format's error shape). The
-        message names each account's reason; the status fits the reasons:
-
-        * No account of the format (or the compatibility route's family) is configured, or
-          none can serve the model: 404 ``not_found_error`` naming it (a client's or an
-          operator's mistake, not worth a retry).
-        * Every account that is not paused, benched or logged out is held only by rate limits
-          (a limit's cooldown, a model limit, it refused this request for now, or it is at
-          its ``max_concurrent``): 429
-          ``rate_limit_error`` with ``retry-after`` = time until the soonest is free (a short
-          one and ``x-should-retry: true`` when a retry may go to an account this request
-          already tried).
-        * Otherwise some account is out for an outage (unreachable, timed out, 5xx, its token
-          could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
-          back at a known time; none at all (paused, needs login, benched): 503 without."""
-        now = time.time()
-        accounts = [a for a in self.core.pool.for_client(fc.wire_format, fc.convertible, fc.family)
-                    if fc.family is None or a.in_family(fc.family)]
-        if not accounts:
-            where = f"{fc.family} " if fc.family else ""
-            return error_response(fc.wire_format, 404, "not_found",
-                                  f"mitmflare: no {where}account for {fc.wire_format} requests "
-                                  f"is configured (model {fc.model!r})")
-        accounts = [a for a in accounts if a.serves(fc.model)]
-        if not accounts:
-            return error_response(fc.wire_format, 404, "not_found",
-                                  f"mitmflare: no account serves model {fc.model!r}")
-        held = [_held(a, fc, now) for a in accounts]
-        reasons = "; ".join(f"{a.name} ({why})" for a, (_, why, _) in zip(accounts, held,
-                                                                          strict=True))
-        waits = [(at, limit, a) for a, (at, _, limit) in zip(accounts, held, strict=True)
-                 if at is not None]
-        soonest, _, first = min(waits, key=lambda w: w[0], default=(None, False, None))
-        headers, then = {}, ""
-        if soonest is not None and first is not None:
-            wait = max(1, math.ceil(soonest - now))
-            headers = {"retry-after": str(wait)}
-            then = f"; {first.name} is free again in {wait} s (at {iso_utc(soonest)})"
-        if waits and all(limit for _, limit, _ in waits):
-            if soonest is not None and soonest <= now:  # refused only for now: retry anew
-                headers = {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"}
-                then = f"; retry in {RETRY_SOON_S} s"
-            return error_response(fc.wire_format, 429, "rate_limit",
-                                  f"mitmflare: every {fc.wire_format} account is rate limited "
-                                  f"({reasons}){then}", headers)
-        return error_response(fc.wire_format, 503, "unavailable",
-                              f"mitmflare: no {fc.wire_format} account can serve now "
-                              f"({reasons}){then}", headers)
-
     def _comment(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
         """The flow's comment, shown in mitmweb's flow list: ``[account] tried …; skipped …``
         (skipped: accounts of this format whose ``models:`` cannot map the model)."""
@@ -335,28 +259,55 @@ class Failover:
         flow.comment = text
 
 
-def attempt_account(fc: FlowContext) -> Account:
-    """The account of ``fc``'s current attempt: failover runs only after one was sent.
-    Raises RuntimeError otherwise (a bug: the router answers that flow itself)."""
-    if fc.account is None:
-        raise RuntimeError(f"flow {fc.flow_id}: failover without an account")
-    return fc.account
+def no_account_response(core: Core, fc: FlowContext) -> http.Response:
+    """The answer when no account can take the request (in its wire format's error shape). The
+    message names each account's reason; the status fits the reasons:
 
-
-def attempt_response(flow: http.HTTPFlow) -> http.Response:
-    """The answer of the current attempt: failover runs only once there is one. Raises
-    RuntimeError otherwise."""
-    if flow.response is None:
-        raise RuntimeError(f"flow {flow.id}: failover without an answer")
-    return flow.response
-
-
-def free_at(account: Account, model: str | None, now: float) -> float:
-    """When ``account`` can take a request for ``model`` again (epoch s; ``now`` if it can)."""
-    at = account.state.cooldown_until
-    if model:
-        at = max(at, account.state.model_cooldowns.get(model, 0.0))
-    return at if at > now else now
+    * No account of the format (or the compatibility route's family) is configured, or
+      none can serve the model: 404 ``not_found_error`` naming it (a client's or an
+      operator's mistake, not worth a retry).
+    * Every account that is not paused, benched or logged out is held only by rate limits
+      (a limit's cooldown, a model limit, it refused this request for now, or it is at
+      its ``max_concurrent``): 429
+      ``rate_limit_error`` with ``retry-after`` = time until the soonest is free (a short
+      one and ``x-should-retry: true`` when a retry may go to an account this request
+      already tried).
+    * Otherwise some account is out for an outage (unreachable, timed out, 5xx, its token
+      could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
+      back at a known time; none at all (paused, needs login, benched): 503 without."""
+    now = time.time()
+    accounts = [a for a in core.pool.for_client(fc.wire_format, fc.convertible, fc.family)
+                if fc.family is None or a.in_family(fc.family)]
+    if not accounts:
+        where = f"{fc.family} " if fc.family else ""
+        return error_response(fc.wire_format, 404, "not_found",
+                              f"mitmflare: no {where}account for {fc.wire_format} requests "
+                              f"is configured (model {fc.model!r})")
+    accounts = [a for a in accounts if a.serves(fc.model)]
+    if not accounts:
+        return error_response(fc.wire_format, 404, "not_found",
+                              f"mitmflare: no account serves model {fc.model!r}")
+    held = [_held(a, fc, now) for a in accounts]
+    reasons = "; ".join(f"{a.name} ({why})" for a, (_, why, _) in zip(accounts, held,
+                                                                      strict=True))
+    waits = [(at, limit, a) for a, (at, _, limit) in zip(accounts, held, strict=True)
+             if at is not None]
+    soonest, _, first = min(waits, key=lambda w: w[0], default=(None, False, None))
+    headers, then = {}, ""
+    if soonest is not None and first is not None:
+        wait = max(1, math.ceil(soonest - now))
+        headers = {"retry-after": str(wait)}
+        then = f"; {first.name} is free again in {wait} s (at {iso_utc(soonest)})"
+    if waits and all(limit for _, limit, _ in waits):
+        if soonest is not None and soonest <= now:  # refused only for now: retry anew
+            headers = {"retry-after": str(RETRY_SOON_S), "x-should-retry": "true"}
+            then = f"; retry in {RETRY_SOON_S} s"
+        return error_response(fc.wire_format, 429, "rate_limit",
+                              f"mitmflare: every {fc.wire_format} account is rate limited "
+                              f"({reasons}){then}", headers)
+    return error_response(fc.wire_format, 503, "unavailable",
+                          f"mitmflare: no {fc.wire_format} account can serve now "
+                          f"({reasons}){then}", headers)
 
 
 OUTAGE_PREFIXES = ("http_", "connect_", "upstream_", "stream_overloaded", "refresh_failed",

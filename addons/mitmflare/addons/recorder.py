@@ -18,7 +18,6 @@ from ..config.defaults import FILE_OPTIONS
 from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import CLIENT_CREDENTIAL_HEADERS
-from ..providers.convert import stream_converter
 from ..providers.presets import CODEX
 from ..providers.sse import UsageTap
 from ..providers.wire import content, header
@@ -116,25 +115,24 @@ class Recorder:
             return
         if fc.account.wire == CODEX and not fc.stream:
             return  # Codex always streams: kept whole, answered as JSON (see .convert)
-        # the usage as the upstream counts it: read in its own format, before any conversion
+        # the usage as the upstream counts it: read in its own format, before the conversion
+        # the router set up (.attempt.convert_stream), which this wraps
         tap = fc.tap = UsageTap(fc.account.wire if fc.converted else fc.wire_format)
-        convert = stream_converter(fc.path, fc.request_json(), fc.upstream_model or fc.model
-                                   or "", fc.account.wire) if fc.converted else None
+        convert = response.stream if callable(response.stream) else None
         limit = self.copy_limit
         kept = fc.stream_copy = bytearray() if limit else None
 
         def forward(chunk: bytes) -> list[bytes]:
             tap.feed(chunk)
             if convert is not None:
-                chunk = convert(chunk)  # b"" at the end of the stream closes the conversion
+                out = convert(chunk)  # b"" at the end closes the conversion
+                chunk = out if isinstance(out, bytes) else b"".join(out)
             if kept is not None and len(kept) < limit:
                 kept.extend(chunk[:limit - len(kept)])
             # Never hand mitmproxy an empty chunk: HTTP/1.1 chunked encoding would send it
             # as the terminating zero-length chunk and end the client's body early.
             return [chunk] if chunk else []
 
-        if convert is not None:
-            response.headers.pop("content-length", None)
         response.stream = forward
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -1,14 +1,14 @@
 """Addon: picks an account for every client request and sends the request with its credentials.
 
 Hot path (``request``/``responseheaders``): account selection, header rewriting and reading the
-rate-limit headers. No I/O happens here. Failures are handled by :mod:`.failover`.
+rate-limit headers. No I/O happens here. Each attempt is made by :mod:`.attempt`; failures are
+handled by :mod:`.failover`, whose ``response`` hook runs just before this one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 import time
@@ -20,37 +20,31 @@ from mitmproxy.utils import asyncio_utils
 from ..config.option_types import decimal, whole
 from ..core import Core, FlowContext
 from ..providers import (
-    codex,
     detect_route,
     error_response,
-    made_here,
     redact_credentials,
-    retarget,
     strip_client_credentials,
-    upstream_headers,
 )
-from ..providers.convert import convert_answer, convert_request, convertible, upstream_path
-from ..providers.presets import ANTHROPIC, CODEX, OPENAI
+from ..providers.convert import convertible
+from ..providers.presets import ANTHROPIC, OPENAI
 from ..providers.request_info import inspect_request, model_problem
 from ..providers.wire import header
 from ..routing.cache_affinity import CacheContext, cache_ttl, conversation_key, parent_key
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from ..routing.fallbacks import HEADER as FALLBACK_HEADER
-from ..routing.fallbacks import fall_back
-from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
 from ..routing.ratelimits import parse_limits
 from ..routing.selection import STRATEGIES
 from ..routing.unconvertible import refusal as unconvertible
+from . import attempt
 from .access import Refusal, presented_key
 from .concurrency import in_flight
-from .failover import Failover, free_at
+from .failover import no_account_response
 from .guard import ROUTED, take_placeholder
 from .oauth_clients import keep_for_claude_code
 
 log = logging.getLogger("mitmflare")
 
 TICK_S = 1.0
-QUEUE_MARGIN_S = 0.05  # after a cooldown ends, before the held request is sent
 RETRY_MEMORY_S = 120.0  # how long a failed request's tried accounts are remembered for its retry
 RETRY_COUNT_HEADER = "x-stainless-retry-count"
 CLIENT_PATH = "mitmflare.path"            # flow.metadata: the client's own path (for replays)
@@ -59,11 +53,10 @@ REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay m
 
 
 class Router:
-    """Selection, credentials, rate-limit learning; failover through :class:`.failover.Failover`."""
+    """Selection, credentials, rate-limit learning (attempts: :mod:`.attempt`)."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.failover = Failover(core)
         self._ticker: asyncio.Task | None = None
         self._retry_exclusions: dict[bytes, tuple[set[str], float, bool]] = {}
 
@@ -88,7 +81,6 @@ class Router:
                           "For benchmarks and tests only: prompt-cache TTLs (5 min, 1 h) last "
                           "this many times less (a decimal number > 0), to match a simulated "
                           "upstream whose time runs faster.")
-        self.failover.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
@@ -99,16 +91,13 @@ class Router:
         self.core.strategy = o.flare_strategy
         self.core.max_cooldown_s = float(max_cooldown_s)
         self.core.queue_s = float(whole("flare_queue_s", o.flare_queue_s, 0))
-        self.failover.configure(updated)
 
     def running(self) -> None:
-        self.failover.running()
         self._ticker = asyncio_utils.create_task(self._tick(), name="mitmflare: router tick", keep_ref=True)
 
     def done(self) -> None:
         if self._ticker:
             self._ticker.cancel()
-        self.failover.done()
 
     # -- hooks ------------------------------------------------------------------------------
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -209,8 +198,9 @@ class Router:
                 flow.response = error_response(wire_format, 400, "invalid_request", refused)
                 return
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
-        if not await self.route(flow, fc, self.core.pool.get(pinned) if pinned else None):
-            flow.response = self.failover.no_account_response(fc)
+        if not await attempt.route(self.core, flow, fc,
+                                   self.core.pool.get(pinned) if pinned else None):
+            flow.response = no_account_response(self.core, fc)
 
     def _replayed_user(self, flow: http.HTTPFlow, user, refusal):
         """A replay (mitmweb, ``flare.replay``) is authorised as the user of the original
@@ -230,7 +220,7 @@ class Router:
             fc = FlowContext(wire_format="", started=time.time(), path=flow.request.path,
                              client_session=None, model=None, user_agent=None, flow_id=flow.id)
             self.core.flows[flow.id] = fc
-        self._release(fc)
+        attempt.release(self.core, fc)
         fc.account = None
         fc.error = f"internal_error: {type(exc).__name__}"
         flow.metadata.pop("mitmflare.account", None)
@@ -239,95 +229,6 @@ class Router:
             fc.wire_format or None, 500, "internal",
             f"mitmflare could not route this request ({type(exc).__name__}); it was not sent "
             f"upstream. Flow id {flow.id} (see the proxy's log).")
-
-    async def route(self, flow: http.HTTPFlow, fc: FlowContext, account: Account | None = None,
-                    ) -> bool:
-        """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
-        credentials, refreshing an OAuth token that is about to expire first. Returns False
-        when no account is usable. When no account can serve the model now, a configured
-        fallback model is served (:mod:`.fallbacks`); else it waits for a token refresh, and,
-        when every account that could serve is cooling down and the soonest is free again
-        within ``flare_queue_s`` of the request's arrival, until then, or while they are at
-        their ``max_concurrent``, until a slot is free (at most that long; instead of
-        answering 429)."""
-        core = self.core
-        while True:
-            if account is None:
-                account = core.choose(fc) or fall_back(core, fc)
-                if account is None:
-                    wait = self._queue_wait(fc)
-                    if wait is None:
-                        return False
-                    await core.slots.wait(wait)  # sooner when a slot is given back
-                    continue
-            if core.oauth and core.oauth.needs_refresh(account, time.time()) \
-                    and not await core.oauth.refresh(account):
-                fc.excluded.add(account.name)
-                fc.skipped[account.name] = "refresh_failed: its OAuth token could not be " \
-                                           "refreshed (see the proxy's log)"
-                account = None
-                continue
-            secret = core.secret(account)
-            if secret is None:
-                fc.excluded.add(account.name)
-                fc.skipped[account.name] = "no_credential: it has no credential in force"
-                account = None
-                continue
-            self._apply(flow, fc, account, secret)
-            return True
-
-    def _queue_wait(self, fc: FlowContext) -> float | None:
-        """Seconds to hold ``fc``'s request until the soonest cooling account that could
-        serve it is free (one it already failed on for a rate limit counts, and is tried
-        again), or, when none is but one is at its ``max_concurrent``, until ``flare_queue_s``
-        after the request came (the wait ends sooner when a slot is given back); None when
-        neither comes before then."""
-        now = time.time()
-        deadline = fc.started + self.core.queue_s
-        frees = [(free_at(a, fc.model, now), a) for a in self.core.pool.for_client(
-                    fc.wire_format, fc.convertible, fc.family)
-                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
-                 and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
-        full = any(at <= now and a.full() and a.name not in fc.excluded for at, a in frees)
-        frees = [(at, a) for at, a in frees if now < at <= deadline]
-        if not frees:
-            if not full or deadline <= now:
-                return None
-            if not any(n.startswith("waited for a free slot") for n in fc.notes):
-                fc.notes.append("waited for a free slot (max_concurrent)")
-            return deadline - now
-        at, account = min(frees, key=lambda f: f[0])
-        fc.excluded.discard(account.name)
-        fc.notes.append(f"held {at - now:.1f} s for {account.name} (all cooling down)")
-        return at - now + QUEUE_MARGIN_S
-
-    def _apply(self, flow: http.HTTPFlow, fc: FlowContext, account: Account, secret: str) -> None:
-        now = time.time()
-        self._release(fc)
-        request = flow.request
-        cfg = account.config
-        scheme, host, port, prefix = account.target
-        host_header = retarget(request, scheme, host, port)
-        fc.converted = fc.wire_format != account.wire
-        path = upstream_path(account.wire) if fc.converted else fc.path
-        if cfg.preset.versioned_base and path.startswith("/v1/"):
-            path = path[3:]  # the base URL carries the version (e.g. …/api/v1)
-        request.path = prefix + path
-        fc.upstream_model = cfg.upstream_model(fc.model) if fc.model else None
-        _set_body(request, fc, account.wire)
-        upstream_headers(request.headers, host_header, account.wire, cfg.credential_kind,
-                         cfg.auth_style, secret, fc.converted)
-        if account.wire == CODEX:
-            request.headers.fields = tuple(
-                f for f in request.headers.fields if f[0].lower() not in codex.DROPPED_HEADERS
-            ) + tuple(codex.request_headers(secret, fc.client_session))
-        fc.account = account
-        fc.attempt_started = now
-        fc.attempt_mono = time.monotonic()
-        account.state.in_flight += 1
-        account.state.requests += 1
-        account.state.last_used = now
-        flow.metadata["mitmflare.account"] = account.name
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)
@@ -342,12 +243,16 @@ class Router:
         fc.account.state.last_date = (header(response.headers, b"date"), now)  # clock skew
         fc.limits = parse_limits(fc.account.wire, response.headers, now)
         self.core.learn(fc.account, fc.limits, now)
+        attempt.convert_stream(flow, fc)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
+        """After :class:`.failover.Failover` judged the answer (``fc.verdict``): the
+        conversation's prompt cache, the fallback header, the answer in the client's format,
+        the accounts a client's retry should avoid, and the slot given back."""
         fc = self.core.flows.get(flow.id)
         if fc is None or fc.account is None:
             return
-        verdict = await self.failover.handle(flow, fc, self.route)
+        verdict = fc.verdict
         if verdict is not None and verdict.action == "ok" and fc.account is not None:
             now = time.time()
             self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
@@ -357,19 +262,12 @@ class Router:
                                         fc.cache.ttl_s, now)
         if fc.asked_model is not None and flow.response is not None:
             flow.response.headers[FALLBACK_HEADER] = fc.model or ""
-        if fc.converted and flow.response is not None and not flow.response.stream \
-                and not made_here(flow.response):
-            fc.upstream_body = flow.response.content
-            fc.upstream_sse = flow.response.headers.get("content-type", "").startswith(
-                "text/event-stream")
-            convert_answer(flow.response, fc.path, fc.request_json(),
-                           fc.upstream_model or fc.model or "",
-                           fc.account.wire if fc.account else "")
+        attempt.convert_whole(flow, fc)
         if verdict is not None and verdict.action != "ok" and fc.account is not None:
             self._remember_for_retry(flow, fc)
         if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
             redact_credentials(flow.request.headers, fc.account.name)
-        self._release(fc)
+        attempt.release(self.core, fc)
 
     def error(self, flow: http.HTTPFlow) -> None:
         fc = self.core.flows.get(flow.id)
@@ -392,13 +290,7 @@ class Router:
                 self.core.count_error(fc.account, Verdict(
                     TRANSIENT, "upstream_closed", cooldown_until=now + TRANSIENT_COOLDOWN_S),
                     fc.model, None, now)
-        self._release(fc)
-
-    def _release(self, fc: FlowContext) -> None:
-        """Give back the account's slot the request held (see :mod:`.concurrency`)."""
-        if fc.account is not None:
-            fc.account.state.in_flight -= 1
-            self.core.slots.freed()
+        attempt.release(self.core, fc)
 
     # -- retries by the client itself -------------------------------------------------------
     def _remember_for_retry(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
@@ -441,23 +333,6 @@ class Router:
         for account in self.core.pool.accounts.values():
             self.core.record(account, account.state.recovered(now))
         self.core.snapshot_accounts()
-
-
-def _set_body(request: http.Request, fc: FlowContext, wire: str) -> None:
-    """The body for the account speaking ``wire``: converted to its format, or with the model the
-    account maps to, or the client's own bytes (the common case: nothing is parsed again or
-    re-encoded)."""
-    if fc.converted and fc.body_source is not None:
-        request.content = json.dumps(convert_request(fc.path, fc.request_json() or {},
-                                                     fc.upstream_model or "", wire,
-                                                     fc.client_session),
-                                     separators=(",", ":")).encode()
-    elif fc.body_source is not None and fc.upstream_model \
-            and fc.body_model != fc.upstream_model:
-        request.content = json.dumps({**(fc.request_json() or {}), "model": fc.upstream_model},
-                                     separators=(",", ":")).encode()
-    elif request.raw_content is not fc.raw_body:
-        request.raw_content = fc.raw_body
 
 
 API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")
