@@ -14,11 +14,11 @@ from mitmflare.routing.pool import Account
 SSE = {"content-type": "text/event-stream"}
 
 
-def attempt(provider: str, path: str, account: Account, stream: bool = True):
-    fc = FlowContext(flow_id="f", provider=provider, started=0.0, path=path,
+def attempt(wire_format: str, path: str, account: Account, stream: bool = True):
+    fc = FlowContext(flow_id="f", wire_format=wire_format, started=0.0, path=path,
                      client_session=None, model="m", user_agent=None, stream=stream)
     fc.body_source = json.dumps({"model": "m", "stream": stream}).encode()
-    fc.account, fc.converted, fc.upstream_model = account, provider != account.wire, "m"
+    fc.account, fc.converted, fc.upstream_model = account, wire_format != account.wire, "m"
     flow = tflow.tflow(resp=tutils.tresp(headers=((b"content-type", b"text/event-stream"),
                                                    (b"content-length", b"10"))))
     return flow, fc

@@ -2,7 +2,9 @@
 
 * only :mod:`mitmflare.routing.account_state` changes an account's cooldown, bench,
   re-login, budget and near-limit fields (everything else calls its transitions);
-* only :mod:`mitmflare.storage.state_store` opens the state database (``flare_state``).
+* only :mod:`mitmflare.storage.state_store` opens the state database (``flare_state``);
+* only :mod:`mitmflare.addons.attempt` converts between the Anthropic and OpenAI formats, and
+  failover is a part of the bundle of its own.
 """
 
 from __future__ import annotations
@@ -141,3 +143,26 @@ def test_the_connection_check_sees_each_form():
     tree = ast.parse("import sqlite3\ndef f():\n    sqlite3.connect('x')\n"
                      "from w import open_state_db\ndef g():\n    w.open_state_db('y')\n")
     assert sqlite_connections(tree) == [(3, "f"), (4, ""), (6, "g")]
+
+
+CONVERSIONS = frozenset({"convert_request", "convert_answer", "stream_converter"})
+ATTEMPT = "addons/attempt.py"
+
+
+def test_only_the_attempt_module_converts_between_formats():
+    """The Anthropic ⇄ OpenAI conversion of a request and its answer is called from one
+    place (``addons/attempt.py``); ``providers/convert.py`` defines it."""
+    offenders = [f"{path}:{node.lineno} imports {alias.name}" for path, tree in modules()
+                 if path not in (ATTEMPT, "providers/convert.py")
+                 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 for alias in node.names if alias.name in CONVERSIONS]
+    assert offenders == []
+
+
+def test_failover_is_a_listed_part_just_before_the_router():
+    from mitmflare.addons.failover import Failover
+    from mitmflare.addons.router import Router
+    from mitmflare.bundle import make_addons
+
+    kinds = [type(part) for part in make_addons()]
+    assert kinds.index(Failover) + 1 == kinds.index(Router)

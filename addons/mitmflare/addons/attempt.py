@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 from mitmproxy import http
@@ -227,9 +228,10 @@ def convert_stream(flow: http.HTTPFlow, fc: FlowContext) -> None:
                                account.wire)
     if convert is None:  # already in the client's format (a Responses client served by Codex)
         return
+    feed: Callable[[bytes], bytes] = convert
 
     def converted(chunk: bytes) -> list[bytes]:
-        out = convert(chunk)  # b"" at the end of the stream closes the conversion
+        out = feed(chunk)  # b"" at the end of the stream closes the conversion
         # Never hand mitmproxy an empty chunk: HTTP/1.1 chunked encoding would send it
         # as the terminating zero-length chunk and end the client's body early.
         return [out] if out else []

@@ -230,7 +230,7 @@ class SqliteStateStore:
 
     def commands_since(self, after: int) -> list[tuple[int, str, str]]:
         with self._reading() as conn:
-            return [tuple(r) for r in conn.execute(
+            return [(r[0], r[1], r[2]) for r in conn.execute(
                 "select id, command, account from operator_commands where id > ? order by id",
                 [after])]
 

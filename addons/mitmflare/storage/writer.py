@@ -54,9 +54,8 @@ BACKLOG_MAX = 100_000   # items kept in memory while the disk refuses writes (th
 def is_storage_error(error: BaseException) -> bool:
     """True for SQLite errors about the file or the disk (full, I/O error, read-only, cannot
     open, locked too long), which pass when the disk does; False for errors about a row."""
-    if isinstance(error, StoreUnavailable):
-        error = error.__cause__
-    return isinstance(error, sqlite3.OperationalError)
+    cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
+    return isinstance(cause, sqlite3.OperationalError)
 
 
 class _Batch:
