@@ -128,8 +128,8 @@ def test_near_its_limit_the_session_account_keeps_only_its_warm_conversations(si
     send("warm", 0, agent="explore")  # a sub-agent follows its parent's warm cache to a
     assert sim.credentials_seen()[-3:] == [HAND_B, HAND_B, HAND_A]
     before = len(sim.credentials_seen())
-    for n in range(n + 1, n + 6):  # warm stays on a until a answers 429, then moves once
-        send("warm", n, max_tokens=1000)
+    for turn in range(n + 1, n + 6):  # warm stays on a until a answers 429, then moves once
+        send("warm", turn, max_tokens=1000)
         if sim.credentials_seen()[-1] == HAND_B:
             break
     tail = sim.credentials_seen()[before:]
