@@ -22,13 +22,13 @@ TTLs (``--window-scale``, ``--ttl-scale``) and the proxy's TTLs (``flare_cache_t
 an option for benchmarks and tests) alike, so a 5-minute TTL really expires during the day
 (120: 6 hours in 180 s, a 5-minute TTL in 2.5 s, a 5-hour window in 150 s). The routings (:data:`ROUTINGS`):
 
-* ``mitmflare``: the defaults (``session`` strategy, prompt-cache stickiness), its
-  ``flare_session_hours`` compressed like the day;
+* ``mitmflare``: the defaults (``session`` strategy, prompt-cache stickiness, the hand-off
+  near a limit), its ``flare_session_hours`` compressed like the day;
 * ``round-robin``: ``flare_strategy=round-robin`` with ``sticky: false`` on every account, so
   nothing holds a conversation;
 * ``session, no TTL``: ``flare_strategy=session`` with ``sticky: false`` and a session longer
-  than the day: a conversation stays on its account for as long as that account serves,
-  whatever its cache, and moves where the strategy says when it cannot;
+  than the day: a conversation stays on its account, whatever its cache, until that account
+  is near a limit or cannot serve, and then moves where the strategy says;
 * ``round-robin, sticky``: ``flare_strategy=round-robin`` with mitmflare's prompt-cache
   stickiness (the default ``sticky: true``): round-robin once a conversation's cache expired.
 

@@ -28,7 +28,7 @@ from .routing.classify import Verdict
 from .routing.pool import Account, AccountPool
 from .routing.ratelimits import Limits
 from .routing.selection import Selector
-from .routing.usage_windows import BurnTracker, window_rows
+from .routing.usage_windows import BurnTracker, spent_within, window_rows
 from .storage.state_store import SqliteStateStore
 from .storage.writer_process import WriterProcess
 from .times import iso_utc
@@ -287,7 +287,10 @@ class Core:
         }
 
     def choose(self, fc: FlowContext) -> Account | None:
-        """The account for the request in ``fc`` now, by ``strategy``; None if none is usable."""
+        """The account for the request in ``fc`` now, by ``strategy``; None if none is usable.
+        A request that uses a prompt cache prefers the accounts where it (else its parent
+        conversation) is warm, and treats as near a limit the accounts forecast to reach one
+        before its cache would expire (the hand-off, :mod:`.routing.selection`)."""
         now = time.time()
         return self.selector.choose(self.pool, fc.wire_format, self.strategy, now,
                                     session_hours=self.session_hours,
@@ -295,7 +298,15 @@ class Core:
                                     exclude=fc.excluded, convertible=fc.convertible,
                                     family=fc.family,
                                     warm=self.affinity.warm(fc.cache.conversation, now)
-                                    or self.affinity.warm(fc.cache.parent, now))
+                                    or self.affinity.warm(fc.cache.parent, now),
+                                    ending=self.ending(fc.cache.ttl_s, now)
+                                    if fc.cache.conversation else ())
+
+    def ending(self, horizon_s: float, now: float) -> list[str]:
+        """Names of the accounts whose 5h or 7d window is forecast, at the last hour's burn
+        rate, to reach its limit within ``horizon_s`` (s) of ``now`` (epoch s)."""
+        return [a.name for a in self.pool.accounts.values() if a.state.limits
+                and spent_within(self.burn, a.name, a.state.limits, now, horizon_s)]
 
     # -- learning from answers --------------------------------------------------------------
     def learn(self, account: Account, limits: Limits, now: float) -> None:

@@ -1,7 +1,10 @@
 """End to end: a conversation stays on the account where its prompt cache lives, under any
-strategy, and moves only when that account cannot serve."""
+strategy, and moves only when that account cannot serve; an account near its limit keeps only
+the conversations whose cache is warm on it (the hand-off)."""
 
 from __future__ import annotations
+
+import time
 
 import httpx
 
@@ -87,3 +90,55 @@ def test_sub_agents_follow_their_parent_conversations_account(sim, proxy):
     assert events == {"conv-2": ["first", None, None],
                       **{f"conv-2:agent:{a['x-claude-code-agent-id']}": ["first", None]
                          for a in agents}}
+
+
+HAND_A, HAND_B = "sk-ant-oat01-HAND-A", "sk-ant-oat01-HAND-B"
+TTL_SCALE = 30  # a 5-minute prompt cache lives 10 s, in the simulator and the proxy alike
+
+
+def test_near_its_limit_the_session_account_keeps_only_its_warm_conversations(sim, proxy):
+    sim.windows, sim.enforce_windows = True, True  # 5-hour windows of 400k tokens, enforced
+    sim.caches.ttl_scale = TTL_SCALE
+    p = proxy(accounts_yaml(sim.url, *(
+        {"name": name, "oauth": {"access_token": token, "refresh_token": token + "-r",
+                                 "expires_at": "2099-01-01T00:00:00Z"}}
+        for name, token in (("a", HAND_A), ("b", HAND_B)))),
+        flare_cache_ttl_scale=str(TTL_SCALE))  # the default session strategy
+
+    def send(session: str, n: int, max_tokens: int = 5, agent: str | None = None):
+        headers = {"x-claude-code-session-id": session, "x-api-key": "client"}
+        body = turn_body(n)
+        if agent:
+            headers["x-claude-code-agent-id"] = agent
+            body = agent_body(f"agent {agent}", n)
+        answer = httpx.post(p.url + "/v1/messages", json={**body, "max_tokens": max_tokens},
+                            headers=headers, timeout=60)
+        assert answer.status_code == 200
+        return answer
+
+    send("cold", 0)  # the session starts on a
+    time.sleep(10.5)  # cold's cache on a expires
+    for n in range(12):  # each turn counts ~40k tokens against a's window: 80 % after 8
+        status = send("warm", n, max_tokens=1000).headers["anthropic-ratelimit-unified-status"]
+        if status == "allowed_warning":
+            break
+    assert status == "allowed_warning" and set(sim.credentials_seen()) == {HAND_A}
+    send("cold", 1)  # its cache expired: it starts on b (it used to follow its session to a)
+    send("new", 0)  # so does a new conversation
+    send("warm", 0, agent="explore")  # a sub-agent follows its parent's warm cache to a
+    assert sim.credentials_seen()[-3:] == [HAND_B, HAND_B, HAND_A]
+    before = len(sim.credentials_seen())
+    for turn in range(n + 1, n + 6):  # warm stays on a until a answers 429, then moves once
+        send("warm", turn, max_tokens=1000)
+        if sim.credentials_seen()[-1] == HAND_B:
+            break
+    tail = sim.credentials_seen()[before:]
+    assert tail[-1] == HAND_B and set(tail[:-1]) == {HAND_A} and len(tail) >= 3
+    (limited,) = p.wait_rows(1, "select account from attempts where status = 429")
+    assert limited["account"] == "a"
+    rows = p.wait_rows(len(sim.credentials_seen()) - 1,
+                       "select conversation, account, failover, cache_event from requests "
+                       "order by started_at")
+    moves = [(r["conversation"], r["cache_event"]) for r in rows if r["account"] == "b"]
+    assert moves == [("cold", "expired"), ("new", "first"), ("warm", "switch")]
+    assert rows[-1]["failover"] == 1

@@ -73,3 +73,44 @@ def test_round_robin_least_requests_and_weighted():
     assert choose(sel, p, "least-requests") == "b"
     counts = collections.Counter(choose(sel, p, "weighted") for _ in range(4000))
     assert set(counts) == {"a", "b"} and 2.5 < counts["b"] / counts["a"] < 3.6
+
+
+def test_hand_off_warm_conversations_stay_on_a_near_limit_account_the_others_move():
+    p = pool(("a", 0, 1), ("b", 0, 1))
+    sel = Selector()
+    assert choose(sel, p, client_session="warm") == "a"
+    assert choose(sel, p, client_session="cold") == "a"
+    p.get("a").state.constrained_until = NOW + 1000  # allowed_warning / >= flare_headroom
+    assert choose(sel, p, now=NOW + 10, client_session="warm", warm=["a"]) == "a"
+    assert choose(sel, p, now=NOW + 10, client_session="cold") == "b"  # its cache expired
+    assert choose(sel, p, now=NOW + 10, client_session="new") == "b"
+    assert choose(sel, p, now=NOW + 10) == "b"  # the session moved on
+    assert choose(sel, p, now=NOW + 20, client_session="warm", warm=["a"]) == "a"
+    p.get("a").state.cooldown_until = NOW + 1000  # a can no longer serve: warm ones move too
+    assert choose(sel, p, now=NOW + 30, client_session="warm", warm=["a"]) == "b"
+
+
+def test_hand_off_goes_by_priority_and_not_when_nothing_better_is_free():
+    p = pool(("a", 0, 1), ("b", 2, 1), ("c", 1, 1))
+    sel = Selector()
+    assert choose(sel, p, client_session="conv") == "a"
+    for name in ("a", "c"):
+        p.get(name).state.constrained_until = NOW + 1000
+    assert choose(sel, p, now=NOW + 10, client_session="conv") == "b"  # the only one in tier 0
+    p.get("b").state.constrained_until = NOW + 1000  # every account near a limit
+    assert choose(sel, p, now=NOW + 20, client_session="conv") == "b"  # it keeps its account
+    assert choose(sel, p, now=NOW + 20, client_session="other") == "a"  # by priority
+    p.get("c").state.constrained_until = 0  # c free again: cold ones take the best
+    assert choose(sel, p, now=NOW + 30, client_session="conv") == "c"
+
+
+def test_hand_off_on_a_forecast_only_for_that_request():
+    p = pool(("a", 0, 1), ("b", 0, 1))
+    sel = Selector()
+    assert choose(sel, p, client_session="warm") == "a"
+    # a is forecast to be spent before this request's cache would expire
+    assert choose(sel, p, client_session="warm", warm=["a"], ending={"a"}) == "a"
+    assert choose(sel, p, client_session="new", ending={"a"}) == "b"
+    assert choose(sel, p, client_session="other", ending={"a", "b"}) == "b"  # same tier: session
+    for strategy in ("round-robin", "least-requests", "weighted"):
+        assert choose(sel, p, strategy, ending={"a"}) == "b"

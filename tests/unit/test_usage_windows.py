@@ -73,3 +73,25 @@ def test_preview_shows_where_the_next_request_goes_without_changing_state():
     before = [a.name for a in selector.preview(accounts, "anthropic", "round-robin", T0, 5)]
     assert before == [a.name for a in selector.preview(accounts, "anthropic", "round-robin", T0, 5)]
     assert before[0] == selector.choose(accounts, "anthropic", "round-robin", T0, session_hours=5).name
+
+
+def test_spent_within_extrapolates_only_over_a_span_it_has_seen():
+    from mitmflare.routing.usage_windows import spent_within
+
+    tracker = BurnTracker()
+    limits = {"windows": {"5h": {"utilization": 0.9, "reset": T0 + 4 * 3600},
+                          "7d_oi": {"utilization": 0.99, "reset": T0 + 86400}}}
+
+    def seen(t: float, used: float) -> None:
+        tracker.observe("max", {"windows": {"5h": {"utilization": used, "reset": T0 + 4 * 3600},
+                                            "7d_oi": {"utilization": 0.5}}}, t)
+
+    seen(T0, 0.80)
+    seen(T0 + 5, 0.81)  # 1 % in 5 s: spent in ~100 s, yet seen over 5 s only
+    assert not spent_within(tracker, "max", limits, T0 + 5, 300)
+    seen(T0 + 1800, 0.90)  # 10 % in 30 min: the last 10 % in 30 min
+    assert spent_within(tracker, "max", limits, T0 + 1800, 3600)  # a 1-hour cache
+    assert not spent_within(tracker, "max", limits, T0 + 1800, 300)  # a 5-minute one
+    assert not spent_within(tracker, "other", limits, T0 + 1800, 3600)  # no samples
+    late = {"windows": {"5h": {"utilization": 0.9, "reset": T0 + 2400}}}  # resets first
+    assert not spent_within(tracker, "max", late, T0 + 1800, 3600)

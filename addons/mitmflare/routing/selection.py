@@ -8,7 +8,14 @@ serve from extra usage with ``overage: last_resort``.
 
 * ``session`` (default): one account per wire format for ``flare_session_hours``, left early when
   a better-ranked account is free again; a client conversation stays on the account it started
-  on while that account is available, so its prompt cache keeps hitting.
+  on while that account is available and not near a limit.
+
+**Hand-off** (every strategy; it matters most under ``session``, which fills one account at a
+time): an account near a limit, or forecast to reach one before the request's prompt cache
+would expire (``ending``), ranks with the near-limit accounts for that request. Conversations
+whose cache is warm on it stay there (``warm`` comes first) until it can no longer serve; the
+others (new ones, or whose cache expired) start on the next account, so its last headroom goes
+to the conversations that would pay a cache write to move.
 * ``round-robin``: rotate through the best tier.
 * ``least-requests``: fewest requests in flight, then fewest served.
 * ``weighted``: random, proportional to ``weight``.
@@ -38,7 +45,7 @@ class Selector:
                session_hours: float, client_session: str | None = None,
                model: str | None = None, exclude: Collection[str] = (),
                convertible: bool = False, family: str | None = None,
-               warm: Sequence[str] = ()) -> Account | None:
+               warm: Sequence[str] = (), ending: Collection[str] = ()) -> Account | None:
         """The account for one request at ``now`` (epoch s), or None when none is usable.
 
         ``wire_format``: the client's (``anthropic``/``openai``); ``convertible``: an
@@ -46,7 +53,9 @@ class Selector:
         ``family``: the compatibility route's model prefix, limiting the candidates;
         ``warm``: accounts where the request's conversation has a live prompt cache, best
         first (:mod:`.cache_affinity`): the first of them that can serve is chosen, whatever
-        the strategy, unless it opted out (``sticky: false``)."""
+        the strategy, unless it opted out (``sticky: false``); ``ending``: names of accounts
+        forecast to reach a limit before this request's prompt cache would expire, ranked as
+        near a limit for this request (:func:`.usage_windows.spent_within`)."""
         candidates = [a for a in pool.available(wire_format, now, convertible, family)
                       if a.name not in exclude and a.serves(model)
                       and (family is None or a.in_family(family))
@@ -58,9 +67,10 @@ class Selector:
             for name in warm:
                 if name in usable:
                     return usable[name]
-        ranked = sorted(candidates, key=lambda a: (_rank(a, now), a.order))
-        best = _rank(ranked[0], now)
-        tier = [a for a in ranked if _rank(a, now) == best]
+        ranks = {a.name: _rank(a, now, ending) for a in candidates}
+        ranked = sorted(candidates, key=lambda a: (ranks[a.name], a.order))
+        best = ranks[ranked[0].name]
+        tier = [a for a in ranked if ranks[a.name] == best]
         if strategy == "round-robin":
             i = self._rotation.get(wire_format, -1) + 1
             self._rotation[wire_format] = i
@@ -69,7 +79,8 @@ class Selector:
             return min(tier, key=lambda a: (a.state.in_flight, a.state.requests, a.order))
         if strategy == "weighted":
             return random.choices(tier, weights=[a.config.weight for a in tier])[0]
-        return self._session(ranked, best, wire_format, now, session_hours * 3600.0, client_session)
+        return self._session(ranked, ranks, wire_format, now, session_hours * 3600.0,
+                             client_session)
 
     def preview(self, pool: AccountPool, wire_format: str, strategy: str, now: float,
                 session_hours: float, convertible: bool = False) -> list[Account]:
@@ -97,20 +108,24 @@ class Selector:
                 tier.sort(key=lambda a: (a.name != current[0], a.order))
         return tier + rest
 
-    def _session(self, ranked: list[Account], best: tuple[int, int], wire_format: str,
-                 now: float,
-                 ttl: float, client_session: str | None) -> Account:
+    def _session(self, ranked: list[Account], ranks: dict[str, tuple[int, int]],
+                 wire_format: str, now: float, ttl: float,
+                 client_session: str | None) -> Account:
+        """``ranked``: the candidates, best first; ``ranks``: name -> (tier, priority);
+        ``ttl``: the session's length (s)."""
+        best = ranks[ranked[0].name]
         by_name = {a.name: a for a in ranked}
         chosen = None
-        if client_session:
+        if client_session:  # held while its account is not in a worse tier (hand-off)
             sticky = self._affinity.get(client_session)
-            if sticky and now - sticky[1] < ttl:
-                chosen = by_name.get(sticky[0])
+            if sticky and now - sticky[1] < ttl and sticky[0] in by_name \
+                    and ranks[sticky[0]][0] <= best[0]:
+                chosen = by_name[sticky[0]]
         if chosen is None:
             current = self._sessions.get(wire_format)
             if current and now - current[1] < ttl:
                 account = by_name.get(current[0])
-                if account is not None and _rank(account, now) <= best:
+                if account is not None and ranks[account.name] <= best:
                     chosen = account
         if chosen is None:
             chosen = ranked[0]
@@ -123,13 +138,14 @@ class Selector:
         return chosen
 
 
-def _rank(account: Account, now: float) -> tuple[int, int]:
-    """(tier, priority): tier 0 serves from its plan, 1 near a limit, 2 on overage as a last
-    resort."""
+def _rank(account: Account, now: float, ending: Collection[str] = ()) -> tuple[int, int]:
+    """(tier, priority): tier 0 serves from its plan, 1 near a limit (or in ``ending``:
+    forecast to reach one soon), 2 on overage as a last resort."""
     st = account.state
     if st.overage_until > now and account.config.overage == "last_resort":
         return 2, account.config.priority
-    return int(st.constrained_until > now), account.config.priority
+    near = st.constrained_until > now or account.name in ending
+    return int(near), account.config.priority
 
 
 def _model_cooling(account: Account, model: str | None, now: float) -> bool:

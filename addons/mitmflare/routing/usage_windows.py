@@ -20,6 +20,7 @@ from ..times import iso_utc
 BURN_SPAN_S = 3600.0  # the burn rate is measured over the last hour
 SAMPLE_EVERY_S = 30.0  # at most one sample per window this often (bounded memory)
 UNIFIED_WINDOWS = ("5h", "7d", "7d_oi", "overage")
+SHARED_WINDOWS = ("5h", "7d")  # the windows that stop a whole account (not one model's)
 
 
 def utilization_of(window: dict[str, Any]) -> float | None:
@@ -51,6 +52,29 @@ def forecast(samples: list[tuple[float, float]], now: float, reset: float | None
     if reset is not None and at >= reset:
         return None, rate * 3600.0
     return at, rate * 3600.0
+
+
+def spent_within(tracker: BurnTracker, account: str, limits: dict[str, Any], now: float,
+                 horizon_s: float) -> bool:
+    """True when, at the burn rate of the last hour (:func:`forecast`), one of ``account``'s
+    shared unified windows (``5h``, ``7d``: a spent one stops the whole account) reaches its
+    limit before ``now + horizon_s`` (epoch s; ``horizon_s`` in s, e.g. a prompt cache's
+    TTL). ``limits``: its latest :meth:`Limits.to_dict` snapshot. False without a forecast
+    (not rising, or the window resets first) and when the samples of the last hour span less
+    than ``horizon_s`` (at most half an hour): a rate seen over a few seconds (utilization
+    comes in steps of 1 %) is not extrapolated over minutes."""
+    windows = limits.get("windows") or {}
+    for name in SHARED_WINDOWS:
+        window = windows.get(name)
+        if window is None:
+            continue
+        samples = [s for s in tracker.samples(account, name) if now - s[0] <= BURN_SPAN_S]
+        if not samples or samples[-1][0] - samples[0][0] < min(horizon_s, BURN_SPAN_S / 2):
+            continue
+        at, _ = forecast(samples, now, window.get("reset"))
+        if at is not None and at < now + horizon_s:
+            return True
+    return False
 
 
 class BurnTracker:
