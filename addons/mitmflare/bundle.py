@@ -1,4 +1,4 @@
-"""The bundle: mitmflare's addons, wired to one shared :class:`~.core.Core`, behind one addon
+"""The bundle: mitmflare's addons, wired to one shared :class:`~.proxy_state.ProxyState`, behind one addon
 object that mitmproxy sees.
 
 mitmproxy visits every addon object on every event (about eight per request: four flow hooks,
@@ -46,7 +46,7 @@ from .addons.row_stream import RowStream
 from .addons.runtime_file import RuntimeFile
 from .addons.shared_state import SharedState
 from .addons.timeouts import Timeouts
-from .core import Core
+from .proxy_state import ProxyState
 from .storage import state_store
 
 log = logging.getLogger("mitmflare")
@@ -66,12 +66,12 @@ def make_addons() -> list[object]:
     account's own), giving back users' slots, recording (its rows through Redis when
     ``flare_redis`` is set), then the per-attempt timeouts (after
     the recorder, whose stream tap they watch)."""
-    core = Core()
-    return [Listener(), Guard(core), LogFormat(), AccountsFile(core), AccessKeys(core),
-            SharedState(core), TokenRefresher(core), AccountHealth(core), OAuthClients(core),
-            Operations(core), RuntimeFile(), Failover(core), Router(core), PoolHeaders(core),
-            SlotRelease(core),
-            Recorder(core), RowStream(core), Timeouts(core)]
+    proxy = ProxyState()
+    return [Listener(), Guard(proxy), LogFormat(), AccountsFile(proxy), AccessKeys(proxy),
+            SharedState(proxy), TokenRefresher(proxy), AccountHealth(proxy), OAuthClients(proxy),
+            Operations(proxy), RuntimeFile(), Failover(proxy), Router(proxy), PoolHeaders(proxy),
+            SlotRelease(proxy),
+            Recorder(proxy), RowStream(proxy), Timeouts(proxy)]
 
 
 class Bundle:

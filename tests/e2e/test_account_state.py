@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, accounts_yaml
 from mitmflare.config.accounts import parse_accounts
-from mitmflare.core import Core
+from mitmflare.proxy_state import ProxyState
 from mitmflare.routing.classify import FAILOVER, Verdict
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
@@ -125,19 +125,19 @@ def test_out_of_credits_without_reset_backs_off_and_shows_in_the_account(sim, pr
 
 
 def test_model_backoff_doubles_up_to_the_cap_and_a_success_resets_it():
-    core = Core()
-    core.max_cooldown_s = 100.0
-    core.pool.replace(parse_accounts("accounts:\n  - {name: a, provider: anthropic, api_key: k}\n")
+    proxy = ProxyState()
+    proxy.max_cooldown_s = 100.0
+    proxy.pool.replace(parse_accounts("accounts:\n  - {name: a, provider: anthropic, api_key: k}\n")
                       .accounts)
-    account = core.pool.get("a")
+    account = proxy.pool.get("a")
     verdict = Verdict(FAILOVER, "out_of_credits", model_backoff=True)
     waits = []
     for _ in range(4):
-        core.apply(account, verdict, "m", None, 1000.0)
+        proxy.apply(account, verdict, "m", None, 1000.0)
         waits.append(account.state.model_cooldowns["m"] - 1000.0)
     assert waits == [30.0, 60.0, 100.0, 100.0]
-    core.succeeded(account, "m")
-    core.apply(account, verdict, "m", None, 1000.0)
+    proxy.succeeded(account, "m")
+    proxy.apply(account, verdict, "m", None, 1000.0)
     assert account.state.model_cooldowns["m"] == 1030.0
 
 

@@ -13,7 +13,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from conftest import wait_for
 from mitmflare.addons.access import AccessKeys, presented_key
 from mitmflare.addons.accounts_file import AccountsFile
-from mitmflare.core import Core, FlowContext
+from mitmflare.proxy_state import FlowContext, ProxyState
 from mitmflare.storage.rows import PRICE_PROVIDER
 from mitmflare.storage.users import UsersStore
 from mitmflare.storage.writer_process import WriterProcess
@@ -30,8 +30,8 @@ def keys(tmp_path):
     _, bob = store.add("bob")
     store.update("bob", disabled=True)
     store.close()
-    core = Core()
-    files, access = AccountsFile(core), AccessKeys(core)
+    proxy = ProxyState()
+    files, access = AccountsFile(proxy), AccessKeys(proxy)
     with taddons.context(files, access) as tctx:
         tctx.configure(files, flare_state=state,
                        flare_accounts=str(tmp_path / "accounts.yaml"))
@@ -102,7 +102,7 @@ def test_a_spent_daily_cap_gets_429_until_utc_midnight(keys, tmp_path):
 
     access, _, key = keys
     alice, _ = access.authenticate(key["alice"])
-    writer = access.core.writer = WriterProcess(str(tmp_path / "a.db"), str(tmp_path / "s.db"))
+    writer = access.proxy.writer = WriterProcess(str(tmp_path / "a.db"), str(tmp_path / "s.db"))
     writer.start()
     try:
         assert writer.ready.wait(30)
@@ -121,7 +121,7 @@ def test_a_spent_daily_cap_gets_429_until_utc_midnight(keys, tmp_path):
         assert (now + refusal.retry_after) % 86400 < 2  # at the next UTC midnight
     finally:
         writer.stop()
-        access.core.writer = None
+        access.proxy.writer = None
 
 
 def refused_flow(peer: str):
@@ -133,16 +133,16 @@ def refused_flow(peer: str):
 def test_refusals_are_counted_one_row_per_source_and_minute(keys):
     access, _, _ = keys
     rows = []
-    access.core.put = lambda kind, row: rows.append(row)  # what would go to the writer
+    access.proxy.put = lambda kind, row: rows.append(row)  # what would go to the writer
     now = time.time()
     for peer in ("10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2"):
         flow = refused_flow(peer)
         fc = FlowContext(flow_id=flow.id, wire_format="anthropic", started=now,
                          path="/v1/messages", client_session=None, model=None, user_agent=None,
                          error="mitmflare: a valid access key is required")
-        access.core.flows[flow.id] = fc
+        access.proxy.flows[flow.id] = fc
         access.refused(flow, fc)
-        assert flow.id not in access.core.flows  # the recorder records no row of its own
+        assert flow.id not in access.proxy.flows  # the recorder records no row of its own
     assert access.refusals.total == 4
     assert [r["auth_refusals"] for r in rows] == [1, 1]  # each source's first, at once
     assert all(r["status"] == 401 and r["attempts"] == 0 for r in rows)

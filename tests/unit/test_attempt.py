@@ -8,7 +8,7 @@ from mitmproxy.test import tflow, tutils
 
 from mitmflare.addons.attempt import convert_stream, convert_whole, free_at
 from mitmflare.config.accounts import AccountConfig
-from mitmflare.core import FlowContext
+from mitmflare.proxy_state import FlowContext
 from mitmflare.routing.pool import Account
 
 SSE = {"content-type": "text/event-stream"}

@@ -19,8 +19,8 @@ from mitmflare.addons.failover import Failover, free_at, no_account_response
 from mitmflare.addons.recorder import Recorder
 from mitmflare.addons.router import Router
 from mitmflare.bundle import make_addons
-from mitmflare.core import FlowContext
 from mitmflare.providers.sse import UsageTap
+from mitmflare.proxy_state import FlowContext
 from mitmflare.routing.pool import AVAILABLE, COOLING_DOWN
 
 A, B = "sk-ant-api03-A", "sk-ant-api03-B"
@@ -63,7 +63,7 @@ async def answered(router: Router, flow, status: int, headers: dict[str, str] | 
                                                  **(headers or {})))
     router.responseheaders(flow)
     await respond(router, flow)
-    return router.core.flows[flow.id]
+    return router.proxy.flows[flow.id]
 
 
 async def respond(router: Router, flow) -> None:
@@ -84,7 +84,7 @@ async def test_a_rate_limited_request_is_sent_again_to_the_next_account(parts, s
     assert flow.response.status_code == 200
     assert sim.credentials_seen() == [B]  # the first answer came from the test, not the sim
     assert [a["account"] for a in fc.attempts] == ["a", "b"] and fc.failover
-    a = router.core.pool.get("a")
+    a = router.proxy.pool.get("a")
     assert a.status(time.time()) == COOLING_DOWN
     assert 25 < a.state.cooldown_until - time.time() <= 30
     assert flow.comment.startswith("[b]") and "a: 429" in flow.comment
@@ -100,7 +100,7 @@ async def test_a_streaming_client_that_retries_by_itself_is_asked_to(parts, sim)
     assert flow.response.headers["retry-after-ms"] == "1"
     assert sim.credentials_seen() == []  # nothing re-sent: the client's retry goes to b
     assert "a" in fc.excluded
-    assert router.core.pool.get("a").status(time.time()) == COOLING_DOWN
+    assert router.proxy.pool.get("a").status(time.time()) == COOLING_DOWN
 
 
 async def test_a_transient_error_is_retried_on_the_same_account_and_charged_once_b_serves(
@@ -112,7 +112,7 @@ async def test_a_transient_error_is_retried_on_the_same_account_and_charged_once
     assert flow.response.status_code == 200
     assert sim.credentials_seen() == [A, B]
     assert [a["status"] for a in fc.attempts] == [529, 529, 200]
-    a = router.core.pool.get("a")
+    a = router.proxy.pool.get("a")
     assert a.status(time.time()) == COOLING_DOWN and a.state.cooldown_reason == "http_529"
 
 
@@ -128,8 +128,8 @@ async def test_the_same_error_on_a_second_account_is_the_requests_fault(parts, s
     assert sim.credentials_seen() == [A, B]
     assert fc.request_fault
     now = time.time()
-    assert [a.status(now) for a in router.core.pool.accounts.values()] == [AVAILABLE] * 2
-    assert all(a.state.consecutive_errors == 0 for a in router.core.pool.accounts.values())
+    assert [a.status(now) for a in router.proxy.pool.accounts.values()] == [AVAILABLE] * 2
+    assert all(a.state.consecutive_errors == 0 for a in router.proxy.pool.accounts.values())
 
 
 async def test_with_no_retry_left_the_answer_goes_back_marked_not_to_retry(parts, sim):
@@ -141,14 +141,14 @@ async def test_with_no_retry_left_the_answer_goes_back_marked_not_to_retry(parts
     assert flow.response.headers["x-should-retry"] == "false"
     assert "retry-after" not in flow.response.headers  # an hour: the client should not wait
     assert sim.credentials_seen() == []
-    assert router.core.pool.get("a").status(time.time()) == COOLING_DOWN
+    assert router.proxy.pool.get("a").status(time.time()) == COOLING_DOWN
 
 
 async def test_an_error_event_in_a_200_stream_still_cools_the_account(parts, sim):
     router, _ = parts
     flow = messages_flow(stream=True)
     await router.request(flow)
-    fc = router.core.flows[flow.id]
+    fc = router.proxy.flows[flow.id]
     fc.tap = UsageTap("anthropic")
     fc.tap.feed(b'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error",'
                 b'"message":"slow down"}}\n\n')
@@ -156,7 +156,7 @@ async def test_an_error_event_in_a_200_stream_still_cools_the_account(parts, sim
         content_type="text/event-stream"))
     router.responseheaders(flow)
     await respond(router, flow)
-    a = router.core.pool.get("a")
+    a = router.proxy.pool.get("a")
     assert a.state.cooldown_reason == "stream_rate_limit_error"
     assert a.status(time.time()) == COOLING_DOWN
 
@@ -165,11 +165,11 @@ async def test_nothing_left_to_try_answers_429_until_the_soonest_account(parts):
     router, _ = parts
     now = time.time()
     for name, wait in (("a", 300), ("b", 120)):
-        st = router.core.pool.get(name).state
+        st = router.proxy.pool.get(name).state
         st.cooldown_until, st.cooldown_reason = now + wait, "rate_limited_5h"
     fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model="claude-sonnet-4-5", user_agent=None)
-    response = no_account_response(router.core, fc)
+    response = no_account_response(router.proxy, fc)
     assert response.status_code == 429
     assert response.json()["error"]["type"] == "rate_limit_error"
     assert 119 <= int(response.headers["retry-after"]) <= 120
@@ -179,12 +179,12 @@ async def test_nothing_left_to_try_answers_429_until_the_soonest_account(parts):
 async def test_accounts_out_for_an_outage_or_paused_answer_503(parts):
     router, _ = parts
     now = time.time()
-    a, b = router.core.pool.get("a"), router.core.pool.get("b")
+    a, b = router.proxy.pool.get("a"), router.proxy.pool.get("b")
     a.state.cooldown_until, a.state.cooldown_reason = now + 30, "http_529"
     b.state.benched, b.state.benched_reason = True, "billing_error"
     fc = FlowContext(flow_id="f", wire_format="anthropic", started=now, path="/v1/messages",
                      client_session=None, model=None, user_agent=None)
-    response = no_account_response(router.core, fc)
+    response = no_account_response(router.proxy, fc)
     assert response.status_code == 503
     message = response.json()["error"]["message"]
     assert "a (cooling down until" in message and "b (benched: billing_error)" in message
@@ -195,14 +195,14 @@ async def test_openai_clients_with_no_account_of_their_format_get_404_in_their_s
     router, _ = parts
     fc = FlowContext(flow_id="f", wire_format="openai", started=time.time(),
                      path="/v1/responses", client_session=None, model="gpt-4o", user_agent=None)
-    response = no_account_response(router.core, fc)
+    response = no_account_response(router.proxy, fc)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
 
 
 def test_an_account_is_free_when_both_it_and_the_model_are(parts):
     router, _ = parts
-    a = router.core.pool.get("a")
+    a = router.proxy.pool.get("a")
     a.state.cooldown_until = 100.0
     a.state.model_cooldowns["m"] = 200.0
     assert free_at(a, None, 50.0) == 100.0

@@ -42,7 +42,7 @@ def verdicts(operations: Operations) -> dict[str, str]:
 
 def test_why_names_an_account_at_its_concurrency_cap(parts):
     operations, _ = parts
-    capped = operations.core.pool.get("capped")
+    capped = operations.proxy.pool.get("capped")
     assert "at its cap" not in verdicts(operations)["capped"]
     capped.state.in_flight = 2
     assert "no: at its cap, 2 in flight (max_concurrent 2)" in verdicts(operations)["capped"]

@@ -67,7 +67,7 @@ def test_the_values_in_force_follow_the_options(bundle):
     router = next(p for p in addon.parts if type(p).__name__ == "Router")
     failover = next(p for p in addon.parts if type(p).__name__ == "Failover")
     recorder = next(p for p in addon.parts if type(p).__name__ == "Recorder")
-    assert failover.attempts == 0 and router.core.queue_s == 0.0
+    assert failover.attempts == 0 and router.proxy.queue_s == 0.0
     assert recorder.payload_limit == 1024 and recorder.copy_limit == 0
 
 

@@ -60,7 +60,7 @@ async def test_oauth_account_gets_bearer_and_beta_and_client_credentials_go(bund
 
 async def test_api_key_account_with_custom_base_url(bundle):
     (_, router, _), _ = bundle
-    router.core.pool.get("sub").state.cooldown_until = 4_000_000_000
+    router.proxy.pool.get("sub").state.cooldown_until = 4_000_000_000
     flow = messages_flow(authorization="Bearer client", anthropic_beta="oauth-2025-04-20,x-1")
     await router.request(flow)
     headers = flow.request.headers
@@ -81,7 +81,7 @@ async def test_secret_is_redacted_once_sent(bundle):
 
 async def test_resume_clears_cooldown_and_needs_reauth(bundle):
     (_, router, _), tctx = bundle
-    account = router.core.pool.get("sub")
+    account = router.proxy.pool.get("sub")
     account.state.cooldown_until = 4_000_000_000
     account.state.needs_reauth = True
     tctx.master.commands.call("flare.resume", "sub")
@@ -105,7 +105,7 @@ async def test_cache_ttl_scale_shortens_the_ttl_a_request_asks_and_must_be_posit
     flow.request.content = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]}).encode()
     await router.request(flow)
-    assert router.core.flows[flow.id].cache.ttl_s == 5.0  # 5 minutes, 60 times faster
+    assert router.proxy.flows[flow.id].cache.ttl_s == 5.0  # 5 minutes, 60 times faster
     for bad in ("0", "-1", "fast"):
         with pytest.raises(exceptions.OptionsError, match="flare_cache_ttl_scale"):
             tctx.options.update(flare_cache_ttl_scale=bad)

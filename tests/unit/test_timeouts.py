@@ -10,7 +10,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from mitmflare.addons.timeouts import Timeouts, close_upstream, overdue
 from mitmflare.config.accounts import AccountConfig
-from mitmflare.core import OUTLIER_ERRORS, Core, FlowContext
+from mitmflare.proxy_state import OUTLIER_ERRORS, FlowContext, ProxyState
 from mitmflare.routing.classify import TRANSIENT, Verdict
 from mitmflare.routing.pool import AVAILABLE, COOLING_DOWN, Account
 
@@ -51,7 +51,7 @@ def test_idle_limit_counts_from_the_last_piece_of_a_stream():
 
 
 def test_a_limit_of_zero_is_refused():
-    with taddons.context(Timeouts(Core())) as tctx, pytest.raises(exceptions.OptionsError):
+    with taddons.context(Timeouts(ProxyState())) as tctx, pytest.raises(exceptions.OptionsError):
         tctx.options.update(flare_stream_idle_timeout_s=0)
 
 
@@ -69,16 +69,16 @@ def account() -> Account:
 
 
 def test_unproven_errors_cool_an_account_only_at_the_outlier_threshold():
-    core, acc = Core(), account()
+    proxy, acc = ProxyState(), account()
     verdict = Verdict(TRANSIENT, "http_500", cooldown_until=2e9)
     for _ in range(OUTLIER_ERRORS - 1):
-        core.count_error(acc, verdict, None, None, 1e9)
+        proxy.count_error(acc, verdict, None, None, 1e9)
     assert acc.status(1e9) == AVAILABLE
-    core.succeeded(acc)  # a good answer starts the count again
+    proxy.succeeded(acc)  # a good answer starts the count again
     for _ in range(OUTLIER_ERRORS - 1):
-        core.count_error(acc, verdict, None, None, 1e9)
+        proxy.count_error(acc, verdict, None, None, 1e9)
     assert acc.status(1e9) == AVAILABLE
-    core.count_error(acc, verdict, None, None, 1e9)
+    proxy.count_error(acc, verdict, None, None, 1e9)
     assert acc.status(1e9) == COOLING_DOWN
 
 

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tutils
 
-from mitmflare.core import FlowContext
 from mitmflare.providers.request_info import inspect_request
 from mitmflare.providers.wire import json_object, json_object_fast
+from mitmflare.proxy_state import FlowContext
 
 TRICKY = [
     b'{"model":"a","model":"b"}',              # duplicate keys: the last wins

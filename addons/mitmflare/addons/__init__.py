@@ -6,5 +6,5 @@ operations, runtime file, failover, router, pool headers, slot release, recorder
 timeouts. ``attempt`` makes one attempt of a request (the router and failover call it);
 ``client_errors`` is mitmproxy's HTTP/1 server answering in JSON.
 
-May import every other sub-package; nothing outside ``bundle`` and ``core`` imports it.
+May import every other sub-package; nothing outside ``bundle`` and ``proxy_state`` imports it.
 """

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 from mitmproxy.utils import asyncio_utils
 
-from ..core import Core, FlowContext
 from ..money import usd
 from ..providers.wire import header
+from ..proxy_state import FlowContext, ProxyState
 from ..routing.refusals import RefusalTally, source_of
 from ..storage.users import User, find_user, read_users
 from ..times import iso_utc
@@ -59,11 +59,11 @@ def presented_key(headers: http.Headers) -> str | None:
 
 
 class AccessKeys:
-    """Keeps ``core.users`` in step with ``flare_state`` and judges requests against them."""
+    """Keeps ``proxy.users`` in step with ``flare_state`` and judges requests against them."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        core.access = self
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
+        proxy.access = self
         self.refusals = RefusalTally()
         self._task: asyncio.Task | None = None
 
@@ -74,9 +74,9 @@ class AccessKeys:
                           "key holders.")
 
     def configure(self, updated: set[str]) -> None:
-        self.core.require_keys = ctx.options.flare_require_access_keys
+        self.proxy.require_keys = ctx.options.flare_require_access_keys
         if "flare_state" in updated or "flare_require_access_keys" in updated:
-            self.core.users = read_users(self.core.open_store(ctx.options.flare_state))
+            self.proxy.users = read_users(self.proxy.open_store(ctx.options.flare_state))
 
     def running(self) -> None:
         self._task = asyncio_utils.create_task(self._watch(),
@@ -91,25 +91,25 @@ class AccessKeys:
         while True:
             await asyncio.sleep(POLL_S)
             self._record_refusals(time.time())
-            if not self.core.require_keys:
+            if not self.proxy.require_keys:
                 continue
             try:
-                self.core.users = await asyncio.to_thread(
-                    read_users, self.core.open_store(ctx.options.flare_state))
+                self.proxy.users = await asyncio.to_thread(
+                    read_users, self.proxy.open_store(ctx.options.flare_state))
             except Exception:  # the watcher must outlive any surprise
                 log.exception("users watcher")
 
     def user_for(self, presented: str | None) -> User | None:
         """The enabled user owning ``presented``, or None."""
-        user = find_user(self.core.users, presented)
+        user = find_user(self.proxy.users, presented)
         return user if user is not None and not user.disabled else None
 
     def authenticate(self, presented: str | None) -> tuple[User | None, Refusal | None]:
         """(user, None) when the key is valid, else (user or None, 401 refusal). With keys
         not required: (None, None)."""
-        if not self.core.require_keys:
+        if not self.proxy.require_keys:
             return None, None
-        user = find_user(self.core.users, presented)
+        user = find_user(self.proxy.users, presented)
         if user is None:
             return None, Refusal(401, "authentication",
                                  "mitmflare: a valid access key is required (x-api-key or "
@@ -122,18 +122,18 @@ class AccessKeys:
         """Account for a request answered 401 (no valid key) through the tally: its row is
         queued now when it is its source's first this minute, else only counted. The
         recorder records no row of its own for it."""
-        self.core.flows.pop(flow.id, None)
+        self.proxy.flows.pop(flow.id, None)
         row = {"id": fc.row_id, "started_at": fc.started, "wire_format": fc.wire_format or None,
                "method": flow.request.method, "path": fc.path.split("?", 1)[0],
                "status": 401, "error": fc.error, "user": fc.user, "replay": int(fc.replay),
                "user_agent": header(flow.request.headers, b"user-agent"), "attempts": 0}
         first = self.refusals.note(source_of(flow.client_conn.peername), row, fc.started)
         if first is not None:
-            self.core.put("request", first)
+            self.proxy.put("request", first)
 
     def _record_refusals(self, now: float | None) -> None:
         for row in self.refusals.due(now):
-            self.core.put("request", row)
+            self.proxy.put("request", row)
 
     def authorize(self, user: User | None, wire_format: str, model: str | None,
                   now: float) -> Refusal | None:
@@ -149,7 +149,7 @@ class AccessKeys:
         return self._over_cap(user, now)
 
     def _over_cap(self, user: User, now: float) -> Refusal | None:
-        writer = self.core.writer
+        writer = self.proxy.writer
         if writer is None:
             return None
         day, month = time.strftime("%Y-%m-%d", time.gmtime(now)), time.strftime("%Y-%m", time.gmtime(now))

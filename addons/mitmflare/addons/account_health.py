@@ -26,9 +26,9 @@ from mitmproxy import ctx
 from mitmproxy.http import Headers
 from mitmproxy.utils import asyncio_utils
 
-from ..core import Core
 from ..money import usd
 from ..providers import OAUTH_BETA
+from ..proxy_state import ProxyState
 from ..routing.pool import AVAILABLE, Account
 from ..routing.ratelimits import parse_limits
 from ..storage.rows import BODY, FORMAT, PRICE_PROVIDER
@@ -53,8 +53,8 @@ def period_end(now: float, period: str) -> float:
 class AccountHealth:
     """Addon: budgets and window start, checked every second on the event loop."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
         self._starting: set[str] = set()
@@ -84,8 +84,8 @@ class AccountHealth:
             try:
                 now = time.time()
                 self.check_budgets(now)
-                for account in self.core.pool.accounts.values():  # overage_cap_usd
-                    self.core.check_overage(account, now)
+                for account in self.proxy.pool.accounts.values():  # overage_cap_usd
+                    self.proxy.check_overage(account, now)
                 if ctx.options.flare_window_start == "on-reset":
                     for account in self.due_for_window_start(now):
                         self._starting.add(account.name)
@@ -98,9 +98,9 @@ class AccountHealth:
     def check_budgets(self, now: float) -> None:
         """Mark accounts over their day or month budget until the period ends; lift it when
         the period ended (or the budget was raised)."""
-        for account in self.core.pool.accounts.values():
+        for account in self.proxy.pool.accounts.values():
             st, budget = account.state, account.config.budget_usd
-            today, month = self.core.spent("account", account.name, now)
+            today, month = self.proxy.spent("account", account.name, now)
             spent = None
             if budget is not None and budget.month is not None and month >= budget.month:
                 spent = ("month", month, budget.month)
@@ -111,7 +111,7 @@ class AccountHealth:
                 period, amount, limit = spent
                 over = (period_end(now, period),
                         f"spent {usd(amount)} of its {usd(limit)} {period} budget")
-            self.core.record(account, st.budget(over, now))
+            self.proxy.record(account, st.budget(over, now))
 
     # -- window start -----------------------------------------------------------------------
     def due_for_window_start(self, now: float) -> list[Account]:
@@ -119,7 +119,7 @@ class AccountHealth:
         with nothing sent since (idle: no client request started the new window), that are
         available, and got no window start for that reset yet."""
         due = []
-        for account in self.core.pool.accounts.values():
+        for account in self.proxy.pool.accounts.values():
             st = account.state
             if account.config.credential_kind != "oauth" or account.wire != "anthropic":
                 continue
@@ -133,7 +133,7 @@ class AccountHealth:
     async def _start_window(self, account: Account) -> None:
         st = account.state
         reset = st.limits["windows"]["5h"]["reset"]
-        self.core.record(account, st.window_started(reset, time.time()))
+        self.proxy.record(account, st.window_started(reset, time.time()))
         model = ctx.options.flare_window_start_model
         body = {"model": model, "max_tokens": 1,
                 "messages": [{"role": "user", "content": "."}]}
@@ -145,7 +145,7 @@ class AccountHealth:
                FORMAT: "anthropic",
                PRICE_PROVIDER: account.config.preset.price_provider}
         try:
-            secret = self.core.secret(account)
+            secret = self.proxy.secret(account)
             if not secret or self._client is None:
                 raise RuntimeError("no credential")
             answer = await self._client.post(
@@ -155,7 +155,7 @@ class AccountHealth:
                          "content-type": "application/json"})
             now = time.time()
             headers = Headers([(k.encode(), v.encode()) for k, v in answer.headers.multi_items()])
-            self.core.learn(account, parse_limits("anthropic", headers, now), now)
+            self.proxy.learn(account, parse_limits("anthropic", headers, now), now)
             row.update({"status": answer.status_code, BODY: answer.content,
                         "duration_ms": (now - started) * 1000.0})
             log.info("account %s: started its 5-hour window (%s)", account.name,
@@ -166,5 +166,5 @@ class AccountHealth:
             log.warning("account %s: window start failed: %s", account.name, type(exc).__name__)
         finally:
             self._starting.discard(account.name)
-        self.core.put("request", row)
-        self.core.mark_accounts_changed()
+        self.proxy.put("request", row)
+        self.proxy.mark_accounts_changed()

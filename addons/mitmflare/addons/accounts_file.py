@@ -19,8 +19,8 @@ from mitmproxy.utils import asyncio_utils
 
 from ..config.accounts import AccountsLoad, ConfigError, env_file, load_accounts
 from ..config.defaults import FILE_OPTIONS
-from ..core import Core
 from ..providers.oauth import TokenSet, resolve_tokens
+from ..proxy_state import ProxyState
 from ..storage.state_store import StoreUnavailable
 
 log = logging.getLogger("mitmflare")
@@ -30,10 +30,10 @@ Stamp = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 
 
 class AccountsFile:
-    """Loads accounts into ``core.pool`` and keeps them in step with the files."""
+    """Loads accounts into ``proxy.pool`` and keeps them in step with the files."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self._stamp: Stamp | None = None
         self._task: asyncio.Task | None = None
         self._persisted: dict[str, dict] = {}
@@ -46,10 +46,10 @@ class AccountsFile:
 
     def configure(self, updated: set[str]) -> None:
         if "flare_state" in updated:
-            store = self.core.open_store(ctx.options.flare_state)
+            store = self.proxy.open_store(ctx.options.flare_state)
             self._persisted = store.account_states()  # creates the file and its tables
             self._stored_tokens = store.tokens()
-            self.core.tokens.clear()
+            self.proxy.tokens.clear()
         if "flare_accounts" in updated or "flare_state" in updated:
             self._stamp = None
             path = ctx.options.flare_accounts
@@ -86,9 +86,9 @@ class AccountsFile:
                 self._rejected(str(exc), stamp)
             else:
                 self._install(loaded, stamp)
-        if any(a.config.oauth for a in self.core.pool.accounts.values()):
+        if any(a.config.oauth for a in self.proxy.pool.accounts.values()):
             try:
-                stored = await asyncio.to_thread(self.core.open_store(ctx.options.flare_state)
+                stored = await asyncio.to_thread(self.proxy.open_store(ctx.options.flare_state)
                                                  .tokens)
             except StoreUnavailable:  # missing or locked now: the next second tries again
                 return
@@ -96,8 +96,8 @@ class AccountsFile:
 
     def _rejected(self, message: str, stamp: Stamp) -> None:
         self._stamp = stamp
-        self.core.config_errors = [message]
-        kept = len(self.core.pool.accounts)
+        self.proxy.config_errors = [message]
+        kept = len(self.proxy.pool.accounts)
         # Before the proxy runs this is a warning: mitmdump exits on errors logged during
         # startup, and a first run should wait for the file to be fixed, not stop.
         log.log(self._level, "accounts file rejected, keeping the last good configuration "
@@ -109,29 +109,29 @@ class AccountsFile:
 
     def _install(self, loaded: AccountsLoad, stamp: Stamp) -> None:
         configs = loaded.accounts
-        first = self._stamp is None and not self.core.pool.accounts
+        first = self._stamp is None and not self.proxy.pool.accounts
         self._stamp = stamp
-        self.core.config_errors = loaded.errors
-        self.core.fallbacks = loaded.fallbacks
+        self.proxy.config_errors = loaded.errors
+        self.proxy.fallbacks = loaded.fallbacks
         for error in loaded.errors:
             log.log(self._level, "account entry left out: %s", error)
-        added, removed, renamed = self.core.pool.replace(configs)
+        added, removed, renamed = self.proxy.pool.replace(configs)
         for name in added:
-            account = self.core.pool.accounts[name]
+            account = self.proxy.pool.accounts[name]
             saved = self._persisted_state(name, account.config.identity)
             if saved and saved.get("provider") == account.provider:
                 account.state.restore(saved)
         for new, old in renamed.items():
             log.info("account %s renamed to %s: its state (cooldowns, counters) is kept", old, new)
         self._install_tokens(configs)
-        self.core.clear_stale_reauth()
+        self.proxy.clear_stale_reauth()
         log.info("accounts %s: %d (%s)%s", "loaded" if first else "reloaded", len(configs),
                  ", ".join(f"{c.name}:{c.provider}" for c in configs) or "none",
                  f"; removed {', '.join(removed)}" if removed else "")
         if not configs:
             log.warning("no account is configured yet: add one to %s (see the comments in it); "
                         "it is picked up within 2 s", ctx.options.flare_accounts)
-        self.core.snapshot_accounts(force=True)
+        self.proxy.snapshot_accounts(force=True)
 
     def _persisted_state(self, name: str, identity: str | None) -> dict | None:
         """The state saved in ``flare_state`` under ``name``, else under the account's
@@ -147,7 +147,7 @@ class AccountsFile:
 
     def _install_tokens(self, configs) -> None:
         """Decide each OAuth account's token pair (see :mod:`.oauth` for the rule)."""
-        tokens = self.core.tokens
+        tokens = self.proxy.tokens
         for cfg in configs:
             current = tokens.get(cfg.name) or self._stored_tokens.pop(cfg.name, None)
             resolved = resolve_tokens(cfg, current)
@@ -165,21 +165,21 @@ class AccountsFile:
     def _adopt_tokens(self, stored: dict[str, TokenSet]) -> None:
         """Use pairs that another process (a login, another proxy) wrote to ``flare_state``."""
         changed = False
-        for account in self.core.pool.accounts.values():
+        for account in self.proxy.pool.accounts.values():
             cfg = account.config
             pair = stored.get(cfg.name)
-            current = self.core.tokens.get(cfg.name)
+            current = self.proxy.tokens.get(cfg.name)
             if cfg.oauth is None or pair is None or (current is not None and (
                     pair.refresh_token, pair.access_token) == (current.refresh_token,
                                                                current.access_token)):
                 continue
             if resolve_tokens(cfg, pair) is pair:
-                self.core.tokens[cfg.name] = pair
+                self.proxy.tokens[cfg.name] = pair
                 log.info("account %s: new OAuth tokens from %s", cfg.name, ctx.options.flare_state)
                 changed = True
         if changed:
-            self.core.clear_stale_reauth()
-            self.core.mark_accounts_changed()
+            self.proxy.clear_stale_reauth()
+            self.proxy.mark_accounts_changed()
 
 
 def _stat(path: str) -> tuple[int, int, int] | None:

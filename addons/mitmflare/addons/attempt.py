@@ -22,11 +22,11 @@ from collections.abc import Callable
 import httpx
 from mitmproxy import http
 
-from ..core import Core, FlowContext
 from ..providers import codex, error_response, made_here, retarget, upstream_headers
 from ..providers.convert import convert_answer, convert_request, stream_converter, upstream_path
 from ..providers.presets import CODEX
 from ..providers.wire import header
+from ..proxy_state import FlowContext, ProxyState
 from ..routing.fallbacks import fall_back
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
 from ..routing.ratelimits import parse_limits
@@ -40,7 +40,7 @@ DROP_RESPONSE_HEADERS = ("content-length", "transfer-encoding", "connection", "c
 SSE = "text/event-stream"
 
 
-async def route(core: Core, flow: http.HTTPFlow, fc: FlowContext,
+async def route(proxy: ProxyState, flow: http.HTTPFlow, fc: FlowContext,
                 account: Account | None = None) -> bool:
     """Send ``flow`` with ``account`` (chosen here when None): rewrite its URL and
     credentials, refreshing an OAuth token that is about to expire first. Returns False
@@ -52,39 +52,39 @@ async def route(core: Core, flow: http.HTTPFlow, fc: FlowContext,
     answering 429)."""
     while True:
         if account is None:
-            account = core.choose(fc) or fall_back(core, fc)
+            account = proxy.choose(fc) or fall_back(proxy, fc)
             if account is None:
-                wait = _queue_wait(core, fc)
+                wait = _queue_wait(proxy, fc)
                 if wait is None:
                     return False
-                await core.slots.wait(wait)  # sooner when a slot is given back
+                await proxy.slots.wait(wait)  # sooner when a slot is given back
                 continue
-        if core.oauth and core.oauth.needs_refresh(account, time.time()) \
-                and not await core.oauth.refresh(account):
+        if proxy.oauth and proxy.oauth.needs_refresh(account, time.time()) \
+                and not await proxy.oauth.refresh(account):
             fc.excluded.add(account.name)
             fc.skipped[account.name] = "refresh_failed: its OAuth token could not be " \
                                        "refreshed (see the proxy's log)"
             account = None
             continue
-        secret = core.secret(account)
+        secret = proxy.secret(account)
         if secret is None:
             fc.excluded.add(account.name)
             fc.skipped[account.name] = "no_credential: it has no credential in force"
             account = None
             continue
-        _prepare(core, flow, fc, account, secret)
+        _prepare(proxy, flow, fc, account, secret)
         return True
 
 
-def _queue_wait(core: Core, fc: FlowContext) -> float | None:
+def _queue_wait(proxy: ProxyState, fc: FlowContext) -> float | None:
     """Seconds to hold ``fc``'s request until the soonest cooling account that could
     serve it is free (one it already failed on for a rate limit counts, and is tried
     again), or, when none is but one is at its ``max_concurrent``, until ``flare_queue_s``
     after the request came (the wait ends sooner when a slot is given back); None when
     neither comes before then."""
     now = time.time()
-    deadline = fc.started + core.queue_s
-    frees = [(free_at(a, fc.model, now), a) for a in core.pool.for_client(
+    deadline = fc.started + proxy.queue_s
+    frees = [(free_at(a, fc.model, now), a) for a in proxy.pool.for_client(
                 fc.wire_format, fc.convertible, fc.family)
              if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))
              and a.status(now) in (AVAILABLE, COOLING_DOWN) and a.name not in fc.skipped]
@@ -126,12 +126,12 @@ def free_at(account: Account, model: str | None, now: float) -> float:
     return at if at > now else now
 
 
-def _prepare(core: Core, flow: http.HTTPFlow, fc: FlowContext, account: Account,
+def _prepare(proxy: ProxyState, flow: http.HTTPFlow, fc: FlowContext, account: Account,
              secret: str) -> None:
     """Rewrite ``flow`` for ``account``: its upstream, path, body and credential; the slot
     of the previous attempt is given back and one on ``account`` taken."""
     now = time.time()
-    release(core, fc)
+    release(proxy, fc)
     request = flow.request
     cfg = account.config
     scheme, host, port, prefix = account.target
@@ -175,14 +175,14 @@ def _set_body(request: http.Request, fc: FlowContext, wire: str) -> None:
         request.raw_content = fc.raw_body
 
 
-def release(core: Core, fc: FlowContext) -> None:
+def release(proxy: ProxyState, fc: FlowContext) -> None:
     """Give back the account's slot the request held (see :mod:`.concurrency`)."""
     if fc.account is not None:
         fc.account.state.in_flight -= 1
-        core.slots.freed()
+        proxy.slots.freed()
 
 
-async def resend(core: Core, client: httpx.AsyncClient | None, flow: http.HTTPFlow,
+async def resend(proxy: ProxyState, client: httpx.AsyncClient | None, flow: http.HTTPFlow,
                  fc: FlowContext) -> None:
     """Send the (already re-routed) request again with ``client`` and put the whole answer
     in ``flow.response`` (a stream arrives in one piece); within the per-attempt timeouts
@@ -191,7 +191,7 @@ async def resend(core: Core, client: httpx.AsyncClient | None, flow: http.HTTPFl
     headers = [(k, v) for k, v in request.headers.items(multi=True)
                if k.lower() not in HOP_HEADERS]
     fc.limits = None
-    connect, answer, stream_answer, idle = core.timeouts
+    connect, answer, stream_answer, idle = proxy.timeouts
     wait = max(stream_answer, idle) if fc.stream else answer
     try:
         if client is None:  # not running (yet, or any more)
@@ -210,7 +210,7 @@ async def resend(core: Core, client: httpx.AsyncClient | None, flow: http.HTTPFl
            if k.lower() not in DROP_RESPONSE_HEADERS]
     flow.response = http.Response.make(up.status_code, up.content, out)
     fc.limits = parse_limits(account.wire, flow.response.headers, now)
-    core.learn(account, fc.limits, now)
+    proxy.learn(account, fc.limits, now)
 
 
 def convert_stream(flow: http.HTTPFlow, fc: FlowContext) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 if TYPE_CHECKING:
-    from ..core import Core
+    from ..proxy_state import ProxyState
 
 
 class Slots:
@@ -85,14 +85,14 @@ class Slots:
 class SlotRelease:
     """Addon: gives back a flow's user slot when the flow ends, however it ends."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self.core.slots.give_back(flow.id)
+        self.proxy.slots.give_back(flow.id)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.core.slots.give_back(flow.id)
+        self.proxy.slots.give_back(flow.id)
 
 
 def in_flight(count: int) -> str:

@@ -25,8 +25,8 @@ import httpx
 from mitmproxy import ctx, http
 
 from ..config.option_types import decimal, whole
-from ..core import Core, FlowContext
 from ..providers import error_response
+from ..proxy_state import FlowContext, ProxyState
 from ..routing.classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
 from ..routing.fallbacks import fallback_choice
 from ..routing.pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
@@ -47,8 +47,8 @@ class Failover:
     """Addon: retry budget and pacing (``flare_retry_*`` options) and the failover loop, in
     the ``response`` hook just before the router's (which reads ``fc.verdict``)."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self.client: httpx.AsyncClient | None = None
         self.attempts = 3
         self.delay_ms = 1000.0
@@ -78,7 +78,7 @@ class Failover:
         close_soon(client, "failover")
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         if fc is not None and fc.account is not None and flow.response is not None:
             fc.verdict = await self.handle(flow, fc)
 
@@ -92,7 +92,7 @@ class Failover:
         down); if a second account fails it the same way, the error follows the request: it is
         the request's fault, the client gets the answer and no account is charged; otherwise
         (nothing else to try) the error counts toward the account's outlier threshold
-        (:meth:`.core.Core.count_error`)."""
+        (:meth:`.proxy_state.ProxyState.count_error`)."""
         verdict = self._judge(flow, fc)
         retries = 0
         while verdict.action in (FAILOVER, TRANSIENT):
@@ -100,9 +100,9 @@ class Failover:
             now = time.time()
             if verdict.needs_reauth and await self._refreshed_for_retry(fc, retries):
                 # an OAuth 401/403: one refresh-and-retry on the same account first
-                await route(self.core, flow, fc, account)
+                await route(self.proxy, flow, fc, account)
                 retries += 1
-                await resend(self.core, self.client, flow, fc)
+                await resend(self.proxy, self.client, flow, fc)
                 verdict = self._judge(flow, fc)
                 continue
             same = verdict.action == TRANSIENT and not fc.same_account_retried
@@ -113,28 +113,28 @@ class Failover:
                         break
                     fc.transient_errors.append((account, verdict))
                 else:
-                    self.core.apply(account, verdict, fc.model, fc.limits, now)
+                    self.proxy.apply(account, verdict, fc.model, fc.limits, now)
                 fc.excluded.add(account.name)
             if retries >= self.attempts:
                 self._give_up(flow, fc)
                 break
             if fc.stream and self._client_retries(flow) and not same:
-                if self.core.choose(fc) is None and fallback_choice(self.core, fc) is None:
-                    flow.response = no_account_response(self.core, fc)
+                if self.proxy.choose(fc) is None and fallback_choice(self.proxy, fc) is None:
+                    flow.response = no_account_response(self.proxy, fc)
                 else:
                     self._ask_client_to_retry(flow, fc, verdict)
                 break
             if same:
                 fc.same_account_retried = True
-                await route(self.core, flow, fc, account)
-            elif not await route(self.core, flow, fc):
-                flow.response = no_account_response(self.core, fc)
+                await route(self.proxy, flow, fc, account)
+            elif not await route(self.proxy, flow, fc):
+                flow.response = no_account_response(self.proxy, fc)
                 break
             if verdict.action == TRANSIENT:
                 await asyncio.sleep(self._delay(retries))
             retries += 1
             fc.failover = True
-            await resend(self.core, self.client, flow, fc)
+            await resend(self.proxy, self.client, flow, fc)
             verdict = self._judge(flow, fc)
         self._charge_transient(fc, proven=verdict.action == OK)
         if verdict.action == OK:
@@ -151,9 +151,9 @@ class Failover:
         now = time.time()
         for account, verdict in errors:
             if proven:
-                self.core.apply(account, verdict, fc.model, None, now)
+                self.proxy.apply(account, verdict, fc.model, None, now)
             else:
-                self.core.count_error(account, verdict, fc.model, None, now)
+                self.proxy.count_error(account, verdict, fc.model, None, now)
 
     def _request_fault(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
         """A second account failed the request as the first did: hand the answer to the
@@ -171,17 +171,17 @@ class Failover:
         account = attempt_account(fc)
         now = time.time()
         if kind == "rate_limit_error":
-            self.core.apply(account, Verdict(FAILOVER, "stream_rate_limit_error", backoff=True),
+            self.proxy.apply(account, Verdict(FAILOVER, "stream_rate_limit_error", backoff=True),
                             fc.model, fc.limits, now)
         elif kind == "overloaded_error":
-            self.core.apply(account, Verdict(TRANSIENT, "stream_overloaded_error",
+            self.proxy.apply(account, Verdict(TRANSIENT, "stream_overloaded_error",
                                              cooldown_until=now + TRANSIENT_COOLDOWN_S),
                             fc.model, fc.limits, now)
         else:
-            self.core.succeeded(account, fc.model)
+            self.proxy.succeeded(account, fc.model)
 
     async def _refreshed_for_retry(self, fc: FlowContext, retries: int) -> bool:
-        oauth = self.core.oauth
+        oauth = self.proxy.oauth
         account = attempt_account(fc)
         if fc.oauth_retried or account.config.oauth is None or oauth is None \
                 or retries >= self.attempts:
@@ -197,10 +197,10 @@ class Failover:
             fc.limits = parse_limits(account.wire, response.headers, now)
         body = response.content if response.status_code >= 400 else None
         verdict = classify(account.wire, response.status_code, fc.limits, body, now,
-                           self.core.max_cooldown_s)
+                           self.proxy.max_cooldown_s)
         if response.status_code >= 400:
             fc.notes.append(f"{account.name}: {response.status_code} {verdict.reason}")
-        self.core.put("attempt", {
+        self.proxy.put("attempt", {
             "request_id": fc.row_id, "attempt": len(fc.attempts) + 1, "account": account.name,
             "started_at": fc.attempt_started, "status": response.status_code,
             "reason": verdict.reason or None,
@@ -251,7 +251,7 @@ class Failover:
         if fc.notes:
             text += "; tried " + "; ".join(fc.notes)
         if fc.model:
-            skipped = [a.name for a in self.core.pool.for_client(fc.wire_format, fc.convertible,
+            skipped = [a.name for a in self.proxy.pool.for_client(fc.wire_format, fc.convertible,
                                                                   fc.family)
                        if not a.serves(fc.model)]
             if skipped:
@@ -259,7 +259,7 @@ class Failover:
         flow.comment = text
 
 
-def no_account_response(core: Core, fc: FlowContext) -> http.Response:
+def no_account_response(proxy: ProxyState, fc: FlowContext) -> http.Response:
     """The answer when no account can take the request (in its wire format's error shape). The
     message names each account's reason; the status fits the reasons:
 
@@ -276,7 +276,7 @@ def no_account_response(core: Core, fc: FlowContext) -> http.Response:
       could not be refreshed): 503 ``api_error``, with ``retry-after`` when one comes
       back at a known time; none at all (paused, needs login, benched): 503 without."""
     now = time.time()
-    accounts = [a for a in core.pool.for_client(fc.wire_format, fc.convertible, fc.family)
+    accounts = [a for a in proxy.pool.for_client(fc.wire_format, fc.convertible, fc.family)
                 if fc.family is None or a.in_family(fc.family)]
     if not accounts:
         where = f"{fc.family} " if fc.family else ""

@@ -19,8 +19,8 @@ import time
 
 from mitmproxy import ctx, http
 
-from ..core import Core, FlowContext
 from ..providers import error_response, strip_client_credentials
+from ..proxy_state import FlowContext, ProxyState
 from .client_errors import error_kind
 
 log = logging.getLogger("mitmflare")
@@ -32,8 +32,8 @@ NOT_ROUTED_ERROR = "internal_error: not routed"
 class Guard:
     """Sets the fail-closed placeholder answer and records flows that kept it."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
 
     def configure(self, updated: set[str]) -> None:
         if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
@@ -53,7 +53,7 @@ class Guard:
             return
         strip_client_credentials(flow.request.headers)
         log.error("flow %s was not routed; answered with an error, not forwarded", flow.id)
-        fc = self.core.flows.setdefault(flow.id, FlowContext(
+        fc = self.proxy.flows.setdefault(flow.id, FlowContext(
             wire_format="", started=time.time(), path=flow.request.path, client_session=None,
             model=None, user_agent=None, flow_id=flow.id))
         fc.account = None

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from mitmproxy import ctx, http
 
-from ..core import Core, FlowContext
 from ..providers.wire import header
+from ..proxy_state import FlowContext, ProxyState
 
 MODES = ("any", "claude-code")
 CLAUDE_CODE_AGENT = "claude-cli/"
@@ -33,14 +33,14 @@ def from_claude_code(headers: http.Headers) -> bool:
     return agent.startswith(CLAUDE_CODE_AGENT) or header(headers, b"x-app") in CLAUDE_CODE_APPS
 
 
-def keep_for_claude_code(core: Core, fc: FlowContext, headers: http.Headers) -> str | None:
+def keep_for_claude_code(proxy: ProxyState, fc: FlowContext, headers: http.Headers) -> str | None:
     """Apply ``flare_oauth_clients`` to the request in ``fc``: when it is ``claude-code`` and
     the request is not from Claude Code, leave the subscription accounts out of its choice
     (``fc.excluded``, with the reason in ``fc.skipped``). Returns the 403 message when only
     subscription accounts could serve it, else None."""
-    if core.oauth_clients != "claude-code" or from_claude_code(headers):
+    if proxy.oauth_clients != "claude-code" or from_claude_code(headers):
         return None
-    accounts = [a for a in core.pool.for_client(fc.wire_format, fc.convertible)
+    accounts = [a for a in proxy.pool.for_client(fc.wire_format, fc.convertible)
                 if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))]
     oauth = [a for a in accounts if a.config.oauth is not None and a.wire == "anthropic"]
     for account in oauth:
@@ -57,8 +57,8 @@ def keep_for_claude_code(core: Core, fc: FlowContext, headers: http.Headers) -> 
 class OAuthClients:
     """The ``flare_oauth_clients`` option (see the module); the router applies it."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
 
     def load(self, loader) -> None:
         loader.add_option("flare_oauth_clients", str, "any",
@@ -68,4 +68,4 @@ class OAuthClients:
                           "forge these headers.", choices=MODES)
 
     def configure(self, updated: set[str]) -> None:
-        self.core.oauth_clients = ctx.options.flare_oauth_clients
+        self.proxy.oauth_clients = ctx.options.flare_oauth_clients

@@ -20,9 +20,9 @@ from mitmproxy import command, ctx, exceptions, flow, http
 from mitmproxy.utils import asyncio_utils
 
 from .. import __version__
-from ..core import Core
 from ..providers import strip_client_credentials
 from ..providers.presets import ANTHROPIC, OPENAI
+from ..proxy_state import ProxyState
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
 from ..storage.state_store import StoreUnavailable
 from ..times import iso_utc
@@ -39,8 +39,8 @@ log = logging.getLogger("mitmflare")
 class Operations:
     """``/health``, ``HEAD /`` / ``GET /`` probes and the operator commands."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self._task: asyncio.Task | None = None
 
     def running(self) -> None:
@@ -58,7 +58,7 @@ class Operations:
         """Apply what ``mitmflare accounts reset`` queued in ``flare_state`` (table
         ``operator_commands``), polled every second in a worker thread; only commands queued
         after this proxy started."""
-        store = self.core.open_store(ctx.options.flare_state)
+        store = self.proxy.open_store(ctx.options.flare_state)
         try:
             seen = await asyncio.to_thread(store.latest_command_id)
         except StoreUnavailable:  # no file or table yet: every command is new
@@ -83,9 +83,9 @@ class Operations:
         path = request.path.split("?", 1)[0]
         if path == "/health":
             body = self.health()
-            user = self.core.access.user_for(presented_key(request.headers)) \
-                if self.core.access is not None else None
-            if self.core.require_keys and user is None:
+            user = self.proxy.access.user_for(presented_key(request.headers)) \
+                if self.proxy.access is not None else None
+            if self.proxy.require_keys and user is None:
                 body = {"status": body["status"]}  # account data only for key holders
             else:
                 body.update(self.serving(request.query.get("session"), user))
@@ -115,34 +115,34 @@ class Operations:
         the subscription accounts' windows (:func:`.pool_headers.pool_limits`), when there are
         any."""
         now = time.time()
-        accounts = list(self.core.pool.accounts.values())
+        accounts = list(self.proxy.pool.accounts.values())
         statuses = [a.status(now) for a in accounts]
         available = statuses.count(AVAILABLE)
         body: dict[str, Any] = {
             "status": "ok" if available else "degraded",
             "version": __version__,
-            "strategy": self.core.strategy,
+            "strategy": self.proxy.strategy,
             "accounts": {"total": len(accounts), "available": available,
                          "cooling_down": statuses.count(COOLING_DOWN)},
             "in_flight": {"accounts": sum(a.state.in_flight for a in accounts),
-                          "users": sum(self.core.slots.users.values())},
+                          "users": sum(self.proxy.slots.users.values())},
             "providers": {p: {"total": sum(a.provider == p for a in accounts),
                               "available": sum(a.provider == p and s == AVAILABLE
                                                for a, s in zip(accounts, statuses, strict=True))}
                           for p in sorted({a.provider for a in accounts})},
         }
-        if self.core.config_errors:
-            body["config_error"] = "; ".join(self.core.config_errors)
-            body["config_errors"] = self.core.config_errors
-        shared = self.core.shared
+        if self.proxy.config_errors:
+            body["config_error"] = "; ".join(self.proxy.config_errors)
+            body["config_errors"] = self.proxy.config_errors
+        shared = self.proxy.shared
         body["shared_state"] = shared.status() if shared is not None else "off"
         if shared is not None:
             body["worker"] = shared.worker
-        writer = self.core.writer
+        writer = self.proxy.writer
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0
         body["write_errors"] = writer.write_errors if writer else 0
-        body["auth_refusals"] = self.core.access.refusals.total if self.core.access else 0
+        body["auth_refusals"] = self.proxy.access.refusals.total if self.proxy.access else 0
         sender = getattr(writer, "sender", None)
         if sender is not None:  # rows through Redis (.row_stream)
             body["rows_stream"] = sender.status()
@@ -151,7 +151,7 @@ class Operations:
                                 "recreated": writer.recreated}
         if body["writer"] != "ok":
             body["status"] = "degraded"
-        pool = pool_limits(accounts, now, self.core.headroom)
+        pool = pool_limits(accounts, now, self.proxy.headroom)
         if pool is not None:
             body["pool"] = pool.to_dict()
         return body
@@ -163,16 +163,16 @@ class Operations:
         ``spent_today_usd``, the recorded cost today (UTC) of ``user`` when a key named one
         (then also ``user``), else of every account."""
         now = time.time()
-        core = self.core
-        account = core.affinity.last(session) if session else None
+        proxy = self.proxy
+        account = proxy.affinity.last(session) if session else None
         if account is None:
-            order = core.selector.preview(core.pool, ANTHROPIC, core.strategy, now,
-                                          core.session_hours, convertible=True)
+            order = proxy.selector.preview(proxy.pool, ANTHROPIC, proxy.strategy, now,
+                                          proxy.session_hours, convertible=True)
             account = order[0].name if order else None
         if user is not None:
-            spent = core.spent("user", user.name, now)[0]
+            spent = proxy.spent("user", user.name, now)[0]
         else:
-            spent = sum(core.spent("account", name, now)[0] for name in core.pool.accounts)
+            spent = sum(proxy.spent("account", name, now)[0] for name in proxy.pool.accounts)
         return {"serving_account": account, "spent_today_usd": round(spent, 6),
                 **({"user": user.name} if user is not None else {})}
 
@@ -181,7 +181,7 @@ class Operations:
         """Each account on one line: name, provider, status, cooling down until, and why."""
         now = time.time()
         rows = [("ACCOUNT", "PROVIDER", "STATUS", "UNTIL", "WHY")]
-        for a in self.core.pool.accounts.values():
+        for a in self.proxy.pool.accounts.values():
             st = a.state
             models = "; ".join(f"{m} until {iso_utc(t)}" for m, t in st.model_cooldowns.items()
                                if t > now)
@@ -198,15 +198,15 @@ class Operations:
         lines = []
         for client in (ANTHROPIC, OPENAI):
             convertible = True  # Messages / Chat Completions: accounts that map models convert
-            accounts = self.core.pool.for_client(client, convertible)
+            accounts = self.proxy.pool.for_client(client, convertible)
             if not accounts:
                 continue
-            chosen = copy.deepcopy(self.core.selector).choose(
-                self.core.pool, client, self.core.strategy, now, convertible=convertible,
-                session_hours=self.core.session_hours, model=model or None)
+            chosen = copy.deepcopy(self.proxy.selector).choose(
+                self.proxy.pool, client, self.proxy.strategy, now, convertible=convertible,
+                session_hours=self.proxy.session_hours, model=model or None)
             for account in accounts:
                 verdict = _verdict(account, chosen, model, now)
-                if self.core.oauth_clients == "claude-code" and account.config.oauth is not None:
+                if self.proxy.oauth_clients == "claude-code" and account.config.oauth is not None:
                     verdict += "; Claude Code only (flare_oauth_clients=claude-code)"
                 lines.append((account.name, account.provider, f"{client} requests", verdict))
         return _aligned([("ACCOUNT", "PROVIDER", "CLIENT FORMAT",
@@ -216,7 +216,7 @@ class Operations:
     def replay(self, flows: Sequence[flow.Flow], account: str) -> None:
         """Replay flows through the router on ``account`` (``*`` for the strategy's choice),
         with that account's real credentials; each replay is recorded as such."""
-        if account != "*" and self.core.pool.get(account) is None:
+        if account != "*" and self.proxy.pool.get(account) is None:
             raise exceptions.CommandError(f"no account named {account!r}")
         for f in flows:
             f.metadata[REPLAY_ACCOUNT] = None if account == "*" else account
@@ -225,13 +225,13 @@ class Operations:
     @command.command("flare.resume")
     def resume(self, name: str) -> None:
         """Clear an account's cooldown, bench and needs_reauth mark now (``*`` for all)."""
-        targets = list(self.core.pool.accounts.values()) if name == "*" else \
-            [a for a in [self.core.pool.get(name)] if a is not None]
+        targets = list(self.proxy.pool.accounts.values()) if name == "*" else \
+            [a for a in [self.proxy.pool.get(name)] if a is not None]
         if not targets:
             raise exceptions.CommandError(f"no account named {name!r}")
         for account in targets:
-            self.core.record(account, account.state.resume())
-        self.core.snapshot_accounts(force=True)
+            self.proxy.record(account, account.state.resume())
+        self.proxy.snapshot_accounts(force=True)
 
 
 def _verdict(account: Account, chosen: Account | None, model: str | None, now: float) -> str:

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 
-from ..core import Core
 from ..providers.presets import ANTHROPIC
+from ..proxy_state import ProxyState
 from ..routing.pool import BENCHED, NEEDS_REAUTH, PAUSED, Account
 
 UNIFIED = b"anthropic-ratelimit-unified-"
@@ -167,8 +167,8 @@ def rewrite(headers: http.Headers, limits: PoolLimits, account: str | None) -> N
 class PoolHeaders:
     """The ``flare_pool_headers`` option and the header rewrite (see the module)."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self.enabled = False
         self._rewritten: dict[str, int] = {}  # flow id -> id() of the answer rewritten
 
@@ -197,12 +197,12 @@ class PoolHeaders:
         self._rewritten.pop(flow.id, None)
 
     def _apply(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         if fc is None or fc.wire_format != ANTHROPIC or fc.error is not None \
                 or flow.response is None:
             return
-        limits = pool_limits(list(self.core.pool.accounts.values()), time.time(),
-                             self.core.headroom)
+        limits = pool_limits(list(self.proxy.pool.accounts.values()), time.time(),
+                             self.proxy.headroom)
         if limits is None:
             return
         own = "x-mitmflare-error" in flow.response.headers  # mitmflare's answer, no account's

@@ -16,11 +16,11 @@ from mitmproxy import ctx, http
 
 from ..config.defaults import FILE_OPTIONS
 from ..config.option_types import decimal, whole
-from ..core import Core, FlowContext
 from ..providers import CLIENT_CREDENTIAL_HEADERS
 from ..providers.presets import CODEX
 from ..providers.sse import UsageTap
 from ..providers.wire import content, header
+from ..proxy_state import FlowContext, ProxyState
 from ..storage.row_stream import WORKER
 from ..storage.rows import ACCOUNT_PRICE, BODY, BODY_IS_SSE, FORMAT, PAYLOAD, PRICE_PROVIDER
 from ..storage.writer_process import WriterProcess
@@ -39,8 +39,8 @@ def _headers(headers: http.Headers) -> list[tuple[str, str]]:
 class Recorder:
     """Owns the database writer process and turns finished flows into rows."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self.copy_limit = 1024 * 1024
         self.payloads = "off"
         self.payload_limit = 256 * 1024
@@ -85,10 +85,10 @@ class Recorder:
             writer.start()
             if not writer.ready.wait(30):
                 log.error("the database writer process did not start within 30 s")
-            self.core.writer = writer
-            self.core.snapshot_accounts(force=True)
-        if self.core.writer is not None:
-            self.core.writer.configure(
+            self.proxy.writer = writer
+            self.proxy.snapshot_accounts(force=True)
+        if self.proxy.writer is not None:
+            self.proxy.writer.configure(
                 request_log=ctx.options.flare_request_log,
                 retention_days=decimal("flare_retention_days", ctx.options.flare_retention_days,
                                        0, low_inclusive=True),
@@ -96,18 +96,18 @@ class Recorder:
                                                ctx.options.flare_payload_retention_days, 0))
 
     def done(self) -> None:
-        self.core.snapshot_accounts(force=True)
+        self.proxy.snapshot_accounts(force=True)
         self._stop_writer()
 
     def _stop_writer(self) -> None:
-        writer, self.core.writer = self.core.writer, None
+        writer, self.proxy.writer = self.proxy.writer, None
         if writer is not None:
             writer.flush()
             writer.stop()
 
     # -- hooks ------------------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         response = flow.response
         if fc is None or fc.account is None or response is None or response.status_code >= 400:
             return
@@ -136,17 +136,17 @@ class Recorder:
         response.stream = forward
 
     def response(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.pop(flow.id, None)
+        fc = self.proxy.flows.pop(flow.id, None)
         if fc is None:
             return
-        self.core.put("request", self._row(flow, fc, None))
+        self.proxy.put("request", self._row(flow, fc, None))
         if fc.stream_copy is not None and flow.response is not None and not flow.response.raw_content:
             flow.response.data.content = bytes(fc.stream_copy)  # for display only: already sent
 
     def error(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.pop(flow.id, None)
+        fc = self.proxy.flows.pop(flow.id, None)
         if fc is not None:
-            self.core.put("request", self._row(flow, fc, flow.error.msg if flow.error else None))
+            self.proxy.put("request", self._row(flow, fc, flow.error.msg if flow.error else None))
 
     def _row(self, flow: http.HTTPFlow, fc: FlowContext, error: str | None) -> dict[str, Any]:
         now = time.time()

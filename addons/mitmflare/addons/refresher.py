@@ -11,9 +11,9 @@ from mitmproxy import ctx
 from mitmproxy.utils import asyncio_utils
 
 from ..config.option_types import whole
-from ..core import Core
 from ..providers import codex
 from ..providers.oauth import CLAUDE, DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthManager
+from ..proxy_state import ProxyState
 from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")
@@ -24,10 +24,10 @@ IDLE_CHECK_S = 30.0
 class TokenRefresher:
     """Options ``flare_oauth_*`` and the background refresh of idle accounts."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.manager = OAuthManager(core)
-        core.oauth = self.manager
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
+        self.manager = OAuthManager(proxy)
+        proxy.oauth = self.manager
         self._task: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -48,7 +48,7 @@ class TokenRefresher:
                                              client_id=o.flare_oauth_client_id),
             "codex": dataclasses.replace(codex.CODEX, token_url=o.flare_codex_token_url)}
         self.manager.buffer_s = buffer_min * 60.0
-        self.core.open_store(o.flare_state)
+        self.proxy.open_store(o.flare_state)
 
     def running(self) -> None:
         self.manager.client = open_client()

@@ -18,7 +18,6 @@ from mitmproxy import flow as mitmproxy_flow
 from mitmproxy.utils import asyncio_utils
 
 from ..config.option_types import decimal, whole
-from ..core import Core, FlowContext
 from ..providers import (
     detect_route,
     error_response,
@@ -29,6 +28,7 @@ from ..providers.convert import convertible
 from ..providers.presets import ANTHROPIC, OPENAI
 from ..providers.request_info import inspect_request, model_problem
 from ..providers.wire import header
+from ..proxy_state import FlowContext, ProxyState
 from ..routing.cache_affinity import CacheContext, cache_ttl, conversation_key, parent_key
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from ..routing.fallbacks import HEADER as FALLBACK_HEADER
@@ -55,8 +55,8 @@ REPLAY_ACCOUNT = "mitmflare.replay_account"  # flow.metadata: account a replay m
 class Router:
     """Selection, credentials, rate-limit learning (attempts: :mod:`.attempt`)."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self._ticker: asyncio.Task | None = None
         self._retry_exclusions: dict[bytes, tuple[set[str], float, bool]] = {}
 
@@ -85,12 +85,12 @@ class Router:
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
         max_cooldown_s = whole("flare_max_cooldown_s", o.flare_max_cooldown_s, 1)
-        self.core.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
-        self.core.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
-        self.core.cache_ttl_scale = decimal("flare_cache_ttl_scale", o.flare_cache_ttl_scale, 0)
-        self.core.strategy = o.flare_strategy
-        self.core.max_cooldown_s = float(max_cooldown_s)
-        self.core.queue_s = float(whole("flare_queue_s", o.flare_queue_s, 0))
+        self.proxy.session_hours = decimal("flare_session_hours", o.flare_session_hours, 0)
+        self.proxy.headroom = decimal("flare_headroom", o.flare_headroom, 0, 1)
+        self.proxy.cache_ttl_scale = decimal("flare_cache_ttl_scale", o.flare_cache_ttl_scale, 0)
+        self.proxy.strategy = o.flare_strategy
+        self.proxy.max_cooldown_s = float(max_cooldown_s)
+        self.proxy.queue_s = float(whole("flare_queue_s", o.flare_queue_s, 0))
 
     def running(self) -> None:
         self._ticker = asyncio_utils.create_task(self._tick(), name="mitmflare: router tick", keep_ref=True)
@@ -129,13 +129,13 @@ class Router:
                          client_session=None, model=None, user_agent=None, flow_id=flow.id,
                          replay=replay)
         fc.row_id = flow.id if not replay else f"{flow.id}~replay-{int(fc.started * 1000)}"
-        self.core.flows[flow.id] = fc
+        self.proxy.flows[flow.id] = fc
         unfit = unfit_request(request)
         if unfit is not None:  # answered here: never sent, so never charged to an account
             status, fc.error = unfit
             flow.response = error_response(wire_format, status, "invalid_request", fc.error)
             return
-        access = self.core.access
+        access = self.proxy.access
         user, refusal = access.authenticate(presented) if access else (None, None)
         if replay and refusal is not None:  # its key was removed when it was first sent
             user, refusal = self._replayed_user(flow, user, refusal)
@@ -152,7 +152,7 @@ class Router:
             fc.client_session, fc.model, fc.stream = info.client_session, info.model, info.stream
             fc.raw_body, fc.body_source = request.raw_content or b"", info.source
             fc.body_model = info.body_model
-            ttl = cache_ttl(info.body) / self.core.cache_ttl_scale \
+            ttl = cache_ttl(info.body) / self.proxy.cache_ttl_scale \
                 if wire_format == ANTHROPIC else 0.0  # cache_control
             if ttl:
                 fc.cache = CacheContext(
@@ -167,8 +167,8 @@ class Router:
             refusal = Refusal(400, "invalid_request", problem) if problem else \
                 access.authorize(user, wire_format, fc.model, fc.started) if access else None
             if refusal is None and user is not None and user.max_concurrent is not None \
-                    and not await self.core.slots.take_user(user, flow.id,
-                                                            fc.started + self.core.queue_s):
+                    and not await self.proxy.slots.take_user(user, flow.id,
+                                                            fc.started + self.proxy.queue_s):
                 refusal = Refusal(429, "rate_limit", f"mitmflare: user {user.name} has "
                                   f"{in_flight(user.max_concurrent)}, its limit "
                                   f"(max_concurrent); retry when one has finished", 1)
@@ -182,13 +182,13 @@ class Router:
             return
         fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
-        refused = keep_for_claude_code(self.core, fc, request.headers)
+        refused = keep_for_claude_code(self.proxy, fc, request.headers)
         if refused is not None:
             fc.error = refused
             flow.response = error_response(wire_format, 403, "permission", refused)
             return
         if wire_format == OPENAI and fc.convertible:
-            candidates = [a for a in self.core.pool.for_client(wire_format, True, fc.family)
+            candidates = [a for a in self.proxy.pool.for_client(wire_format, True, fc.family)
                           if a.serves(fc.model) and a.name not in fc.excluded
                           and (fc.family is None or a.in_family(fc.family))]
             refused = unconvertible(candidates, path, fc.request_json(), fc.excluded,
@@ -198,15 +198,15 @@ class Router:
                 flow.response = error_response(wire_format, 400, "invalid_request", refused)
                 return
         pinned = flow.metadata.get(REPLAY_ACCOUNT) if replay else None
-        if not await attempt.route(self.core, flow, fc,
-                                   self.core.pool.get(pinned) if pinned else None):
-            flow.response = no_account_response(self.core, fc)
+        if not await attempt.route(self.proxy, flow, fc,
+                                   self.proxy.pool.get(pinned) if pinned else None):
+            flow.response = no_account_response(self.proxy, fc)
 
     def _replayed_user(self, flow: http.HTTPFlow, user, refusal):
         """A replay (mitmweb, ``flare.replay``) is authorised as the user of the original
         request, if that user still exists and is enabled; else the refusal stands."""
         name = flow.metadata.get(USER)
-        prior = next((u for u in self.core.users.values() if u.name == name), None)
+        prior = next((u for u in self.proxy.users.values() if u.name == name), None)
         if prior is None or prior.disabled:
             return user, refusal
         return prior, None
@@ -215,12 +215,12 @@ class Router:
         """Answer a flow whose routing raised: 500 ``api_error`` in the wire format's shape, the
         traceback logged once, and the row recorded with the error. Nothing is sent upstream."""
         log.error("mitmflare could not route flow %s", flow.id, exc_info=exc)
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         if fc is None:
             fc = FlowContext(wire_format="", started=time.time(), path=flow.request.path,
                              client_session=None, model=None, user_agent=None, flow_id=flow.id)
-            self.core.flows[flow.id] = fc
-        attempt.release(self.core, fc)
+            self.proxy.flows[flow.id] = fc
+        attempt.release(self.proxy, fc)
         fc.account = None
         fc.error = f"internal_error: {type(exc).__name__}"
         flow.metadata.pop("mitmflare.account", None)
@@ -231,7 +231,7 @@ class Router:
             f"upstream. Flow id {flow.id} (see the proxy's log).")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         response = flow.response
         if fc is None or fc.account is None or response is None:
             return
@@ -242,23 +242,23 @@ class Router:
             response.headers[FALLBACK_HEADER] = fc.model or ""
         fc.account.state.last_date = (header(response.headers, b"date"), now)  # clock skew
         fc.limits = parse_limits(fc.account.wire, response.headers, now)
-        self.core.learn(fc.account, fc.limits, now)
+        self.proxy.learn(fc.account, fc.limits, now)
         attempt.convert_stream(flow, fc)
 
     def response(self, flow: http.HTTPFlow) -> None:
         """After :class:`.failover.Failover` judged the answer (``fc.verdict``): the
         conversation's prompt cache, the fallback header, the answer in the client's format,
         the accounts a client's retry should avoid, and the slot given back."""
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         if fc is None or fc.account is None:
             return
         verdict = fc.verdict
         if verdict is not None and verdict.action == "ok" and fc.account is not None:
             now = time.time()
-            self.core.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
+            self.proxy.affinity.served(fc.cache.conversation, fc.account.name, fc.cache.ttl_s,
                                       now)
-            if self.core.shared is not None:  # every process keeps the conversation here
-                self.core.shared.served(fc.cache.conversation, fc.account.name,
+            if self.proxy.shared is not None:  # every process keeps the conversation here
+                self.proxy.shared.served(fc.cache.conversation, fc.account.name,
                                         fc.cache.ttl_s, now)
         if fc.asked_model is not None and flow.response is not None:
             flow.response.headers[FALLBACK_HEADER] = fc.model or ""
@@ -267,10 +267,10 @@ class Router:
             self._remember_for_retry(flow, fc)
         if len(fc.attempts) > 1:  # re-sent: the last account's credential is in the flow again
             redact_credentials(flow.request.headers, fc.account.name)
-        attempt.release(self.core, fc)
+        attempt.release(self.proxy, fc)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(flow.id)
+        fc = self.proxy.flows.get(flow.id)
         if fc is None or fc.account is None:
             return
         redact_credentials(flow.request.headers, fc.account.name)
@@ -283,14 +283,14 @@ class Router:
             server = flow.server_conn
             if server.error or server.timestamp_tcp_setup is None:
                 # The upstream could not be reached: the account's (its address, its network).
-                self.core.apply(fc.account, Verdict(TRANSIENT, "connect_error",
+                self.proxy.apply(fc.account, Verdict(TRANSIENT, "connect_error",
                                                     cooldown_until=now + TRANSIENT_COOLDOWN_S),
                                 fc.model, None, now)
             else:  # it dropped the connection before answering: maybe the request's doing
-                self.core.count_error(fc.account, Verdict(
+                self.proxy.count_error(fc.account, Verdict(
                     TRANSIENT, "upstream_closed", cooldown_until=now + TRANSIENT_COOLDOWN_S),
                     fc.model, None, now)
-        attempt.release(self.core, fc)
+        attempt.release(self.proxy, fc)
 
     # -- retries by the client itself -------------------------------------------------------
     def _remember_for_retry(self, flow: http.HTTPFlow, fc: FlowContext) -> None:
@@ -301,7 +301,7 @@ class Router:
             self._retry_exclusions = {k: v for k, v in self._retry_exclusions.items()
                                       if v[1] > now}
         tried = {a["account"] for a in fc.attempts} | fc.excluded
-        usable = {a.name for a in self.core.pool.available(fc.wire_format, now, fc.convertible,
+        usable = {a.name for a in self.proxy.pool.available(fc.wire_format, now, fc.convertible,
                                                             fc.family)}
         if usable <= tried:  # nothing left to steer to: the retry starts over on every account
             self._retry_exclusions.pop(_digest(flow), None)
@@ -330,9 +330,9 @@ class Router:
 
     def tick(self, now: float) -> None:
         """Return accounts whose cooldown has passed and refresh the `accounts` table."""
-        for account in self.core.pool.accounts.values():
-            self.core.record(account, account.state.recovered(now))
-        self.core.snapshot_accounts()
+        for account in self.proxy.pool.accounts.values():
+            self.proxy.record(account, account.state.recovered(now))
+        self.proxy.snapshot_accounts()
 
 
 API_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS")

@@ -18,7 +18,7 @@ from ..storage.row_stream import STREAMED, StreamSender
 
 
 class StreamedWriter:
-    """``core.writer`` while rows go through Redis: rows to ``sender``, the rest to ``local``
+    """``proxy.writer`` while rows go through Redis: rows to ``sender``, the rest to ``local``
     (a :class:`~..storage.writer_process.WriterProcess`). ``state`` is the local writer's,
     or ``degraded (rows stream: …)`` while the stream is not ``ok``; lost counts add up."""
 
@@ -59,21 +59,21 @@ class StreamedWriter:
 
 
 class RowStream:
-    """Wraps ``core.writer`` in a :class:`StreamedWriter` while ``flare_redis`` is set (after
+    """Wraps ``proxy.writer`` in a :class:`StreamedWriter` while ``flare_redis`` is set (after
     the recorder has made the writer, hence after it in the bundle)."""
 
-    def __init__(self, core) -> None:
-        self.core = core
+    def __init__(self, proxy) -> None:
+        self.proxy = proxy
 
     def configure(self, updated: set[str]) -> None:
         url = ctx.options.flare_redis.strip()
-        writer = self.core.writer
+        writer = self.proxy.writer
         if isinstance(writer, StreamedWriter):
             if writer.sender.url == url:
                 return
             writer.sender.stop()
-            writer = self.core.writer = writer.local
+            writer = self.proxy.writer = writer.local
         if url and writer is not None:
             sender = StreamSender(url)
             sender.start()
-            self.core.writer = StreamedWriter(writer, sender)
+            self.proxy.writer = StreamedWriter(writer, sender)

@@ -5,7 +5,7 @@ Unset (the default), nothing changes and nothing is imported. Set to a ``redis:/
 ``rediss://`` or ``unix://`` URL, every process pointed at the same Redis serves one pool:
 
 - **Account state transitions** (cooldown, model cooldown, bench, needs re-login, resume,
-  recovery, budget — every :meth:`~.core.Core.event`) are published with the account's
+  recovery, budget — every :meth:`~.proxy_state.ProxyState.event`) are published with the account's
   shared fields (:data:`SHARED_FIELDS`) and the time of the change; the latest change wins
   (``mitmflare:account:<name>`` holds it for processes that start later). Per-process
   counters (requests, failures, in flight) stay local.
@@ -66,8 +66,8 @@ class SharedState:
     """The ``flare_redis`` addon (see the module docstring). ``worker`` names this process
     (``host:pid``); :meth:`status` is what ``/health`` shows."""
 
-    def __init__(self, core) -> None:
-        self.core = core
+    def __init__(self, proxy) -> None:
+        self.proxy = proxy
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.url = ""
         self.down_since: float | None = None  # epoch s; None while connected (or unset)
@@ -100,7 +100,7 @@ class SharedState:
             self._task.cancel()
             self._task = None
         self.url = url
-        self.core.shared = self if url else None
+        self.proxy.shared = self if url else None
         self.down_since = time.time() if url else None
         if url and self._running():
             self._start()
@@ -186,7 +186,7 @@ class SharedState:
 
     async def _resync(self, client) -> None:
         """Take every newer state from Redis, and queue ours where it is newer."""
-        names = list(self.core.pool.accounts)
+        names = list(self.proxy.pool.accounts)
         if not names:
             return
         stored = await client.mget([ACCOUNT_KEY + n for n in names])
@@ -195,7 +195,7 @@ class SharedState:
             if message is not None and message.get("w") != self.worker:
                 self._apply_account(name, message)
             mine = self._changed_at.get(name)
-            account = self.core.pool.accounts.get(name)
+            account = self.proxy.pool.accounts.get(name)
             if mine and account is not None and (message is None or mine > message["at"]):
                 self._send("account", name, {"at": mine, "s": _shared(account.state)})
 
@@ -235,9 +235,9 @@ class SharedState:
                 self._apply_account(str(data.get("n")), data)
             elif data.get("k") == "visit":
                 self._apply_visit(data)
-            elif data.get("k") == "tokens" and self.core.oauth is not None:
+            elif data.get("k") == "tokens" and self.proxy.oauth is not None:
                 asyncio_utils.create_task(
-                    self.core.oauth.adopt(str(data.get("n")), data.get("pair") or {}),
+                    self.proxy.oauth.adopt(str(data.get("n")), data.get("pair") or {}),
                     name="mitmflare: adopt a refreshed pair", keep_ref=True)
 
     # -- OAuth refresh across processes (off the hot path: a refresh waits on Redis) -------------
@@ -296,7 +296,7 @@ class SharedState:
 
     # -- applying what other processes learned ---------------------------------------------
     def _apply_account(self, name: str, message: dict[str, Any]) -> None:
-        account = self.core.pool.accounts.get(name)
+        account = self.proxy.pool.accounts.get(name)
         at = message.get("at")
         if account is None or not isinstance(at, (int, float)) or \
                 at <= self._changed_at.get(name, 0.0):
@@ -307,7 +307,7 @@ class SharedState:
         state.restore({f: v for f, v in shared.items() if f in SHARED_FIELDS}
                       if isinstance(shared, dict) else {})
         self.received += 1
-        self.core.mark_accounts_changed()
+        self.proxy.mark_accounts_changed()
         log.info("account %s: state from worker %s%s", name, message.get("w"),
                  f" (cooling down until {iso_utc(state.cooldown_until)})"
                  if state.cooldown_until > time.time() else "")
@@ -315,8 +315,8 @@ class SharedState:
     def _apply_visit(self, message: dict[str, Any]) -> None:
         at, ttl, account = message.get("at"), message.get("ttl"), message.get("a")
         if isinstance(at, (int, float)) and isinstance(ttl, (int, float)) and \
-                isinstance(account, str) and account in self.core.pool.accounts:
-            self.core.affinity.served(str(message.get("n")), account, float(ttl), float(at))
+                isinstance(account, str) and account in self.proxy.pool.accounts:
+            self.proxy.affinity.served(str(message.get("n")), account, float(ttl), float(at))
 
 
 def _shared(state: AccountState) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from mitmproxy import ctx, http
 from mitmproxy.utils import asyncio_utils
 
 from ..config.option_types import whole
-from ..core import Core, FlowContext
+from ..proxy_state import FlowContext, ProxyState
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
 from ..routing.pool import Account
 
@@ -61,8 +61,8 @@ MAX_SWEEP_S = 1.0
 class Timeouts:
     """The per-attempt limits above, enforced by one periodic sweep."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
         self.flows: dict[str, http.HTTPFlow] = {}  # flows with an attempt in flight, by id
         self._sweeper: asyncio.Task | None = None
 
@@ -75,7 +75,7 @@ class Timeouts:
         for name, _, _ in OPTIONS:
             whole(name, getattr(ctx.options, name), 1)
         o = ctx.options
-        self.core.timeouts = (o.flare_connect_timeout_s, o.flare_headers_timeout_s,
+        self.proxy.timeouts = (o.flare_connect_timeout_s, o.flare_headers_timeout_s,
                               o.flare_stream_headers_timeout_s, o.flare_stream_idle_timeout_s)
 
     def running(self) -> None:
@@ -88,12 +88,12 @@ class Timeouts:
 
     # -- hooks (cheap: a dict entry and a float per attempt) --------------------------------
     def request(self, f: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(f.id)
+        fc = self.proxy.flows.get(f.id)
         if fc is not None and fc.account is not None and f.response is None:
             self.flows[f.id] = f
 
     def responseheaders(self, f: http.HTTPFlow) -> None:
-        fc = self.core.flows.get(f.id)
+        fc = self.proxy.flows.get(f.id)
         if fc is None or f.id not in self.flows:
             return
         response = f.response
@@ -118,7 +118,7 @@ class Timeouts:
     # -- the sweep --------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(min(MAX_SWEEP_S, min(self.core.timeouts) / 4))
+            await asyncio.sleep(min(MAX_SWEEP_S, min(self.proxy.timeouts) / 4))
             try:
                 self.sweep(time.monotonic())
             except Exception:
@@ -129,12 +129,12 @@ class Timeouts:
         flow ids."""
         ended = []
         for flow_id, f in list(self.flows.items()):
-            fc = self.core.flows.get(flow_id)
+            fc = self.proxy.flows.get(flow_id)
             account = fc.account if fc is not None else None
             if fc is None or account is None or not f.live:
                 del self.flows[flow_id]
                 continue
-            reason = overdue(fc, f, now, self.core.timeouts)
+            reason = overdue(fc, f, now, self.proxy.timeouts)
             if reason is not None:
                 del self.flows[flow_id]
                 self._end(f, fc, account, reason)
@@ -144,7 +144,7 @@ class Timeouts:
     def _end(self, f: http.HTTPFlow, fc: FlowContext, account: Account, reason: str) -> None:
         fc.timed_out = reason
         now = time.time()
-        self.core.apply(account, Verdict(TRANSIENT, reason,
+        self.proxy.apply(account, Verdict(TRANSIENT, reason,
                                             cooldown_until=now + TRANSIENT_COOLDOWN_S),
                         fc.model, None, now)
         log.warning("flow %s: %s on account %s; closing its upstream connection", f.id, reason,

@@ -10,7 +10,7 @@ endpoint takes JSON (not a form); a refresh sends ``grant_type=refresh_token``,
 ``refresh_token`` (rotated: the old one dies on use) and ``expires_in`` (s, about 8 h);
 ``400 {"error": "invalid_grant"}`` means the account must log in again.
 
-Every pair is stored in the state database (``flare_state``) through the core's state store
+Every pair is stored in the state database (``flare_state``) through the proxy state's store
 (:mod:`mitmflare.storage.state_store`), in a worker thread.
 
 Which pair wins: a pair in ``flare_state`` that was derived (by rotation) from the pair now in
@@ -205,12 +205,12 @@ class OAuthManager:
     """Refreshes OAuth accounts' tokens: one refresh in flight per account, the rotated pair
     persisted before it is used, failures backed off (60 s) or marked ``needs_reauth``.
     ``clients``: the token endpoint of each OAuth provider (``anthropic``, ``codex``);
-    ``core.store`` keeps the pairs (:class:`~mitmflare.storage.state_store.StateStore`)."""
+    ``proxy.store`` keeps the pairs (:class:`~mitmflare.storage.state_store.StateStore`)."""
 
     FAILURE_BACKOFF_S = 60.0
 
-    def __init__(self, core, clients: dict[str, OAuthClient] | None = None) -> None:
-        self.core = core
+    def __init__(self, proxy, clients: dict[str, OAuthClient] | None = None) -> None:
+        self.proxy = proxy
         self.clients: dict[str, OAuthClient] = clients or {"anthropic": CLAUDE}
         self.buffer_s = 30 * 60.0
         self.client: httpx.AsyncClient | None = None
@@ -220,7 +220,7 @@ class OAuthManager:
         """True for an OAuth account whose access token expires within the buffer."""
         if account.config.oauth is None:
             return False
-        tokens = self.core.tokens.get(account.name)
+        tokens = self.proxy.tokens.get(account.name)
         if tokens is None or not tokens.refresh_token:
             return False
         if not tokens.access_token:
@@ -251,16 +251,16 @@ class OAuthManager:
         from ..routing.classify import FAILOVER, Verdict
 
         name = account.name
-        current = self.core.tokens.get(name)
+        current = self.proxy.tokens.get(name)
         if current is None or not current.refresh_token:
             return False
-        shared = self.core.shared
+        shared = self.proxy.shared
         if shared is not None:
             lease = await shared.refresh_lease(name)
             if lease is False and await self._adopt_shared(account, current):
                 return True  # another process refreshed it
             if await self._adopt_newer(account, current):  # rotated by another host earlier
-                current = self.core.tokens[name]
+                current = self.proxy.tokens[name]
                 if not self.needs_refresh(account, time.time()):
                     if lease:
                         await shared.release(name)
@@ -278,27 +278,27 @@ class OAuthManager:
             fresh = token_set_from_answer(response.json(), current.refresh_token,
                                           current.source_fingerprint, time.time())
             # the rotated refresh token is on disk before the new access token is used
-            await asyncio.to_thread(self.core.store.save_tokens, name, fresh)
+            await asyncio.to_thread(self.proxy.store.save_tokens, name, fresh)
         except (RefreshError, httpx.HTTPError, ValueError, OSError) as exc:  # OSError: stored
             invalid = isinstance(exc, RefreshError) and exc.invalid_grant
             if invalid and await self._rotated_elsewhere(account, current):
                 return True
             reason = f"refresh_failed: {exc}" if not isinstance(exc, httpx.HTTPError) else \
                 f"refresh_failed: {type(exc).__name__}"
-            self.core.event(account, "refresh_failed", reason)
+            self.proxy.event(account, "refresh_failed", reason)
             if invalid:
-                self.core.apply(account, Verdict(FAILOVER, "invalid_grant", needs_reauth=True),
+                self.proxy.apply(account, Verdict(FAILOVER, "invalid_grant", needs_reauth=True),
                                 None, None, now)
             else:
-                self.core.apply(account, Verdict(FAILOVER, "refresh_failed",
+                self.proxy.apply(account, Verdict(FAILOVER, "refresh_failed",
                                                  cooldown_until=now + self.FAILURE_BACKOFF_S),
                                 None, None, now)
             return False
-        self.core.tokens[name] = fresh
+        self.proxy.tokens[name] = fresh
         if shared is not None:  # before anyone else refreshes: they adopt this pair
             await shared.store_tokens(name, _pair(fresh))
-        self.core.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
-        self.core.mark_accounts_changed()
+        self.proxy.event(account, "refreshed", f"expires {iso_utc(fresh.expires_at) or 'unknown'}")
+        self.proxy.mark_accounts_changed()
         return True
 
     async def _adopt_shared(self, account, current: TokenSet) -> bool:
@@ -308,7 +308,7 @@ class OAuthManager:
 
         deadline = time.monotonic() + REFRESH_TIMEOUT_S + 5
         while time.monotonic() < deadline:
-            pair = await self.core.shared.stored_tokens(account.name)
+            pair = await self.proxy.shared.stored_tokens(account.name)
             if pair and pair.get("refresh_token") != current.refresh_token:
                 await self.adopt(account.name, pair)
                 return True
@@ -318,7 +318,7 @@ class OAuthManager:
     async def _adopt_newer(self, account, current: TokenSet) -> bool:
         """Adopt the pair in Redis when it was refreshed after ``current`` (another process
         rotated the refresh token we hold). True when adopted."""
-        pair = await self.core.shared.stored_tokens(account.name)
+        pair = await self.proxy.shared.stored_tokens(account.name)
         if not pair or pair.get("refresh_token") in (None, current.refresh_token) or \
                 (pair.get("last_refresh_at") or 0) <= (current.last_refresh_at or 0):
             return False
@@ -330,20 +330,20 @@ class OAuthManager:
         it in ``flare_state`` too (for a restart without Redis)."""
         import asyncio
 
-        account = self.core.pool.accounts.get(name)
-        current = self.core.tokens.get(name)
+        account = self.proxy.pool.accounts.get(name)
+        current = self.proxy.tokens.get(name)
         if account is None or not pair.get("access_token") or (
                 current is not None and current.refresh_token == pair.get("refresh_token")):
             return
         fresh = TokenSet(**{k: pair.get(k) for k in
                             ("access_token", "refresh_token", "expires_at", "last_refresh_at")},
                          source_fingerprint=pair.get("source_fingerprint") or "")
-        self.core.tokens[name] = fresh
-        self.core.event(account, "tokens_adopted", "pair refreshed by another process")
-        self.core.clear_stale_reauth()
-        self.core.mark_accounts_changed()
+        self.proxy.tokens[name] = fresh
+        self.proxy.event(account, "tokens_adopted", "pair refreshed by another process")
+        self.proxy.clear_stale_reauth()
+        self.proxy.mark_accounts_changed()
         try:
-            await asyncio.to_thread(self.core.store.save_tokens, name, fresh)
+            await asyncio.to_thread(self.proxy.store.save_tokens, name, fresh)
         except OSError:  # the store's StoreUnavailable
             log.exception("OAuth: the adopted pair of %s was not saved to flare_state", name)
 
@@ -353,22 +353,22 @@ class OAuthManager:
         import asyncio
 
         try:
-            stored = (await asyncio.to_thread(self.core.store.tokens)).get(account.name)
+            stored = (await asyncio.to_thread(self.proxy.store.tokens)).get(account.name)
         except OSError:  # the store's StoreUnavailable: missing or locked now
             return False
         if stored is None or not stored.refresh_token or stored.refresh_token == used.refresh_token:
             return False
         if resolve_tokens(account.config, stored) is not stored:
             return False
-        self.core.tokens[account.name] = stored
-        self.core.event(account, "tokens_adopted", "pair rotated by another process")
-        self.core.clear_stale_reauth()
+        self.proxy.tokens[account.name] = stored
+        self.proxy.event(account, "tokens_adopted", "pair rotated by another process")
+        self.proxy.clear_stale_reauth()
         return True
 
     async def refresh_idle(self) -> None:
         """Refresh every idle OAuth account whose token is about to expire."""
         now = time.time()
-        for account in list(self.core.pool.accounts.values()):
+        for account in list(self.proxy.pool.accounts.values()):
             if account.state.needs_reauth or account.config.paused or account.state.in_flight:
                 continue
             if self.needs_refresh(account, now) and account.name not in self._inflight:

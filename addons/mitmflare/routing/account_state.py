@@ -4,7 +4,7 @@ Every change to an account's cooldown, bench, re-login, budget and near-limit fi
 method of :class:`AccountState` here. Each takes the time (``now``, epoch s) and whatever
 else it needs as arguments and returns a :class:`Change`: the ``account_events`` rows to
 record and whether the persisted fields changed. Whoever calls it records what it returns
-(:meth:`mitmflare.core.Core.record`): logs, ``account_events`` rows, ``flare_state`` and the
+(:meth:`mitmflare.proxy_state.ProxyState.record`): logs, ``account_events`` rows, ``flare_state`` and the
 other processes (``flare_redis``). A shared store implements the same transitions.
 
 Times are Unix epoch seconds; durations are seconds.

@@ -8,18 +8,18 @@ row keeps the client's ``model`` and the served ``upstream_model``.
 
 from __future__ import annotations
 
-from ..core import Core, FlowContext
+from ..proxy_state import FlowContext, ProxyState
 from .pool import Account
 
 HEADER = "x-mitmflare-model-fallback"
 
 
-def fall_back(core: Core, fc: FlowContext) -> Account | None:
+def fall_back(proxy: ProxyState, fc: FlowContext) -> Account | None:
     """The account for the next fallback of ``fc``'s model that one can serve now, with
     ``fc.model`` set to that model (``fc.asked_model`` keeps the client's); None, with ``fc``
     unchanged, when no fallback is configured or none can be served (see
     :func:`fallback_choice`)."""
-    found = fallback_choice(core, fc)
+    found = fallback_choice(proxy, fc)
     if found is None:
         return None
     model, account = found
@@ -29,7 +29,7 @@ def fall_back(core: Core, fc: FlowContext) -> Account | None:
     return account
 
 
-def fallback_choice(core: Core, fc: FlowContext) -> tuple[str, Account] | None:
+def fallback_choice(proxy: ProxyState, fc: FlowContext) -> tuple[str, Account] | None:
     """(fallback model, the account the strategy picks for it) for ``fc`` now, or None; ``fc``
     is left as it was.
 
@@ -38,11 +38,11 @@ def fallback_choice(core: Core, fc: FlowContext) -> tuple[str, Account] | None:
     limit leaves the others free), except those without a usable credential. A user limited
     to some models (access keys) is never given one it may not use."""
     asked = fc.asked_model or fc.model
-    chain = core.fallbacks.get(asked or "") if asked else None
+    chain = proxy.fallbacks.get(asked or "") if asked else None
     if not chain:
         return None
     start = chain.index(fc.model) + 1 if fc.model in chain else 0
-    user = next((u for u in core.users.values() if u.name == fc.user), None) \
+    user = next((u for u in proxy.users.values() if u.name == fc.user), None) \
         if fc.user else None
     model, excluded = fc.model, fc.excluded
     try:
@@ -51,7 +51,7 @@ def fallback_choice(core: Core, fc: FlowContext) -> tuple[str, Account] | None:
             if candidate == asked or (user is not None and user.allows(fc.wire_format, candidate)):
                 continue
             fc.model = candidate
-            account = core.choose(fc)
+            account = proxy.choose(fc)
             if account is not None:
                 return candidate, account
         return None

@@ -116,7 +116,7 @@ class FlowContext:
         return self.body
 
 
-class Core:
+class ProxyState:
     """The shared state. ``options`` mirrors the ``flare_*`` options as plain attributes."""
 
     def __init__(self) -> None:
