@@ -4,7 +4,8 @@
 accounts file, access keys, shared state, token refresher, account health, OAuth clients,
 operations, runtime file, failover, router, pool headers, slot release, recorder,
 timeouts. ``attempt`` makes one attempt of a request (the router and failover call it);
-``client_errors`` is mitmproxy's HTTP/1 server answering in JSON.
+``fallbacks`` picks a fallback model's account for it; ``client_errors`` is mitmproxy's
+HTTP/1 server answering in JSON.
 
 May import every other sub-package; nothing outside ``bundle`` and ``proxy_state`` imports it.
 """

@@ -27,9 +27,9 @@ from ..providers.convert import convert_answer, convert_request, stream_converte
 from ..providers.presets import CODEX
 from ..providers.wire import header
 from ..proxy_state import FlowContext, ProxyState
-from ..routing.fallbacks import fall_back
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
 from ..routing.ratelimits import parse_limits
+from .fallbacks import fall_back
 
 log = logging.getLogger("mitmflare")
 

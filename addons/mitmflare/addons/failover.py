@@ -28,12 +28,12 @@ from ..config.option_types import decimal, whole
 from ..providers import error_response
 from ..proxy_state import FlowContext, ProxyState
 from ..routing.classify import FAILOVER, OK, TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict, classify
-from ..routing.fallbacks import fallback_choice
 from ..routing.pool import BENCHED, NEEDS_REAUTH, OVER_BUDGET, PAUSED, Account
 from ..routing.ratelimits import parse_limits
 from ..times import iso_utc
 from .attempt import attempt_account, attempt_response, free_at, resend, route
 from .concurrency import in_flight
+from .fallbacks import fallback_choice
 from .http_clients import close_soon, open_client
 
 log = logging.getLogger("mitmflare")

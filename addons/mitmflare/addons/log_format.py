@@ -10,11 +10,10 @@ import logging
 
 from mitmproxy import ctx
 
+from ..storage.rows import LOG_FIELDS as FIELDS
 from ..times import iso_utc
 
 FORMATS = ("text", "json")
-FIELDS = ("flow_id", "account", "model", "status", "ms", "input_tokens", "output_tokens",
-          "cost_usd", "failover", "user", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -31,7 +31,6 @@ from ..providers.wire import header
 from ..proxy_state import FlowContext, ProxyState
 from ..routing.cache_affinity import CacheContext, cache_ttl, conversation_key, parent_key
 from ..routing.classify import TRANSIENT, TRANSIENT_COOLDOWN_S, Verdict
-from ..routing.fallbacks import HEADER as FALLBACK_HEADER
 from ..routing.ratelimits import parse_limits
 from ..routing.selection import STRATEGIES
 from ..routing.unconvertible import refusal as unconvertible
@@ -39,6 +38,7 @@ from . import attempt
 from .access import Refusal, presented_key
 from .concurrency import in_flight
 from .failover import no_account_response
+from .fallbacks import HEADER as FALLBACK_HEADER
 from .guard import ROUTED, take_placeholder
 from .oauth_clients import keep_for_claude_code
 

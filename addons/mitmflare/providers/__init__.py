@@ -3,8 +3,10 @@ bodies (this module); presets, conversions between the Anthropic and OpenAI form
 untrusted JSON and SSE, usage parsing, request inspection and the Claude OAuth token endpoint
 (its sub-modules).
 
-May import ``config`` (defaults and account types) and the top-level helpers; never
-``addons`` or ``storage``.
+May import ``config`` (defaults and account types), ``routing.classify`` (the OAuth manager
+reports a failed refresh as a verdict) and the top-level helpers (``times``, ``money``,
+``runtime``); never ``addons``, ``storage`` or ``proxy_state``. Checked by
+``tests/unit/test_imports.py``.
 
 Facts from ``shared/reference/upstream-apis.md`` sections 2, 3, 5 and 8 (Anthropic and
 OpenAI API documentation, the official SDKs and Claude Code).

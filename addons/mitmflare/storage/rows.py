@@ -23,6 +23,11 @@ PRICE_PROVIDER = "_price"  # genai-prices provider id of the account (None: by m
 ACCOUNT_PRICE = "_account_price"  # the account's own `price:` (USD per MTok), or None
 PAYLOAD = "_payload"    # captured bodies and headers (flare_payloads), see payload_row
 
+LOG_FIELDS = ("flow_id", "account", "model", "status", "ms", "input_tokens", "output_tokens",
+              "cost_usd", "failover", "user", "error")
+"""The fields of a request's log line (``extra=`` of its log record) that the JSON log format
+prints as keys (:mod:`mitmflare.addons.log_format`)."""
+
 
 def complete(row: dict[str, Any]) -> dict[str, Any]:
     """Fill usage, model, error, ``cost_usd`` and ``cost_source`` of a row; drop the private

@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict, deque
 from typing import IO, Any
 
-from ..addons.log_format import FIELDS
+from .rows import LOG_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class _ForwardLogs(logging.Handler):
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
-        fields = {f: getattr(record, f) for f in FIELDS if getattr(record, f, None) is not None}
+        fields = {f: getattr(record, f) for f in LOG_FIELDS if getattr(record, f, None) is not None}
         self.channel.send(("log", record.name, record.levelno, text, fields))
 
 

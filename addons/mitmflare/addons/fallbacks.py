@@ -9,7 +9,7 @@ row keeps the client's ``model`` and the served ``upstream_model``.
 from __future__ import annotations
 
 from ..proxy_state import FlowContext, ProxyState
-from .pool import Account
+from ..routing.pool import Account
 
 HEADER = "x-mitmflare-model-fallback"
 
