@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -285,6 +286,19 @@ class ProxyState:
             else None,
             "clock_skew_s": _skew(st.last_date),
         }
+
+    def leave_out(self, fc: FlowContext, unwanted: Callable[[Account], bool], reason: str) -> bool:
+        """Leave out of ``fc``'s choice the accounts that could serve its request (its wire
+        format, directly or converted; its model; its family) for which ``unwanted`` is true:
+        they go into ``fc.excluded``, with ``reason`` in ``fc.skipped``. True when some account
+        could serve it and every one of them was left out (the caller refuses the request)."""
+        accounts = [a for a in self.pool.for_client(fc.wire_format, fc.convertible)
+                    if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))]
+        out = [a for a in accounts if unwanted(a)]
+        for account in out:
+            fc.excluded.add(account.name)
+            fc.skipped[account.name] = reason
+        return bool(out) and len(out) == len(accounts)
 
     def choose(self, fc: FlowContext) -> Account | None:
         """The account for the request in ``fc`` now, by ``strategy``; None if none is usable.

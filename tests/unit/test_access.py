@@ -11,7 +11,7 @@ from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
 from conftest import wait_for
-from mitmflare.addons.access import AccessKeys, presented_key
+from mitmflare.addons.access import AccessKeys, keep_to_user_providers, presented_key
 from mitmflare.addons.accounts_file import AccountsFile
 from mitmflare.proxy_state import FlowContext, ProxyState
 from mitmflare.storage.rows import PRICE_PROVIDER
@@ -82,18 +82,46 @@ def test_a_user_added_later_is_known_once_the_users_are_read_again(keys, tmp_pat
     assert access.authenticate(carol)[0].name == "carol"
 
 
-def test_providers_and_models_outside_the_users_lists_get_403(keys):
+def test_models_outside_the_users_list_get_403(keys):
     access, _, key = keys
     alice, _ = access.authenticate(key["alice"])
     now = time.time()
-    assert access.authorize(alice, "anthropic", "claude-sonnet-4-5", now) is None
-    assert access.authorize(alice, "anthropic", None, now) is None  # e.g. GET /v1/models
-    refusal = access.authorize(alice, "openai", "claude-sonnet-4-5", now)
+    assert access.authorize(alice, "claude-sonnet-4-5", now) is None
+    assert access.authorize(alice, None, now) is None  # e.g. GET /v1/models
+    refusal = access.authorize(alice, "gpt-4o", now)
     assert (refusal.status, refusal.kind) == (403, "permission")
-    assert "may not use provider openai" in refusal.message
-    refusal = access.authorize(alice, "anthropic", "gpt-4o", now)
-    assert refusal.status == 403 and "may not use model gpt-4o" in refusal.message
-    assert access.authorize(None, "openai", "gpt-4o", now) is None  # keys not required
+    assert "may not use model gpt-4o" in refusal.message
+    assert access.authorize(None, "gpt-4o", now) is None  # keys not required
+
+
+def context() -> FlowContext:
+    return FlowContext(flow_id="f", wire_format="anthropic", started=time.time(),
+                       path="/v1/messages", client_session=None, model="claude-sonnet-4-5",
+                       user_agent=None)
+
+
+def test_accounts_of_providers_outside_the_users_list_are_left_out(keys, tmp_path):
+    """``--providers`` names account providers: other providers' accounts are not chosen for
+    the user; when only those could serve, the request gets a 403."""
+    access, tctx, key = keys
+    (tmp_path / "accounts.yaml").write_text(
+        "accounts:\n"
+        "  - {name: claude, provider: anthropic, api_key: sk-ant-api03-A}\n"
+        "  - {name: glm, provider: zai, api_key: zai-key}\n")
+    files = next(a for a in tctx.master.addons.chain if isinstance(a, AccountsFile))
+    tctx.configure(files, flare_accounts=str(tmp_path / "accounts.yaml"))
+    wait_for(lambda: len(access.proxy.pool.accounts) == 2)
+    alice, _ = access.authenticate(key["alice"])
+    fc = context()
+    assert keep_to_user_providers(access.proxy, fc, alice) is None
+    assert fc.excluded == {"glm"} and "provider not allowed" in fc.skipped["glm"]
+    assert access.proxy.choose(fc).name == "claude"
+    alice.allowed_providers = ["openai"]
+    fc = context()
+    message = keep_to_user_providers(access.proxy, fc, alice)
+    assert message is not None and "only accounts of provider(s) openai" in message
+    assert access.proxy.choose(fc) is None
+    assert keep_to_user_providers(access.proxy, context(), None) is None
 
 
 def test_a_spent_daily_cap_gets_429_until_utc_midnight(keys, tmp_path):
@@ -107,14 +135,14 @@ def test_a_spent_daily_cap_gets_429_until_utc_midnight(keys, tmp_path):
     try:
         assert writer.ready.wait(30)
         now = time.time()
-        assert access.authorize(alice, "anthropic", "claude-sonnet-4-5", now) is None
+        assert access.authorize(alice, "claude-sonnet-4-5", now) is None
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         writer.put("request", {"id": "r1", "started_at": now, "user": "alice", "status": 200,
                                "model": "claude-sonnet-4-5", "input_tokens": 1_000_000,
                                "output_tokens": 0, PRICE_PROVIDER: "anthropic"})
         assert writer.flush()
         wait_for(lambda: writer.spend.get(("user", "alice", day), 0.0) >= 1.0, timeout=30)
-        refusal = access.authorize(alice, "anthropic", "claude-sonnet-4-5", now)
+        refusal = access.authorize(alice, "claude-sonnet-4-5", now)
         assert (refusal.status, refusal.kind) == (429, "rate_limit")
         assert "daily spend cap of" in refusal.message
         assert 0 < refusal.retry_after <= 86400

@@ -49,6 +49,20 @@ class Refusal:
     retry_after: int | None = None
 
 
+def keep_to_user_providers(proxy: ProxyState, fc: FlowContext, user: User | None) -> str | None:
+    """Apply the user's ``allowed_providers`` (``mitmflare users set NAME --providers …``) to
+    the request in ``fc``: accounts of other providers are left out of its choice. Returns the
+    403 message when every account that could serve it is of another provider, else None."""
+    if user is None or user.allowed_providers is None:
+        return None
+    allowed = ", ".join(user.allowed_providers) or "none"
+    if not proxy.leave_out(fc, lambda a: not user.allows_provider(a.provider),
+                           f"provider not allowed for user {user.name}"):
+        return None
+    return (f"mitmflare: user {user.name} may use only accounts of provider(s) {allowed}, and "
+            f"no such account serves {fc.model or 'this request'}")
+
+
 def presented_key(headers: http.Headers) -> str | None:
     """The client's credential: ``x-api-key``, else the token of ``Authorization: Bearer``."""
     key = header(headers, b"x-api-key")
@@ -135,15 +149,14 @@ class AccessKeys:
         for row in self.refusals.due(now):
             self.proxy.put("request", row)
 
-    def authorize(self, user: User | None, wire_format: str, model: str | None,
-                  now: float) -> Refusal | None:
-        """None when ``user`` may send this request (in ``wire_format``, for ``model``) now,
-        else why not (403: a format or model the user may not use, 429 over a spend cap). The
-        user's ``allowed_providers`` (``--providers``) name wire formats: ``anthropic``,
-        ``openai``."""
+    def authorize(self, user: User | None, model: str | None, now: float) -> Refusal | None:
+        """None when ``user`` may send a request for ``model`` now, else why not (403: a model
+        the user may not use, 429 over a spend cap). The user's ``allowed_providers``
+        (``--providers``) are applied per account when one is chosen
+        (:func:`keep_to_user_providers`)."""
         if user is None:
             return None
-        why = user.allows(wire_format, model)
+        why = user.allows(model)
         if why:
             return Refusal(403, "permission", f"mitmflare: {why}")
         return self._over_cap(user, now)

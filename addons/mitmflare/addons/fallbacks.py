@@ -48,7 +48,7 @@ def fallback_choice(proxy: ProxyState, fc: FlowContext) -> tuple[str, Account] |
     try:
         fc.excluded = _still_excluded(fc)
         for candidate in chain[start:]:
-            if candidate == asked or (user is not None and user.allows(fc.wire_format, candidate)):
+            if candidate == asked or (user is not None and user.allows(candidate)):
                 continue
             fc.model = candidate
             account = proxy.choose(fc)

@@ -40,13 +40,8 @@ def keep_for_claude_code(proxy: ProxyState, fc: FlowContext, headers: http.Heade
     subscription accounts could serve it, else None."""
     if proxy.oauth_clients != "claude-code" or from_claude_code(headers):
         return None
-    accounts = [a for a in proxy.pool.for_client(fc.wire_format, fc.convertible)
-                if a.serves(fc.model) and (fc.family is None or a.in_family(fc.family))]
-    oauth = [a for a in accounts if a.config.oauth is not None and a.wire == "anthropic"]
-    for account in oauth:
-        fc.excluded.add(account.name)
-        fc.skipped[account.name] = SKIPPED
-    if not oauth or len(oauth) < len(accounts):
+    if not proxy.leave_out(fc, lambda a: a.config.oauth is not None and a.wire == "anthropic",
+                           SKIPPED):
         return None
     agent = (fc.user_agent or "none")[:80]
     return (f"mitmflare: only Claude Code may use this proxy's subscription accounts "

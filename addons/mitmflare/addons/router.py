@@ -35,7 +35,7 @@ from ..routing.ratelimits import parse_limits
 from ..routing.selection import STRATEGIES
 from ..routing.unconvertible import refusal as unconvertible
 from . import attempt
-from .access import Refusal, presented_key
+from .access import Refusal, keep_to_user_providers, presented_key
 from .concurrency import in_flight
 from .failover import no_account_response
 from .fallbacks import HEADER as FALLBACK_HEADER
@@ -165,7 +165,7 @@ class Router:
                                     user is not None and user.allowed_models is not None)
             info.body = None  # the parsed body goes now (fc.request_json() when needed)
             refusal = Refusal(400, "invalid_request", problem) if problem else \
-                access.authorize(user, wire_format, fc.model, fc.started) if access else None
+                access.authorize(user, fc.model, fc.started) if access else None
             if refusal is None and user is not None and user.max_concurrent is not None \
                     and not await self.proxy.slots.take_user(user, flow.id,
                                                             fc.started + self.proxy.queue_s):
@@ -182,7 +182,8 @@ class Router:
             return
         fc.user_agent = header(request.headers, b"user-agent")
         fc.excluded, fc.had_transient = self._excluded_for_retry(flow)
-        refused = keep_for_claude_code(self.proxy, fc, request.headers)
+        refused = keep_for_claude_code(self.proxy, fc, request.headers) \
+            or keep_to_user_providers(self.proxy, fc, user)
         if refused is not None:
             fc.error = refused
             flow.response = error_response(wire_format, 403, "permission", refused)

@@ -26,8 +26,8 @@ Models = Annotated[str | None, typer.Option(
     "--models", help="Comma-separated models the user may use (a trailing * matches a "
                      "prefix, e.g. claude-sonnet-*); '' allows all.")]
 Providers = Annotated[str | None, typer.Option(
-    "--providers", help="Comma-separated providers the user may use (anthropic, openai); "
-                        "'' allows all.")]
+    "--providers", help="Comma-separated providers whose accounts may serve the user "
+                        "(anthropic, openai, codex, zai, …); '' allows all.")]
 DailyCap = Annotated[float | None, typer.Option(
     "--daily-cap", min=0, help="Spend cap in USD per UTC day (recorded costs).")]
 MonthlyCap = Annotated[float | None, typer.Option(

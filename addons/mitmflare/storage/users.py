@@ -67,10 +67,14 @@ class User:
                    row["daily_cap_usd"], row["monthly_cap_usd"], row["created_at"],
                    row.get("max_concurrent"))  # None in a file from before the column
 
-    def allows(self, provider: str, model: str | None) -> str | None:
-        """None when the user may send this request, else why not (one line)."""
-        if self.allowed_providers is not None and provider not in self.allowed_providers:
-            return f"user {self.name} may not use provider {provider}"
+    def allows_provider(self, provider: str) -> bool:
+        """True when accounts of ``provider`` (an account's provider: anthropic, openai, zai,
+        codex, …) may serve this user's requests."""
+        return self.allowed_providers is None or provider in self.allowed_providers
+
+    def allows(self, model: str | None) -> str | None:
+        """None when the user may ask for ``model`` (None: a request naming none), else why not
+        (one line). Providers are judged per account (:meth:`allows_provider`)."""
         if self.allowed_models is not None and model is not None and not any(
                 model == m or (m.endswith("*") and model.startswith(m[:-1]))
                 for m in self.allowed_models):
