@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -224,6 +225,29 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def bundle_parts(folder: Path, yaml: str) -> Iterator[tuple[dict[type, object], object]]:
+    """The bundle's parts in-process (mitmproxy's taddons), configured on an accounts file
+    holding ``yaml`` and databases in ``folder``: yields ({part type: part}, tctx); the
+    recorder's writer is stopped on exit."""
+    from mitmproxy.test import taddons
+
+    from mitmflare.addons.accounts_file import AccountsFile
+    from mitmflare.addons.recorder import Recorder
+    from mitmflare.bundle import make_addons
+
+    (folder / "accounts.yaml").write_text(yaml)
+    addons = make_addons()
+    parts = {type(a): a for a in addons}
+    with taddons.context(*addons) as tctx:
+        tctx.configure(parts[AccountsFile], flare_accounts=str(folder / "accounts.yaml"),
+                       flare_db=str(folder / "a.db"), flare_state=str(folder / "s.db"))
+        try:
+            yield parts, tctx
+        finally:
+            parts[Recorder].done()
 
 
 def wait_for(check, timeout: float = 15.0, interval: float = 0.1):

@@ -4,35 +4,20 @@ take the next request."""
 from __future__ import annotations
 
 import pytest
-from mitmproxy.test import taddons
 
-from mitmflare.addons.accounts_file import AccountsFile
+from conftest import bundle_parts
 from mitmflare.addons.operations import Operations
-from mitmflare.addons.recorder import Recorder
-from mitmflare.bundle import make_addons
 
-YAML = """\
-accounts:
-  - name: sub
-    provider: anthropic
-    oauth: {access_token: sk-ant-oat01-SUB, refresh_token: sk-ant-ort01-R}
-  - name: capped
-    provider: anthropic
-    api_key: sk-ant-api03-KEY
-    max_concurrent: 2
+YAML = """accounts:
+  - {name: sub, provider: anthropic, oauth: {access_token: sk-ant-oat01-S, refresh_token: r}}
+  - {name: capped, provider: anthropic, api_key: sk-ant-api03-KEY, max_concurrent: 2}
 """
 
 
 @pytest.fixture
 def parts(tmp_path):
-    (tmp_path / "accounts.yaml").write_text(YAML)
-    addons = make_addons()
-    by_type = {type(a): a for a in addons}
-    with taddons.context(*addons) as tctx:
-        tctx.configure(by_type[AccountsFile], flare_accounts=str(tmp_path / "accounts.yaml"),
-                       flare_db=str(tmp_path / "a.db"), flare_state=str(tmp_path / "s.db"))
-        yield by_type[Operations], tctx
-        by_type[Recorder].done()
+    with bundle_parts(tmp_path, YAML) as (parts, tctx):
+        yield parts[Operations], tctx
 
 
 def verdicts(operations: Operations) -> dict[str, str]:

@@ -7,12 +7,12 @@ import json
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.http import Headers
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
+from conftest import bundle_parts
 from mitmflare.addons.accounts_file import AccountsFile
 from mitmflare.addons.recorder import Recorder
 from mitmflare.addons.router import Router
-from mitmflare.bundle import make_addons
 
 YAML = """\
 accounts:
@@ -29,15 +29,8 @@ accounts:
 
 @pytest.fixture
 def bundle(tmp_path):
-    (tmp_path / "accounts.yaml").write_text(YAML)
-    addons = make_addons()
-    by_type = {type(a): a for a in addons}
-    files, router, recorder = by_type[AccountsFile], by_type[Router], by_type[Recorder]
-    with taddons.context(*addons) as tctx:
-        tctx.configure(files, flare_accounts=str(tmp_path / "accounts.yaml"),
-                       flare_db=str(tmp_path / "a.db"), flare_state=str(tmp_path / "s.db"))
-        yield (files, router, recorder), tctx
-        recorder.done()
+    with bundle_parts(tmp_path, YAML) as (parts, tctx):
+        yield (parts[AccountsFile], parts[Router], parts[Recorder]), tctx
 
 
 def messages_flow(**headers: str):
