@@ -166,12 +166,13 @@ def redact_credentials(headers: http.Headers, account: str) -> None:
     """Replace credential header values with ``<account>`` so flows keep no secret (one
     pass over the raw header fields)."""
     fields = headers.fields
-    if not any(f[0].lower() in _REDACTED_NAMES for f in fields):
+    names = [f[0].lower() for f in fields]
+    if _REDACTED_NAMES.isdisjoint(names):
         return
     bearer, plain = f"Bearer <{account}>".encode(), f"<{account}>".encode()
     headers.fields = tuple(
-        (f[0], bearer if f[0].lower() == b"authorization" else plain)
-        if f[0].lower() in _REDACTED_NAMES else f for f in fields)
+        (f[0], bearer if name == b"authorization" else plain)
+        if name in _REDACTED_NAMES else f for f, name in zip(fields, names, strict=True))
 
 
 # Synthesized-error kinds → (Anthropic error.type, OpenAI error.type, OpenAI error.code)

@@ -17,11 +17,13 @@ from typing import Any
 
 from mitmproxy import http
 
-from .wire import MAX_TEXT, content, header, json_object, json_object_fast, text
+from .wire import MAX_TEXT, content, headers_named, json_object, json_object_fast, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
 AGENT_HEADER = b"x-claude-code-agent-id"          # a Claude Code sub-agent's own id
 PARENT_AGENT_HEADER = b"x-claude-code-parent-agent-id"  # the agent that started it
+_READ_HEADERS = frozenset((SESSION_HEADER, AGENT_HEADER, PARENT_AGENT_HEADER,
+                           b"content-encoding"))
 MODEL_REQUIRED = ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions")
 """Endpoints whose API requires a string ``model`` (Anthropic Messages and token counting,
 OpenAI Chat Completions; ``upstream-apis.md`` sections 2 and 4)."""
@@ -58,12 +60,13 @@ def inspect_request(wire_format: str, request: http.Request) -> RequestInfo:
     """Read the request. For an OpenAI streamed chat completion without
     ``stream_options.include_usage`` the body is rewritten to ask for the final usage chunk
     (without it the stream carries no usage at all)."""
-    info = RequestInfo(client_session=text(header(request.headers, SESSION_HEADER)),
-                       agent=text(header(request.headers, AGENT_HEADER)),
-                       parent_agent=text(header(request.headers, PARENT_AGENT_HEADER)))
+    found = headers_named(request.headers, _READ_HEADERS)
+    info = RequestInfo(client_session=text(found.get(SESSION_HEADER)),
+                       agent=text(found.get(AGENT_HEADER)),
+                       parent_agent=text(found.get(PARENT_AGENT_HEADER)))
     if not request.raw_content or request.data.method.upper() != b"POST":
         return info
-    info.source = content(request, strict=False)
+    info.source = content(request, strict=False, encoded=b"content-encoding" in found)
     body = info.body = json_object_fast(info.source)
     if body is None:
         info.source = None

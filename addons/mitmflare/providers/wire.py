@@ -69,10 +69,24 @@ def header(headers: Headers, name: bytes) -> str | None:
     return None
 
 
-def content(message: Message, strict: bool = True) -> bytes | None:
+def headers_named(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]:
+    """The first value of each header in ``names`` (lower-case bytes) that is present, in one
+    pass over the raw fields (:func:`header` for several names at once)."""
+    found: dict[bytes, str] = {}
+    for key, value in headers.fields:
+        key = key.lower()
+        if key in names and key not in found:
+            found[key] = value.decode("utf-8", "surrogateescape")
+    return found
+
+
+def content(message: Message, strict: bool = True, encoded: bool | None = None) -> bytes | None:
     """The body of ``message`` as mitmproxy's ``get_content`` gives it, without its decoding
-    step for the common body that has no ``content-encoding``."""
-    if header(message.headers, b"content-encoding") is None:
+    step for the common body that has no ``content-encoding``. ``encoded``: whether it has
+    one, when the caller already knows (None: looked up here)."""
+    if encoded is None:
+        encoded = header(message.headers, b"content-encoding") is not None
+    if not encoded:
         return message.raw_content
     return message.get_content(strict=strict)
 

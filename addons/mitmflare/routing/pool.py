@@ -33,24 +33,18 @@ class Account:
     order: int
     state: AccountState = field(default_factory=AccountState)
     target: tuple[str, str, int, str] = ("https", "", 443, "")
+    # copied from ``config`` once (read several times per request; a reload makes new Accounts)
+    name: str = field(init=False)
+    provider: str = field(init=False)
+    wire: str = field(init=False)
+    """The format its upstream speaks: ``anthropic``, ``openai`` or ``codex``."""
 
     def __post_init__(self) -> None:
         url = urlsplit(self.config.upstream)
         default = 443 if url.scheme == "https" else 80
         self.target = (url.scheme, url.hostname or "", url.port or default, url.path.rstrip("/"))
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def provider(self) -> str:
-        return self.config.provider
-
-    @property
-    def wire(self) -> str:
-        """The format its upstream speaks: ``anthropic``, ``openai`` or ``codex``."""
-        return self.config.wire
+        self.name, self.provider = self.config.name, self.config.provider
+        self.wire = self.config.wire
 
     def takes(self, client: str, convertible: bool, family: str | None = None) -> bool:
         """True when requests in the ``client`` format (``anthropic``/``openai``) can go to this
