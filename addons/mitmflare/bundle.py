@@ -36,6 +36,7 @@ from .addons.failover import Failover
 from .addons.guard import Guard, Refusal
 from .addons.listener import Listener
 from .addons.log_format import LogFormat
+from .addons.memory import MemoryReturn
 from .addons.oauth_clients import OAuthClients
 from .addons.operations import Operations
 from .addons.pool_headers import PoolHeaders
@@ -65,13 +66,14 @@ def make_addons() -> list[object]:
     router's reads the verdict), routing, the pool's limit headers (after the router has read the
     account's own), giving back users' slots, recording (its rows through Redis when
     ``flare_redis`` is set), then the per-attempt timeouts (after
-    the recorder, whose stream tap they watch)."""
+    the recorder, whose stream tap they watch), and last giving memory back after large
+    requests."""
     proxy = ProxyState()
     return [Listener(), Guard(proxy), LogFormat(), AccountsFile(proxy), AccessKeys(proxy),
             SharedState(proxy), TokenRefresher(proxy), AccountHealth(proxy), OAuthClients(proxy),
             Operations(proxy), RuntimeFile(), Failover(proxy), Router(proxy), PoolHeaders(proxy),
             SlotRelease(proxy),
-            Recorder(proxy), RowStream(proxy), Timeouts(proxy)]
+            Recorder(proxy), RowStream(proxy), Timeouts(proxy), MemoryReturn()]
 
 
 class Bundle:

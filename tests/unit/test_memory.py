@@ -1,0 +1,55 @@
+"""Memory is given back after large requests (a full collection and malloc_trim), never
+after small ones."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+from mitmproxy.test import tflow, tutils
+
+from mitmflare.addons import memory
+from mitmflare.addons.memory import LARGE_BYTES, MemoryReturn
+
+
+def _flow(size: int):
+    return tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages",
+                                       content=b"x" * size), resp=True)
+
+
+async def test_a_large_request_frees_its_cyclic_garbage_soon_after_it_ended(monkeypatch):
+    monkeypatch.setattr(memory, "DELAY_S", 0.01)
+    part = MemoryReturn()
+
+    class Cycle:  # what a finished flow is: garbage that only a collection frees
+        pass
+
+    garbage = Cycle()
+    garbage.me = garbage
+    gone = weakref.ref(garbage)
+    del garbage
+    gc.disable()  # no automatic collection may free it first
+    try:
+        part.response(_flow(LARGE_BYTES))
+        part.error(_flow(LARGE_BYTES))  # one run pending at a time
+        await asyncio.sleep(0.2)
+    finally:
+        gc.enable()
+    assert part.runs == 1 and gone() is None
+
+
+async def test_small_requests_schedule_nothing(monkeypatch):
+    monkeypatch.setattr(memory, "DELAY_S", 0.01)
+    part = MemoryReturn()
+    part.response(_flow(LARGE_BYTES - 1))
+    await asyncio.sleep(0.05)
+    assert part.runs == 0 and part._pending is None
+
+
+async def test_a_pending_run_is_cancelled_at_shutdown():
+    part = MemoryReturn()
+    part.response(_flow(LARGE_BYTES))
+    assert part._pending is not None
+    part.done()
+    assert part._pending is None and part.runs == 0
