@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,13 @@ def request_headers() -> list[tuple[bytes, bytes]]:
             (b"content-type", b"application/json")]
 
 
+def write_accounts(path: Path, base_url: str) -> None:
+    """Two Anthropic API-key accounts at ``base_url``, as ``scripts/bench`` has."""
+    path.write_text("accounts:\n" + "".join(
+        f"  - {{name: bench-{n}, provider: anthropic, api_key: sk-ant-api03-{n}, "
+        f"priority: {i}, base_url: {base_url}}}\n" for i, n in enumerate("ab")))
+
+
 def make_flow(tflow, tutils, http):
     body = json.dumps(BODY).encode()
     req = tutils.treq(method=b"POST", path=b"/v1/messages", content=body,
@@ -83,12 +89,7 @@ async def drive(args) -> dict:
     from mitmflare.bundle import Bundle, make_addons
 
     tmp = Path(tempfile.mkdtemp(prefix="mitmflare-hooks-"))
-    (tmp / "accounts.yaml").write_text(
-        "accounts:\n"
-        "  - {name: bench-a, provider: anthropic, api_key: sk-ant-api03-A, "
-        "base_url: http://127.0.0.1:9}\n"
-        "  - {name: bench-b, provider: anthropic, api_key: sk-ant-api03-B, priority: 1, "
-        "base_url: http://127.0.0.1:9}\n")
+    write_accounts(tmp / "accounts.yaml", "http://127.0.0.1:9")  # never connected to
     bundle = Bundle(make_addons())
     times: dict[tuple[str, str], list[int]] = defaultdict(list)
     with taddons.context(bundle) as tctx:
@@ -173,32 +174,6 @@ def report(times: dict, requests: int, as_json: bool) -> None:
     print(f"total per request: median-sum {total_median:.1f} µs, mean-sum {total_mean:.1f} µs")
 
 
-BARE_ADDON = '''
-def responseheaders(flow):
-    if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-        flow.response.stream = True
-'''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, timeout: float) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            httpx.get(url, timeout=5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 def _control(pid: int, *command: str) -> None:
     done = subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True,
                           text=True, timeout=120)
@@ -210,6 +185,7 @@ def _callgrind(cmd: list[str], url: str, health: str, args, tmp: Path, name: str
                env: dict[str, str]) -> float:
     """Instructions (Ir) per request of the process started by ``cmd`` (under callgrind)."""
     import httpx
+    from bench import wait_http
 
     out = tmp / f"{name}.callgrind"
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -217,7 +193,7 @@ def _callgrind(cmd: list[str], url: str, health: str, args, tmp: Path, name: str
                             stdout=(tmp / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
                             cwd=tmp, env=env)
     try:
-        _wait(health, 300)
+        wait_http(health, 300)
         with httpx.Client(timeout=120) as client:
             def load(n: int) -> None:
                 for _ in range(n):
@@ -247,29 +223,26 @@ def _callgrind(cmd: list[str], url: str, health: str, args, tmp: Path, name: str
 
 def callgrind(args) -> dict[str, float]:
     """Ir per request: bare mitmdump and mitmflare (``--repo``'s bundle), one after the other."""
+    from bench import BARE_ADDON, free_port, wait_http
+
     tmp = Path(tempfile.mkdtemp(prefix="mitmflare-cg-"))
     py = Path(sys.executable)
-    sim_port = _free_port()
+    sim_port = free_port()
     sim = subprocess.Popen([str(py), "-m", "mitmflare.demo.simulator", "--port", str(sim_port),
                             "--forget-requests"], stdout=(tmp / "sim.log").open("wb"),
                            stderr=subprocess.STDOUT)
     sim_url = f"http://127.0.0.1:{sim_port}"
     try:
-        _wait(sim_url + "/v1/models", 60)
+        wait_http(sim_url + "/v1/models", 60)
         (tmp / "bare.py").write_text(BARE_ADDON)
-        (tmp / "accounts.yaml").write_text(
-            "accounts:\n"
-            f"  - {{name: bench-a, provider: anthropic, api_key: sk-ant-api03-A, "
-            f"base_url: {sim_url}}}\n"
-            f"  - {{name: bench-b, provider: anthropic, api_key: sk-ant-api03-B, priority: 1, "
-            f"base_url: {sim_url}}}\n")
+        write_accounts(tmp / "accounts.yaml", sim_url)
         mitmdump = str(py.parent / "mitmdump")
         quiet = ["-q", "--set", "connection_strategy=lazy"]
         repo = args.repo.resolve()
         env = {**os.environ, "PYTHONPATH": str(repo / "addons")}
         result = {}
         for name in args.targets.split(","):
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             if name == "bare":
                 cmd = [mitmdump, *quiet, "-s", str(tmp / "bare.py"),
@@ -290,11 +263,8 @@ def callgrind(args) -> dict[str, float]:
                   f"ratio {result['mitmflare'] / result['bare']:.3f}")
         return result
     finally:
-        sim.send_signal(signal.SIGINT)
-        try:
-            sim.wait(15)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        sim.kill()  # keeps nothing
+        sim.wait()
 
 
 def main() -> int:
