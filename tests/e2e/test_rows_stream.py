@@ -121,17 +121,19 @@ def test_a_writer_killed_and_started_again_loses_nothing(workers, writer):
 
     with ThreadPoolExecutor(4) as pool:
         results = [pool.submit(client_loop, i) for i in range(4)]
-        wait_for(lambda: len(writer.sessions()) > 20, timeout=20)
-        writer.proc.kill()  # SIGKILL: whatever it read and had not acknowledged is pending
-        writer.proc.wait()
-        alarm = wait_for(lambda: workers[0].health()["rows_stream"]["state"]
-                         .startswith("no writer since"), timeout=15)
-        assert alarm
-        assert workers[0].health()["status"] == "degraded"
-        writer.start()
-        wait_for(lambda: len(writer.sessions()) > 0 and
-                 workers[0].health()["rows_stream"]["state"] == "ok", timeout=20)
-        stop.set()
+        try:  # the clients stop however this ends (else the pool waits for them forever)
+            wait_for(lambda: len(writer.sessions()) > 20, timeout=20)
+            writer.proc.kill()  # SIGKILL: whatever it read and had not acknowledged is pending
+            writer.proc.wait()
+            alarm = wait_for(lambda: workers[0].health()["rows_stream"]["state"]
+                             .startswith("no writer since"), timeout=15)
+            assert alarm
+            assert workers[0].health()["status"] == "degraded"
+            writer.start()
+            wait_for(lambda: len(writer.sessions()) > 0 and
+                     workers[0].health()["rows_stream"]["state"] == "ok", timeout=20)
+        finally:
+            stop.set()
         sessions = {s for r in results for s in r.result()}
     assert len(sessions) > 40
     wait_for(lambda: exactly_once(writer, sessions), timeout=30)

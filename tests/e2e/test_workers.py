@@ -108,13 +108,15 @@ def test_a_rolling_restart_under_load_fails_no_request(run):
     before = {httpx.get(run.url + "/health", timeout=5).json()["worker"] for _ in range(6)}
     with ThreadPoolExecutor(6) as pool:
         results = [pool.submit(client_loop, i) for i in range(6)]
-        time.sleep(1.0)
-        reload = subprocess.run([str(MITMFLARE), "run", "--reload"], cwd=run.folder,
-                                capture_output=True, text=True, timeout=30)
-        assert reload.returncode == 0, reload.stderr
-        wait_for(lambda: "Rolling restart done" in run.log(), timeout=180)
-        time.sleep(1.0)
-        stop.set()
+        try:  # the clients stop however this ends (else the pool waits for them forever)
+            time.sleep(1.0)
+            reload = subprocess.run([str(MITMFLARE), "run", "--reload"], cwd=run.folder,
+                                    capture_output=True, text=True, timeout=30)
+            assert reload.returncode == 0, reload.stderr
+            wait_for(lambda: "Rolling restart done" in run.log(), timeout=180)
+            time.sleep(1.0)
+        finally:
+            stop.set()
         outcomes = [r.result() for r in results]
     answered = [s for done, _ in outcomes for s in done]
     failures = [f for _, fs in outcomes for f in fs]
