@@ -17,6 +17,11 @@ Unset (the default), nothing changes and nothing is imported. Set to a ``redis:/
 - **Conversation stickiness**: each answered request of a conversation with a prompt cache is
   published, so every process sends the conversation's next request to the account where its
   cache lives (:class:`~.cache_affinity.CacheAffinity`).
+- **Users and operator commands** from any host's ``mitmflare`` command
+  (:mod:`~..storage.redis_store`): users (key hashes only) are kept here as Redis has them
+  (:attr:`SharedState.users`, merged with this host's by :class:`~.access.AccessKeys`);
+  ``reset`` / ``pause`` / ``unpause`` are applied through the account-state transitions,
+  once per command id (:meth:`~.operations.Operations.apply`).
 
 The hot path never waits on Redis: choosing an account reads the local pool; changes are
 appended to a bounded in-memory queue (:data:`QUEUE_MAX` messages, then the oldest are
@@ -43,20 +48,17 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from ..config.redis_url import SCHEMES, redacted
-from ..routing.pool import Account, AccountState
+from ..routing.pool import Account
+from ..storage.redis_store import ACCOUNT_KEY, CHANNEL, SHARED_FIELDS, USERS_KEY, shared_fields
 from ..times import iso_utc
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "mitmflare:events"
-ACCOUNT_KEY = "mitmflare:account:"
 TOKENS_KEY = "mitmflare:tokens:"          # an OAuth account's latest pair (JSON)
 LEASE_KEY = "mitmflare:refresh-lease:"    # held by the one process refreshing an account
 LEASE_MS = 30_000
 RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
            "end return 0")
-SHARED_FIELDS = tuple(f for f in AccountState.PERSISTED
-                      if f not in ("requests", "failures", "last_used", "identity"))
 QUEUE_MAX = 10_000
 RETRY_S = 1.0            # reconnection attempts this often (s)
 TIMEOUT_S = 2.0          # connect and command timeout (s)
@@ -80,6 +82,7 @@ class SharedState:
         self._task: asyncio.Task | None = None
         self._client: Any = None               # the connected client (refresh leases)
         self._first = asyncio.Event()          # set once connected for the first time
+        self.users: dict[str, dict[str, Any]] = {}  # name -> users row or tombstone (Redis)
 
     # -- mitmproxy hooks ----------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -118,7 +121,7 @@ class SharedState:
         """``account``'s state changed here (an event was recorded): share it."""
         now = time.time()
         self._changed_at[account.name] = now
-        self._send("account", account.name, {"at": now, "s": _shared(account.state)})
+        self._send("account", account.name, {"at": now, "s": shared_fields(account.state)})
 
     def served(self, conversation: str | None, account: str, ttl_s: float, now: float) -> None:
         """``account`` answered a request of ``conversation`` whose cache lives ``ttl_s``."""
@@ -185,7 +188,12 @@ class SharedState:
             await asyncio.sleep(RETRY_S)
 
     async def _resync(self, client) -> None:
-        """Take every newer state from Redis, and queue ours where it is newer."""
+        """Take every newer state and the users from Redis, and queue ours where newer."""
+        users = await client.hgetall(USERS_KEY)
+        self.users = {name: row for name, text in users.items()
+                      if isinstance(row := _json(text), dict)}
+        if self.proxy.access is not None:
+            self.proxy.access.merge()
         names = list(self.proxy.pool.accounts)
         if not names:
             return
@@ -197,7 +205,7 @@ class SharedState:
             mine = self._changed_at.get(name)
             account = self.proxy.pool.accounts.get(name)
             if mine and account is not None and (message is None or mine > message["at"]):
-                self._send("account", name, {"at": mine, "s": _shared(account.state)})
+                self._send("account", name, {"at": mine, "s": shared_fields(account.state)})
 
     async def _send_loop(self, client) -> None:
         while True:
@@ -235,6 +243,11 @@ class SharedState:
                 self._apply_account(str(data.get("n")), data)
             elif data.get("k") == "visit":
                 self._apply_visit(data)
+            elif data.get("k") == "user":
+                self._apply_user(data)
+            elif data.get("k") == "command" and self.proxy.operations is not None:
+                self.proxy.operations.apply(str(data.get("c")), str(data.get("n")),
+                                            str(data.get("id") or ""), str(data.get("w")))
             elif data.get("k") == "tokens" and self.proxy.oauth is not None:
                 asyncio_utils.create_task(
                     self.proxy.oauth.adopt(str(data.get("n")), data.get("pair") or {}),
@@ -312,6 +325,14 @@ class SharedState:
                  f" (cooling down until {iso_utc(state.cooldown_until)})"
                  if state.cooldown_until > time.time() else "")
 
+    def _apply_user(self, message: dict[str, Any]) -> None:
+        row = message.get("row")
+        if isinstance(row, dict) and isinstance(message.get("n"), str):
+            self.users[message["n"]] = row
+            if self.proxy.access is not None:
+                self.proxy.access.merge()
+            log.info("user %s: changed by %s", message["n"], message.get("w"))
+
     def _apply_visit(self, message: dict[str, Any]) -> None:
         at, ttl, account = message.get("at"), message.get("ttl"), message.get("a")
         if isinstance(at, (int, float)) and isinstance(ttl, (int, float)) and \
@@ -319,8 +340,11 @@ class SharedState:
             self.proxy.affinity.served(str(message.get("n")), account, float(ttl), float(at))
 
 
-def _shared(state: AccountState) -> dict[str, Any]:
-    return {f: getattr(state, f) for f in SHARED_FIELDS}
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def _reason(error: BaseException) -> str:

@@ -69,6 +69,11 @@ class Account:
         """For the compatibility route's model prefix (``anthropic/…``, ``zai/…``)."""
         return family in (self.provider, self.wire)
 
+    @property
+    def paused(self) -> bool:
+        """Paused by the accounts file, or on every host by an operator through Redis."""
+        return self.config.paused or self.state.operator_paused
+
     def status(self, now: float) -> str:
         """One of available / cooling_down / paused / needs_reauth / benched / over_budget."""
         return self.state.status(now, self.config.paused)
