@@ -124,7 +124,8 @@ class Operations:
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
         ``degraded``, also when the writer is not ``ok``), version, strategy, account counts in
-        total and per provider, ``in_flight`` (requests on accounts; holding a user's slot),
+        total and per provider, ``in_flight`` (requests on accounts; holding a user's slot;
+        with ``flare_redis``, ``elsewhere``: on accounts in the other processes of the pool),
         the accounts file's rejected entries, the database writer's
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
         written since start) and ``write_errors`` (all items not written), the requests refused
@@ -158,6 +159,7 @@ class Operations:
         body["shared_state"] = shared.status() if shared is not None else "off"
         if shared is not None:
             body["worker"] = shared.worker
+            body["in_flight"]["elsewhere"] = sum(a.state.in_flight_elsewhere for a in accounts)
         writer = self.proxy.writer
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0
@@ -267,7 +269,7 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
         return (f"no: {model} cools down until {iso_utc(st.model_cooldowns[model])} "
                 f"({st.model_reasons.get(model, '')})")
     if account.full():
-        return (f"no: at its cap, {st.in_flight} in flight "
+        return (f"no: at its cap, {account.busy} in flight "
                 f"(max_concurrent {account.config.max_concurrent})")
     if chosen is not None and chosen.name == account.name:
         return "yes: the strategy's choice for the next request"

@@ -17,6 +17,14 @@ Unset (the default), nothing changes and nothing is imported. Set to a ``redis:/
 - **Conversation stickiness**: each answered request of a conversation with a prompt cache is
   published, so every process sends the conversation's next request to the account where its
   cache lives (:class:`~.cache_affinity.CacheAffinity`).
+- **In-flight counts and the round-robin position**: every :data:`FLIGHT_S` when they
+  changed (and every :data:`FLIGHT_BEAT_S` regardless) each process publishes its requests in
+  flight per account and its round-robin picks per wire format; the others keep the latest
+  per process for :data:`FLIGHT_TTL_S` and sum them (``in_flight_elsewhere``,
+  :attr:`~..routing.selection.Selector.elsewhere`), so ``least-requests`` and
+  ``max_concurrent`` see every process's requests and round-robin rotates across processes.
+  Both lag by up to :data:`FLIGHT_S` plus a pub/sub hop: requests that start in the same
+  window in two processes may both take an account's last slot or the same turn.
 - **Users and operator commands** from any host's ``mitmflare`` command
   (:mod:`~..storage.redis_store`): users (key hashes only) are kept here as Redis has them
   (:attr:`SharedState.users`, merged with this host's by :class:`~.access.AccessKeys`);
@@ -60,6 +68,9 @@ LEASE_MS = 30_000
 RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
            "end return 0")
 QUEUE_MAX = 10_000
+FLIGHT_S = 0.05          # in-flight counts and round-robin picks told this often if changed (s)
+FLIGHT_BEAT_S = 1.0      # and at least this often (s)
+FLIGHT_TTL_S = 3.0       # a process not heard from for this long counts nothing (s)
 RETRY_S = 1.0            # reconnection attempts this often (s)
 TIMEOUT_S = 2.0          # connect and command timeout (s)
 
@@ -83,6 +94,8 @@ class SharedState:
         self._client: Any = None               # the connected client (refresh leases)
         self._first = asyncio.Event()          # set once connected for the first time
         self.users: dict[str, dict[str, Any]] = {}  # name -> users row or tombstone (Redis)
+        # other process -> (monotonic s it expires, in flight by account, picks by format)
+        self._flights: dict[str, tuple[float, dict[str, int], dict[str, int]]] = {}
 
     # -- mitmproxy hooks ----------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -174,6 +187,7 @@ class SharedState:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))
                     group.create_task(self._listen(pubsub))
+                    group.create_task(self._tell_flights())
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError, ExceptionGroup) as error:
@@ -183,6 +197,8 @@ class SharedState:
                 if self.connected:
                     self.down_since = time.time()
                 self.connected, self._client = False, None
+                self._flights.clear()  # nothing known of the others: count only ours
+                self._sum_flights()
             finally:
                 await asyncio.shield(_close(client))
             await asyncio.sleep(RETRY_S)
@@ -243,6 +259,8 @@ class SharedState:
                 self._apply_account(str(data.get("n")), data)
             elif data.get("k") == "visit":
                 self._apply_visit(data)
+            elif data.get("k") == "flight":
+                self._apply_flight(data)
             elif data.get("k") == "user":
                 self._apply_user(data)
             elif data.get("k") == "command" and self.proxy.operations is not None:
@@ -325,6 +343,47 @@ class SharedState:
                  f" (cooling down until {iso_utc(state.cooldown_until)})"
                  if state.cooldown_until > time.time() else "")
 
+    async def _tell_flights(self) -> None:
+        """Publish this process's in-flight counts and round-robin picks when they change
+        (checked every :data:`FLIGHT_S`) and every :data:`FLIGHT_BEAT_S`; forget the
+        processes not heard from for :data:`FLIGHT_TTL_S`."""
+        last: tuple[dict[str, int], dict[str, int]] | None = None
+        told = 0.0
+        while True:
+            now = time.monotonic()
+            mine = ({n: a.state.in_flight for n, a in self.proxy.pool.accounts.items()
+                     if a.state.in_flight}, self.proxy.selector.picks())
+            if mine != last or now - told >= FLIGHT_BEAT_S:
+                last, told = mine, now
+                self._send("flight", self.worker, {"c": mine[0], "r": mine[1]})
+            if any(expires <= now for expires, _, _ in self._flights.values()):
+                self._sum_flights()
+            await asyncio.sleep(FLIGHT_S)
+
+    def _apply_flight(self, message: dict[str, Any]) -> None:
+        counts, picks = message.get("c"), message.get("r")
+        if isinstance(counts, dict) and isinstance(picks, dict):
+            self._flights[str(message.get("w"))] = (time.monotonic() + FLIGHT_TTL_S,
+                                                    _counts(counts), _counts(picks))
+            self._sum_flights()
+
+    def _sum_flights(self) -> None:
+        """Sum the other processes' latest counts into the accounts and the selector; a
+        slot given back elsewhere wakes the requests waiting for one here."""
+        now = time.monotonic()
+        self._flights = {w: f for w, f in self._flights.items() if f[0] > now}
+        flights = list(self._flights.values())
+        freed = False
+        for name, account in self.proxy.pool.accounts.items():
+            busy = sum(f[1].get(name, 0) for f in flights)
+            freed = freed or busy < account.state.in_flight_elsewhere
+            account.state.in_flight_elsewhere = busy
+        if freed:
+            self.proxy.slots.freed()
+        wires = {wire for f in flights for wire in f[2]}
+        self.proxy.selector.elsewhere = {w: sum(f[2].get(w, 0) for f in flights)
+                                         for w in wires}
+
     def _apply_user(self, message: dict[str, Any]) -> None:
         row = message.get("row")
         if isinstance(row, dict) and isinstance(message.get("n"), str):
@@ -338,6 +397,11 @@ class SharedState:
         if isinstance(at, (int, float)) and isinstance(ttl, (int, float)) and \
                 isinstance(account, str) and account in self.proxy.pool.accounts:
             self.proxy.affinity.served(str(message.get("n")), account, float(ttl), float(at))
+
+
+def _counts(data: dict[Any, Any]) -> dict[str, int]:
+    """The ``name -> count`` pairs of a message, non-negative integers only."""
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and v >= 0}
 
 
 def _json(text: str | None) -> Any:

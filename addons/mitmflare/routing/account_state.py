@@ -91,6 +91,7 @@ class AccountState:
     requests: int = 0
     failures: int = 0
     in_flight: int = 0
+    in_flight_elsewhere: int = 0  # in flight on it in the other processes (flare_redis)
     last_used: float = 0.0
     limits: dict[str, Any] = field(default_factory=dict)
     constrained_until: float = 0.0

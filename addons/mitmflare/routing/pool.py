@@ -90,10 +90,17 @@ class Account:
             return 0.0, st.benched_reason
         return 0.0, ""
 
+    @property
+    def busy(self) -> int:
+        """Requests in flight on it: here, plus in the other processes of the pool as they
+        last told (``flare_redis``, :mod:`~..addons.shared_state`)."""
+        return self.state.in_flight + self.state.in_flight_elsewhere
+
     def full(self) -> bool:
-        """True when ``max_concurrent`` requests are in flight on it (no slot free)."""
+        """True when ``max_concurrent`` requests are in flight on it (no slot free), counting
+        every process's (:attr:`busy`)."""
         cap = self.config.max_concurrent
-        return cap is not None and self.state.in_flight >= cap
+        return cap is not None and self.busy >= cap
 
     def is_available(self, now: float) -> bool:
         return self.status(now) == AVAILABLE
