@@ -64,7 +64,10 @@ def health(p: Proxy, key: str) -> dict:
     return httpx.get(p.url + "/health", headers={"x-api-key": key}, timeout=5).json()
 
 
-def within_2_s(started: float) -> None:
+def everywhere(hosts: list[Proxy], check, started: float) -> None:
+    """``check(worker)`` becomes true on every worker within 2 s of ``started``."""
+    for p in hosts:
+        wait_for(lambda p=p: check(p), timeout=10, interval=0.05)
     assert time.monotonic() - started < 2.5  # 2 s, plus this loaded machine's polling
 
 
@@ -78,26 +81,20 @@ def test_users_add_and_disable_on_either_host_reach_every_worker(hosts, redis_se
     added = time.monotonic()
     key = key_of(cli("users", "add", "alice", "--state", str(one.state), cwd=one.tmp,
                      redis=redis_server.url))
-    for p in hosts:
-        wait_for(lambda p=p: ask(p, key).status_code == 200, timeout=10, interval=0.05)
-    within_2_s(added)
+    everywhere(hosts, lambda p: ask(p, key).status_code == 200, added)
     listed = cli("users", "list", "--json", "--state", str(two.state), cwd=two.tmp,
                  redis=redis_server.url)
     assert {"alice", "bob"} <= set(re.findall(r'"name": "(\w+)"', listed.stdout))
     disabled = time.monotonic()  # from host two, whose flare_state never had alice
     cli("users", "disable", "alice", "--state", str(two.state), cwd=two.tmp,
         redis=redis_server.url)
-    for p in hosts:
-        wait_for(lambda p=p: ask(p, key).status_code == 401, timeout=10, interval=0.05)
-    within_2_s(disabled)
+    everywhere(hosts, lambda p: ask(p, key).status_code == 401, disabled)
     assert "disabled" in ask(one, key).text
     removed = time.monotonic()
     cli("users", "remove", "bob", "--state", str(two.state), cwd=two.tmp,
         redis=redis_server.url)
-    for p in hosts:  # host one still has bob in its own file: the newer removal wins
-        wait_for(lambda p=p: ask(p, FIRST["key"]).status_code == 401, timeout=10,
-                 interval=0.05)
-    within_2_s(removed)
+    # host one still has bob in its own flare_state: the newer removal wins
+    everywhere(hosts, lambda p: ask(p, FIRST["key"]).status_code == 401, removed)
 
 
 def test_accounts_pause_and_resume_on_one_host_reach_every_worker(hosts, redis_server):
@@ -108,20 +105,14 @@ def test_accounts_pause_and_resume_on_one_host_reach_every_worker(hosts, redis_s
     paused = time.monotonic()
     cli("accounts", "pause", "key-a", "--accounts", str(one.accounts), "--state",
         str(one.state), cwd=one.tmp, redis=redis_server.url)
-    for p in hosts:
-        wait_for(lambda p=p: health(p, key)["accounts"]["available"] == 1, timeout=10,
-                 interval=0.05)
-    within_2_s(paused)
+    everywhere(hosts, lambda p: health(p, key)["accounts"]["available"] == 1, paused)
     assert "paused" not in one.accounts.read_text()  # through Redis, not the files
     for p in hosts:
         assert ask(p, key).status_code == 200
     resumed = time.monotonic()
     cli("accounts", "resume", "key-a", "--accounts", str(two.accounts), "--state",
         str(two.state), cwd=two.tmp, redis=redis_server.url)
-    for p in hosts:
-        wait_for(lambda p=p: health(p, key)["accounts"]["available"] == 2, timeout=10,
-                 interval=0.05)
-    within_2_s(resumed)
+    everywhere(hosts, lambda p: health(p, key)["accounts"]["available"] == 2, resumed)
 
 
 def test_accounts_reset_on_one_host_reaches_every_worker_once(hosts, redis_server, sim):
@@ -138,10 +129,7 @@ def test_accounts_reset_on_one_host_reaches_every_worker_once(hosts, redis_serve
     reset = time.monotonic()
     cli("accounts", "reset", "key-a", "--state", str(two.state), cwd=two.tmp,
         redis=redis_server.url)
-    for p in hosts:
-        wait_for(lambda p=p: health(p, key)["accounts"]["cooling_down"] == 1, timeout=10,
-                 interval=0.05)
-    within_2_s(reset)
+    everywhere(hosts, lambda p: health(p, key)["accounts"]["cooling_down"] == 1, reset)
     for p in hosts:
         assert ask(p, key).status_code == 200
     for p in hosts:  # host two got it from its flare_state and through Redis: applied once
