@@ -137,6 +137,7 @@ class ProxyState:
         self.tokens: dict[str, TokenSet] = {}  # OAuth pairs in force, by account name
         self.oauth: OAuthManager | None = None
         self.access: AccessKeys | None = None  # the AccessKeys addon (see .access)
+        self.operations: Any = None  # the Operations addon (operator commands; .operations)
         self.require_keys = False
         self.oauth_clients = "any"  # flare_oauth_clients (see .oauth_clients)
         self.users: dict[str, Any] = {}  # access-key users by key hash (see .users)
@@ -264,7 +265,7 @@ class ProxyState:
         return {
             "name": cfg.name, "provider": cfg.provider, "credential": cfg.credential_kind,
             "base_url": cfg.upstream, "priority": cfg.priority, "weight": cfg.weight,
-            "paused": int(cfg.paused), "status": account.status(now),
+            "paused": int(account.paused), "status": account.status(now),
             "cooldown_until": iso_utc(st.cooldown_until) if st.cooldown_until > now else None,
             "cooldown_reason": st.cooldown_reason if st.cooldown_until > now else None,
             "needs_reauth": int(st.needs_reauth), "requests": st.requests,
@@ -371,7 +372,7 @@ class ProxyState:
         that followed the request to another account is the request's fault and is never
         counted (see :mod:`.failover`)."""
         self.record(account, account.state.transient_error(
-            verdict, model, limits, now, paused=account.config.paused,
+            verdict, model, limits, now, paused=account.paused,
             max_cooldown_s=self.max_cooldown_s, fingerprint=self.credential_fingerprint(account)))
 
     def apply(self, account: Account, verdict: Verdict, model: str | None, limits: Limits | None,
@@ -379,7 +380,7 @@ class ProxyState:
         """Change the account's state as the verdict says (:meth:`.AccountState.cooled`) and
         record what happened."""
         self.record(account, account.state.cooled(
-            verdict, model, limits, now, paused=account.config.paused,
+            verdict, model, limits, now, paused=account.paused,
             max_cooldown_s=self.max_cooldown_s, fingerprint=self.credential_fingerprint(account)))
 
 

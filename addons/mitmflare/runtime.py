@@ -5,7 +5,9 @@ The proxy writes it once it runs (:class:`~.runtime_addon.RuntimeFile`) and remo
 stops cleanly; a file whose PID is dead (the proxy was killed) is ignored. Mode 0600, written
 atomically, in two places:
 
-* beside the state database: ``<flare_state's folder>/mitmflare-runtime.json``;
+* beside the state database: ``<flare_state's folder>/mitmflare-runtime.json``, held by the
+  first running proxy of that state database (workers sharing it, ``mitmflare run
+  --workers``, never overwrite one another's: the others write only their own file below);
 * one file per proxy, ``<pid>.json``, in a per-user folder (:func:`registry_dir`):
   ``$MITMFLARE_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/mitmflare``, else
   ``~/.cache/mitmflare/running``.
@@ -45,8 +47,9 @@ def paths_for(state: str, pid: int) -> list[Path]:
 
 def write(facts: dict, paths: list[Path]) -> list[str]:
     """Write ``facts`` as JSON to each of ``paths`` (mode 0600, atomically: a reader never
-    sees half a file), creating the folders (0700). Returns one line per path that could not
-    be written (a read-only folder), [] when all were."""
+    sees half a file), creating the folders (0700); a file that names another running proxy
+    is left to it (see the module). Returns one line per path that could not be written (a
+    read-only folder), [] when all were."""
     data = json.dumps(facts, indent=2).encode()
     failed = []
     for path in paths:
@@ -56,10 +59,31 @@ def write(facts: dict, paths: list[Path]) -> list[str]:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.replace(partial, path)
+            _claim(partial, path, facts.get("pid"))
         except OSError as exc:
             failed.append(f"{path}: {exc.strerror or exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
     return failed
+
+
+def _claim(partial: Path, path: Path, pid: object) -> None:
+    """Put ``partial`` at ``path`` unless ``path`` names another running proxy: created
+    atomically when there is none (two proxies starting together: one wins), replaced when
+    it is this one's or its proxy is gone."""
+    try:
+        os.link(partial, path)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system: no atomic claim
+        if not path.exists():
+            os.replace(partial, path)
+            return
+    held = read(path)
+    if held is None or held.get("pid") == pid:
+        os.replace(partial, path)
 
 
 def remove(paths: list[Path], pid: int) -> None:

@@ -37,15 +37,15 @@ def workers(sim_server, redis_server, tmp_path_factory) -> Iterator[list[Proxy]]
 class Writer:
     """``mitmflare writer`` as a process, writing into ``db``."""
 
-    def __init__(self, folder: Path, url: str) -> None:
-        self.folder, self.url = folder, url
+    def __init__(self, folder: Path, url: str, *options: str) -> None:
+        self.folder, self.url, self.options = folder, url, options
         self.db = folder / "central.db"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Writer:
         self.proc = subprocess.Popen(
             [str(MITMFLARE), "writer", "--redis", self.url, "--db", str(self.db), "--state",
-             str(self.folder / "central-state.db")], cwd=self.folder,
+             str(self.folder / "central-state.db"), *self.options], cwd=self.folder,
             stdout=(self.folder / "writer.log").open("ab"), stderr=subprocess.STDOUT)
         return self
 
@@ -138,6 +138,35 @@ def test_a_writer_killed_and_started_again_loses_nothing(workers, writer):
     assert len(sessions) > 40
     wait_for(lambda: exactly_once(writer, sessions), timeout=30)
     assert sum(writer.sessions().values()) == len(sessions)  # no duplicate anywhere
+
+
+def test_the_writer_keeps_the_proxies_retention_and_request_log(workers, redis_server,
+                                                                tmp_path):
+    central = Writer(tmp_path, redis_server.url, "--retention-days", "1", "--request-log")
+    central.start()
+    try:
+        session = uuid.uuid4().hex
+        assert ask(workers[0], session) == 200
+        wait_for(lambda: central.sessions().get(session) == 1, timeout=20)
+        wait_for(lambda: "claude-sonnet-4-6 200" in (tmp_path / "writer.log").read_text(),
+                 timeout=10)  # the request log line
+    finally:
+        central.stop()
+    conn = sqlite3.connect(central.db)  # a row from 10 days ago: past the retention
+    with conn:
+        conn.execute("create temp table old as select * from requests where client_session = ?",
+                     [session])
+        conn.execute("update old set id = 'old', client_session = 'old', "
+                     "started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 days')")
+        conn.execute("insert into requests select * from old")
+    conn.close()
+    assert central.sessions().get("old") == 1
+    central.start()  # prunes at start, then hourly
+    try:
+        wait_for(lambda: "old" not in central.sessions(), timeout=20)
+        assert central.sessions().get(session) == 1
+    finally:
+        central.stop()
 
 
 @pytest.fixture(scope="module")

@@ -140,3 +140,26 @@ def test_doctor_tells_mitmflares_own_ports_from_other_programs(keyed, dashboard,
     assert checks["accounts file"]["detail"] == f"1 account(s) in {keyed.accounts}"
     port_check = {c["check"]: c for c in json.loads(foreign.stdout)}["dashboard port"]
     assert port_check["level"] == "warn" and "taken by another program" in port_check["detail"]
+
+
+def test_workers_sharing_a_state_database_never_overwrite_its_runtime_file(
+        registry, sim_server, tmp_path_factory):
+    shared = tmp_path_factory.mktemp("shared")
+    yaml = accounts_yaml(sim_server.url, {"name": "key-c", "api_key": KEY})
+    options = {"flare_state": str(shared / "mitmflare-state.db")}
+    first = Proxy(tmp_path_factory.mktemp("w1"), yaml, options, None).start()
+    second = None
+    try:
+        beside = shared / runtime.FILE_NAME
+        wait_for(lambda: runtime.read(beside) is not None)
+        second = Proxy(tmp_path_factory.mktemp("w2"), yaml, options, None).start()
+        wait_for(lambda: (registry / f"{second.proc.pid}.json").exists())
+        assert json.loads(beside.read_text())["pid"] == first.proc.pid  # not the second's
+        assert json.loads((registry / f"{second.proc.pid}.json").read_text())["listeners"][0][
+            "port"] == second.port
+        second.stop()
+        assert json.loads(beside.read_text())["pid"] == first.proc.pid  # still the first's
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.stop()

@@ -176,3 +176,17 @@ def test_refusals_are_counted_one_row_per_source_and_minute(keys):
     assert all(r["status"] == 401 and r["attempts"] == 0 for r in rows)
     access.done()  # at shutdown, the minute's count is recorded too
     assert rows[-1]["auth_refusals"] == 2 and "from 10.0.0.1" in rows[-1]["error"]
+
+
+def test_users_merged_with_redis_the_latest_change_wins_and_tombstones_remove():
+    from mitmflare.storage.users import User, merge_users
+    old, new = "2026-01-01T00:00:00.000Z", "2026-01-02T00:00:00.000Z"
+    local = [User("amy", "h1", "mfk_1", updated_at=new), User("bob", "h2", "mfk_2", updated_at=old),
+             User("cid", "h3", "mfk_3", updated_at=old)]
+    shared = {"amy": {**User("amy", "h1", "mfk_1", disabled=True, updated_at=old).row()},
+              "bob": {**User("bob", "h2", "mfk_2", disabled=True, updated_at=new).row()},
+              "cid": {"name": "cid", "removed": True, "updated_at": new},
+              "dan": User("dan", "h4", "mfk_4", updated_at=old).row()}
+    merged = merge_users(local, shared)
+    assert sorted(u.name for u in merged.values()) == ["amy", "bob", "dan"]
+    assert not merged["h1"].disabled and merged["h2"].disabled  # newer here / newer in Redis

@@ -177,3 +177,15 @@ def test_overage_refused_cools_until_the_plan_resets_and_resume_clears_it():
     assert short.cooldown_until == NOW + 60  # never beyond flare_max_cooldown_s
     st.resume()
     assert st.overage_until == 0.0 and st.status(NOW) == AVAILABLE
+
+
+def test_an_operators_pause_holds_until_unpaused_and_is_shared_and_persisted():
+    st = AccountState()
+    change = st.pause()
+    assert change.events == (Event(PAUSED, "operator"),) and change.persist
+    assert st.status(NOW) == PAUSED and not st.pause()  # already paused: nothing
+    assert st.to_persisted()["operator_paused"] is True
+    st.resume()  # a reset clears cooldowns, not a pause
+    assert st.status(NOW) == PAUSED
+    assert st.unpause().events == (Event("unpaused", "operator"),)
+    assert st.status(NOW) == AVAILABLE and not st.unpause()

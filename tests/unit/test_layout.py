@@ -35,7 +35,8 @@ STATE_FIELDS = frozenset({
     "cooldown_until", "cooldown_reason", "backoff_s", "benched", "benched_reason",
     "needs_reauth", "reauth_fingerprint", "constrained_until", "model_cooldowns",
     "model_backoff_s", "model_reasons", "over_budget_until", "over_budget_reason",
-    "consecutive_errors", "window_started_for", "window_started_at", "overage_until"})
+    "consecutive_errors", "window_started_for", "window_started_at", "overage_until",
+    "operator_paused"})
 """Fields of :class:`~mitmflare.routing.account_state.AccountState` only its transitions
 change (``Verdict.cooldown_until`` and the like are other objects' fields of the same name:
 they are set only in constructors, which this check does not see)."""

@@ -63,8 +63,8 @@ def test_queue_reset_resumes_the_stored_state_and_queues_the_command(store):
     stored = store.account_states()["a"]
     assert stored["cooldown_until"] == 0.0 and stored["needs_reauth"] is False
     assert stored["constrained_until"] == 0.0 and stored["requests"] == 7
-    assert store.commands_since(0) == [(1, "reset", "ghost"), (2, "reset", "a")]
-    assert store.latest_command_id() == 2 and store.commands_since(1) == [(2, "reset", "a")]
+    assert store.commands_since(0) == [(1, "reset", "ghost", ""), (2, "reset", "a", "")]
+    assert store.latest_command_id() == 2 and store.commands_since(1) == [(2, "reset", "a", "")]
 
 
 def test_a_file_replaced_while_open_is_written_anew(store):

@@ -11,7 +11,10 @@ costs (the writer's running totals), so requests in flight when a cap is crossed
 Refusals for want of a valid key are counted rather than each recorded (:mod:`.refusals`).
 
 Users are read from ``flare_state`` every second in a worker thread: a change made with
-``mitmflare users …`` applies within 2 s.
+``mitmflare users …`` applies within 2 s. With ``flare_redis``, the users every host's
+``mitmflare users … --redis`` wrote to Redis arrive by pub/sub
+(:attr:`.shared_state.SharedState.users`) and are merged with these
+(:func:`~..storage.users.merge_users`); while Redis is away the last ones known stay.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..money import usd
 from ..providers.wire import header
 from ..proxy_state import FlowContext, ProxyState
 from ..routing.refusals import RefusalTally, source_of
-from ..storage.users import User, find_user, read_users
+from ..storage.users import User, find_user, merge_users, read_users
 from ..times import iso_utc
 
 log = logging.getLogger("mitmflare")
@@ -79,6 +82,7 @@ class AccessKeys:
         self.proxy = proxy
         proxy.access = self
         self.refusals = RefusalTally()
+        self.local: list[User] = []  # this host's users (flare_state)
         self._task: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -90,7 +94,8 @@ class AccessKeys:
     def configure(self, updated: set[str]) -> None:
         self.proxy.require_keys = ctx.options.flare_require_access_keys
         if "flare_state" in updated or "flare_require_access_keys" in updated:
-            self.proxy.users = read_users(self.proxy.open_store(ctx.options.flare_state))
+            self.local = read_users(self.proxy.open_store(ctx.options.flare_state))
+            self.merge()
 
     def running(self) -> None:
         self._task = asyncio_utils.create_task(self._watch(),
@@ -108,10 +113,16 @@ class AccessKeys:
             if not self.proxy.require_keys:
                 continue
             try:
-                self.proxy.users = await asyncio.to_thread(
+                self.local = await asyncio.to_thread(
                     read_users, self.proxy.open_store(ctx.options.flare_state))
+                self.merge()
             except Exception:  # the watcher must outlive any surprise
                 log.exception("users watcher")
+
+    def merge(self) -> None:
+        """``proxy.users``: this host's users merged with Redis's (when ``flare_redis``)."""
+        shared = self.proxy.shared.users if self.proxy.shared is not None else {}
+        self.proxy.users = merge_users(self.local, shared)
 
     def user_for(self, presented: str | None) -> User | None:
         """The enabled user owning ``presented``, or None."""

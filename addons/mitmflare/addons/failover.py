@@ -340,5 +340,5 @@ def _held(account: Account, fc: FlowContext, now: float) -> tuple[float | None, 
     if account.name in fc.excluded:
         return now, "refused this request for now", True
     if account.full():
-        return now, f"{in_flight(account.state.in_flight)}, its limit (max_concurrent)", True
+        return now, f"{in_flight(account.busy)}, its limit (max_concurrent)", True
     return None, "not usable", False

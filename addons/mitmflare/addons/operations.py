@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..providers import strip_client_credentials
 from ..providers.presets import ANTHROPIC, OPENAI
 from ..proxy_state import ProxyState
 from ..routing.pool import AVAILABLE, COOLING_DOWN, Account
+from ..storage.redis_store import COMMANDS, transition
 from ..storage.state_store import StoreUnavailable
 from ..times import iso_utc
 from .access import presented_key
@@ -33,6 +35,7 @@ from .router import REPLAY_ACCOUNT
 
 PROBE_BODY = b'{"status":"ok","service":"mitmflare"}'
 COMMAND_POLL_S = 1.0
+APPLIED_MAX = 1000  # operator command ids remembered (each is applied once)
 log = logging.getLogger("mitmflare")
 
 
@@ -41,7 +44,9 @@ class Operations:
 
     def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
+        proxy.operations = self
         self._task: asyncio.Task | None = None
+        self._applied: OrderedDict[str, None] = OrderedDict()  # command ids applied here
 
     def running(self) -> None:
         # mitmweb: show each flow's comment (it names the serving account) in the flow list
@@ -57,7 +62,7 @@ class Operations:
     async def _watch_commands(self) -> None:
         """Apply what ``mitmflare accounts reset`` queued in ``flare_state`` (table
         ``operator_commands``), polled every second in a worker thread; only commands queued
-        after this proxy started."""
+        after this proxy started (:meth:`apply`)."""
         store = self.proxy.open_store(ctx.options.flare_state)
         try:
             seen = await asyncio.to_thread(store.latest_command_id)
@@ -70,13 +75,28 @@ class Operations:
             except Exception as exc:  # a locked or missing file: try again next second
                 log.debug("operator commands not read: %s", exc)
                 continue
-            for command_id, name, account in queued:
+            for command_id, name, account, uid in queued:
                 seen = max(seen, command_id)
-                if name == "reset":
-                    try:
-                        self.resume(account)
-                    except exceptions.CommandError as exc:
-                        log.warning("mitmflare accounts reset: %s", exc)
+                self.apply(name, account, uid, "flare_state")
+
+    def apply(self, command: str, account: str, uid: str = "", source: str = "") -> None:
+        """Apply operator ``command`` (``reset``, ``pause``, ``unpause``) to ``account``
+        through its state transition (:func:`~..storage.redis_store.transition`), once per
+        ``uid`` (the same command can arrive from ``flare_state`` and through Redis);
+        ``source`` says where it came from (log). An unknown account or command is logged."""
+        if uid:
+            if uid in self._applied:
+                return
+            self._applied[uid] = None
+            while len(self._applied) > APPLIED_MAX:
+                self._applied.popitem(last=False)
+        target = self.proxy.pool.get(account)
+        if target is None or command not in COMMANDS:
+            log.warning("operator command %s %s (from %s): no such %s", command, account,
+                        source or "?", "account" if target is None else "command")
+            return
+        self.proxy.record(target, transition(target.state, command))
+        self.proxy.snapshot_accounts(force=True)
 
     def request(self, flow: http.HTTPFlow) -> None:
         request = flow.request
@@ -104,7 +124,8 @@ class Operations:
     def health(self) -> dict:
         """The ``GET /health`` body: status (``ok`` when an account is available, else
         ``degraded``, also when the writer is not ``ok``), version, strategy, account counts in
-        total and per provider, ``in_flight`` (requests on accounts; holding a user's slot),
+        total and per provider, ``in_flight`` (requests on accounts; holding a user's slot;
+        with ``flare_redis``, ``elsewhere``: on accounts in the other processes of the pool),
         the accounts file's rejected entries, the database writer's
         state (``ok``, ``degraded (reason)``, ``down``), ``rows_lost`` (`requests` rows not
         written since start) and ``write_errors`` (all items not written), the requests refused
@@ -138,6 +159,7 @@ class Operations:
         body["shared_state"] = shared.status() if shared is not None else "off"
         if shared is not None:
             body["worker"] = shared.worker
+            body["in_flight"]["elsewhere"] = sum(a.state.in_flight_elsewhere for a in accounts)
         writer = self.proxy.writer
         body["writer"] = writer.state if writer else "down"
         body["rows_lost"] = writer.rows_lost if writer else 0
@@ -247,7 +269,7 @@ def _verdict(account: Account, chosen: Account | None, model: str | None, now: f
         return (f"no: {model} cools down until {iso_utc(st.model_cooldowns[model])} "
                 f"({st.model_reasons.get(model, '')})")
     if account.full():
-        return (f"no: at its cap, {st.in_flight} in flight "
+        return (f"no: at its cap, {account.busy} in flight "
                 f"(max_concurrent {account.config.max_concurrent})")
     if chosen is not None and chosen.name == account.name:
         return "yes: the strategy's choice for the next request"

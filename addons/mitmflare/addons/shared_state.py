@@ -17,6 +17,19 @@ Unset (the default), nothing changes and nothing is imported. Set to a ``redis:/
 - **Conversation stickiness**: each answered request of a conversation with a prompt cache is
   published, so every process sends the conversation's next request to the account where its
   cache lives (:class:`~.cache_affinity.CacheAffinity`).
+- **In-flight counts and the round-robin position**: every :data:`FLIGHT_S` when they
+  changed (and every :data:`FLIGHT_BEAT_S` regardless) each process publishes its requests in
+  flight per account and its round-robin picks per wire format; the others keep the latest
+  per process for :data:`FLIGHT_TTL_S` and sum them (``in_flight_elsewhere``,
+  :attr:`~..routing.selection.Selector.elsewhere`), so ``least-requests`` and
+  ``max_concurrent`` see every process's requests and round-robin rotates across processes.
+  Both lag by up to :data:`FLIGHT_S` plus a pub/sub hop: requests that start in the same
+  window in two processes may both take an account's last slot or the same turn.
+- **Users and operator commands** from any host's ``mitmflare`` command
+  (:mod:`~..storage.redis_store`): users (key hashes only) are kept here as Redis has them
+  (:attr:`SharedState.users`, merged with this host's by :class:`~.access.AccessKeys`);
+  ``reset`` / ``pause`` / ``unpause`` are applied through the account-state transitions,
+  once per command id (:meth:`~.operations.Operations.apply`).
 
 The hot path never waits on Redis: choosing an account reads the local pool; changes are
 appended to a bounded in-memory queue (:data:`QUEUE_MAX` messages, then the oldest are
@@ -43,21 +56,21 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from ..config.redis_url import SCHEMES, redacted
-from ..routing.pool import Account, AccountState
+from ..routing.pool import Account
+from ..storage.redis_store import ACCOUNT_KEY, CHANNEL, SHARED_FIELDS, USERS_KEY, shared_fields
 from ..times import iso_utc
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "mitmflare:events"
-ACCOUNT_KEY = "mitmflare:account:"
 TOKENS_KEY = "mitmflare:tokens:"          # an OAuth account's latest pair (JSON)
 LEASE_KEY = "mitmflare:refresh-lease:"    # held by the one process refreshing an account
 LEASE_MS = 30_000
 RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
            "end return 0")
-SHARED_FIELDS = tuple(f for f in AccountState.PERSISTED
-                      if f not in ("requests", "failures", "last_used", "identity"))
 QUEUE_MAX = 10_000
+FLIGHT_S = 0.05          # in-flight counts and round-robin picks told this often if changed (s)
+FLIGHT_BEAT_S = 1.0      # and at least this often (s)
+FLIGHT_TTL_S = 3.0       # a process not heard from for this long counts nothing (s)
 RETRY_S = 1.0            # reconnection attempts this often (s)
 TIMEOUT_S = 2.0          # connect and command timeout (s)
 
@@ -80,6 +93,9 @@ class SharedState:
         self._task: asyncio.Task | None = None
         self._client: Any = None               # the connected client (refresh leases)
         self._first = asyncio.Event()          # set once connected for the first time
+        self.users: dict[str, dict[str, Any]] = {}  # name -> users row or tombstone (Redis)
+        # other process -> (monotonic s it expires, in flight by account, picks by format)
+        self._flights: dict[str, tuple[float, dict[str, int], dict[str, int]]] = {}
 
     # -- mitmproxy hooks ----------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -118,7 +134,7 @@ class SharedState:
         """``account``'s state changed here (an event was recorded): share it."""
         now = time.time()
         self._changed_at[account.name] = now
-        self._send("account", account.name, {"at": now, "s": _shared(account.state)})
+        self._send("account", account.name, {"at": now, "s": shared_fields(account.state)})
 
     def served(self, conversation: str | None, account: str, ttl_s: float, now: float) -> None:
         """``account`` answered a request of ``conversation`` whose cache lives ``ttl_s``."""
@@ -171,6 +187,7 @@ class SharedState:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client))
                     group.create_task(self._listen(pubsub))
+                    group.create_task(self._tell_flights())
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError, ExceptionGroup) as error:
@@ -180,12 +197,19 @@ class SharedState:
                 if self.connected:
                     self.down_since = time.time()
                 self.connected, self._client = False, None
+                self._flights.clear()  # nothing known of the others: count only ours
+                self._sum_flights()
             finally:
                 await asyncio.shield(_close(client))
             await asyncio.sleep(RETRY_S)
 
     async def _resync(self, client) -> None:
-        """Take every newer state from Redis, and queue ours where it is newer."""
+        """Take every newer state and the users from Redis, and queue ours where newer."""
+        users = await client.hgetall(USERS_KEY)
+        self.users = {name: row for name, text in users.items()
+                      if isinstance(row := _json(text), dict)}
+        if self.proxy.access is not None:
+            self.proxy.access.merge()
         names = list(self.proxy.pool.accounts)
         if not names:
             return
@@ -197,7 +221,7 @@ class SharedState:
             mine = self._changed_at.get(name)
             account = self.proxy.pool.accounts.get(name)
             if mine and account is not None and (message is None or mine > message["at"]):
-                self._send("account", name, {"at": mine, "s": _shared(account.state)})
+                self._send("account", name, {"at": mine, "s": shared_fields(account.state)})
 
     async def _send_loop(self, client) -> None:
         while True:
@@ -235,6 +259,13 @@ class SharedState:
                 self._apply_account(str(data.get("n")), data)
             elif data.get("k") == "visit":
                 self._apply_visit(data)
+            elif data.get("k") == "flight":
+                self._apply_flight(data)
+            elif data.get("k") == "user":
+                self._apply_user(data)
+            elif data.get("k") == "command" and self.proxy.operations is not None:
+                self.proxy.operations.apply(str(data.get("c")), str(data.get("n")),
+                                            str(data.get("id") or ""), str(data.get("w")))
             elif data.get("k") == "tokens" and self.proxy.oauth is not None:
                 asyncio_utils.create_task(
                     self.proxy.oauth.adopt(str(data.get("n")), data.get("pair") or {}),
@@ -312,6 +343,55 @@ class SharedState:
                  f" (cooling down until {iso_utc(state.cooldown_until)})"
                  if state.cooldown_until > time.time() else "")
 
+    async def _tell_flights(self) -> None:
+        """Publish this process's in-flight counts and round-robin picks when they change
+        (checked every :data:`FLIGHT_S`) and every :data:`FLIGHT_BEAT_S`; forget the
+        processes not heard from for :data:`FLIGHT_TTL_S`."""
+        last: tuple[dict[str, int], dict[str, int]] | None = None
+        told = 0.0
+        while True:
+            now = time.monotonic()
+            mine = ({n: a.state.in_flight for n, a in self.proxy.pool.accounts.items()
+                     if a.state.in_flight}, self.proxy.selector.picks())
+            if mine != last or now - told >= FLIGHT_BEAT_S:
+                last, told = mine, now
+                self._send("flight", self.worker, {"c": mine[0], "r": mine[1]})
+            if any(expires <= now for expires, _, _ in self._flights.values()):
+                self._sum_flights()
+            await asyncio.sleep(FLIGHT_S)
+
+    def _apply_flight(self, message: dict[str, Any]) -> None:
+        counts, picks = message.get("c"), message.get("r")
+        if isinstance(counts, dict) and isinstance(picks, dict):
+            self._flights[str(message.get("w"))] = (time.monotonic() + FLIGHT_TTL_S,
+                                                    _counts(counts), _counts(picks))
+            self._sum_flights()
+
+    def _sum_flights(self) -> None:
+        """Sum the other processes' latest counts into the accounts and the selector; a
+        slot given back elsewhere wakes the requests waiting for one here."""
+        now = time.monotonic()
+        self._flights = {w: f for w, f in self._flights.items() if f[0] > now}
+        flights = list(self._flights.values())
+        freed = False
+        for name, account in self.proxy.pool.accounts.items():
+            busy = sum(f[1].get(name, 0) for f in flights)
+            freed = freed or busy < account.state.in_flight_elsewhere
+            account.state.in_flight_elsewhere = busy
+        if freed:
+            self.proxy.slots.freed()
+        wires = {wire for f in flights for wire in f[2]}
+        self.proxy.selector.elsewhere = {w: sum(f[2].get(w, 0) for f in flights)
+                                         for w in wires}
+
+    def _apply_user(self, message: dict[str, Any]) -> None:
+        row = message.get("row")
+        if isinstance(row, dict) and isinstance(message.get("n"), str):
+            self.users[message["n"]] = row
+            if self.proxy.access is not None:
+                self.proxy.access.merge()
+            log.info("user %s: changed by %s", message["n"], message.get("w"))
+
     def _apply_visit(self, message: dict[str, Any]) -> None:
         at, ttl, account = message.get("at"), message.get("ttl"), message.get("a")
         if isinstance(at, (int, float)) and isinstance(ttl, (int, float)) and \
@@ -319,8 +399,16 @@ class SharedState:
             self.proxy.affinity.served(str(message.get("n")), account, float(ttl), float(at))
 
 
-def _shared(state: AccountState) -> dict[str, Any]:
-    return {f: getattr(state, f) for f in SHARED_FIELDS}
+def _counts(data: dict[Any, Any]) -> dict[str, int]:
+    """The ``name -> count`` pairs of a message, non-negative integers only."""
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and v >= 0}
+
+
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def _reason(error: BaseException) -> str:

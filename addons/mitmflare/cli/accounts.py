@@ -37,6 +37,7 @@ from .options import (
     Accounts,
     Db,
     Json,
+    Redis,
     State,
     Yes,
     canned_sql,
@@ -254,17 +255,40 @@ def remove(name: str, yes: Yes = False, accounts: Accounts = ACCOUNTS_DEFAULT) -
 
 
 @accounts_app.command("pause")
-def pause(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
-    """Never choose this account until resumed. Example: mitmflare accounts pause work-key"""
-    _edit(accounts, accounts_edit.set_fields, name, {"paused": True})
-    typer.echo(f"Paused {name}.")
+def pause(name: str, accounts: Accounts = ACCOUNTS_DEFAULT, redis: Redis = "",
+          state: State = STATE_DEFAULT) -> None:
+    """Never choose this account until resumed: ``paused: true`` in the accounts file, or
+    with --redis / MITMFLARE_REDIS_URL on every host through Redis (the file stays as it is).
+    Example: mitmflare accounts pause work-key"""
+    if redis:
+        _share_pause(name, True, redis, state)
+    else:
+        _edit(accounts, accounts_edit.set_fields, name, {"paused": True})
+    typer.echo(f"Paused {name}" + (" on every host." if redis else "."))
 
 
 @accounts_app.command("resume")
-def resume(name: str, accounts: Accounts = ACCOUNTS_DEFAULT) -> None:
-    """Undo `pause`. Example: mitmflare accounts resume work-key"""
+def resume(name: str, accounts: Accounts = ACCOUNTS_DEFAULT, redis: Redis = "",
+           state: State = STATE_DEFAULT) -> None:
+    """Undo `pause`: in the accounts file, and with --redis / MITMFLARE_REDIS_URL on every
+    host too. Example: mitmflare accounts resume work-key"""
     _edit(accounts, accounts_edit.set_fields, name, {"paused": None})
-    typer.echo(f"Resumed {name}.")
+    _share_pause(name, False, redis, state)
+    typer.echo(f"Resumed {name}" + (" on every host." if redis else "."))
+
+
+def _share_pause(name: str, paused: bool, redis: str, state: str) -> None:
+    """With Redis: pause or unpause ``name`` on every host; exit 1 when Redis cannot be
+    reached."""
+    if not redis:
+        return
+    from ..storage import operator_commands
+    from ..storage.state_store import StoreUnavailable
+
+    try:
+        operator_commands.share_pause(state, name, paused, redis)
+    except StoreUnavailable as exc:
+        fail(exc)
 
 
 @accounts_app.command("set")
@@ -291,16 +315,21 @@ def set_fields(name: str, assignments: Annotated[list[str], typer.Argument(
 
 
 @accounts_app.command("reset")
-def reset(name: str, state: State = STATE_DEFAULT) -> None:
+def reset(name: str, state: State = STATE_DEFAULT, redis: Redis = "") -> None:
     """Clear a cooldown, bench or needs_reauth mark (as `flare.resume` does).
 
-    A running proxy applies it within 2 s; a proxy started later finds it in the state.
+    A running proxy applies it within 2 s (every proxy on every host with --redis /
+    MITMFLARE_REDIS_URL); a proxy started later finds it in the state.
 
     Example: mitmflare accounts reset work-key
     """
     from ..storage import operator_commands
+    from ..storage.state_store import StoreUnavailable
 
-    known = operator_commands.queue_reset(state, name)
+    try:
+        known = operator_commands.queue_reset(state, name, redis)
+    except StoreUnavailable as exc:
+        fail(exc)
     typer.echo(f"Reset {name}" + ("" if known else " (no stored state for it yet)") +
                "; a running proxy applies it within 2 s.")
 

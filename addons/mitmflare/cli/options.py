@@ -110,6 +110,10 @@ Db = Annotated[str, typer.Option("--db", envvar="MITMFLARE_DB", show_default=FOU
 State = Annotated[str, typer.Option(
     "--state", envvar="MITMFLARE_STATE", show_default=FOUND + STATE_PATH,
     help="State database (the proxy's flare_state).")]
+Redis = Annotated[str, typer.Option(
+    "--redis", envvar="MITMFLARE_REDIS_URL", show_default=False,
+    help="Redis the proxies share (flare_redis): the change also reaches every process on "
+         "every host through it.")]
 Json = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the question asked "
                                                        "before a destructive step.")]

@@ -223,7 +223,7 @@ def run(ctx: typer.Context,
                                   spawn, (db, state))
             raise typer.Exit(code)
         if redis_url:
-            _start_writer(spawn, redis_url, db, state)
+            _start_writer(spawn, redis_url, db, state, options)
         for mode in modes:
             args += ["--mode", mode]
         for key, value in options.items():
@@ -253,13 +253,19 @@ def run(ctx: typer.Context,
     raise typer.Exit(code)
 
 
-def _start_writer(spawn, redis_url: str, db: str, state: str) -> None:
+def _start_writer(spawn, redis_url: str, db: str, state: str, options: dict[str, str]) -> None:
     """``mitmflare writer``: the rows of every process on ``redis_url`` into ``db`` (not with
-    ``MITMFLARE_WRITER=off``: on the hosts that do not serve the dashboard)."""
+    ``MITMFLARE_WRITER=off``: on the hosts that do not serve the dashboard), with the
+    retention and request log of the proxies' ``options`` (their ``--set`` values)."""
     if os.environ.get("MITMFLARE_WRITER", "").lower() in ("off", "0", "false", "no"):
         return
+    settings = [f"--{name.removeprefix('flare_').replace('_', '-')}={options[name]}"
+                for name in ("flare_retention_days", "flare_payload_retention_days")
+                if name in options]
+    if options.get("flare_request_log", "").lower() in ("true", "1", "yes", "on"):
+        settings.append("--request-log")
     spawn([str(BIN / "mitmflare"), "writer", "--redis", redis_url, "--db", db, "--state",
-           state], "mitmflare-writer.log", alone=True)
+           state, *settings], "mitmflare-writer.log", alone=True)
     typer.echo("Writer:    rows of every process on this Redis go to this host's database "
                "(log: mitmflare-writer.log)", err=True)
 
@@ -275,7 +281,7 @@ def _serve_workers(count: int, host: str, port: int, redis_url: str, args: list[
     if not redis_url:
         redis_url = pool.start_redis(folder, spawn)
         typer.echo(f"Redis:     a private redis-server for this run ({redis_url})", err=True)
-    _start_writer(spawn, redis_url, *files)
+    _start_writer(spawn, redis_url, *files, options)
     shared = {**options, "flare_redis": redis_url}
 
     def command(worker_port: int) -> list[str]:

@@ -1,6 +1,7 @@
 """``mitmflare users …``: per-user access keys in the state database (``flare_state``).
 
-Changes apply to a running proxy within 2 s (it reads the ``users`` table every second).
+Changes apply to a running proxy within 2 s (it reads the ``users`` table every second); with
+``--redis`` / ``MITMFLARE_REDIS_URL``, to every proxy on every host sharing that Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from ..money import usd
 from ..storage.users import User, UserError, UsersStore
-from .options import STATE_DEFAULT, Json, State, creatable_state, fail
+from .options import STATE_DEFAULT, Json, Redis, State, creatable_state, fail
 
 users_app = typer.Typer(no_args_is_help=True,
                         help="Per-user access keys (with --set flare_require_access_keys=true). "
@@ -37,14 +38,17 @@ MaxConcurrent = Annotated[int | None, typer.Option(
 
 
 @contextlib.contextmanager
-def _store(state: str) -> Iterator[UsersStore]:
-    """The users of ``state`` (created when missing), closed afterwards; a
-    :class:`UserError` inside exits 1 with its one-line reason."""
+def _store(state: str, redis: str = "") -> Iterator[UsersStore]:
+    """The users of ``state`` (created when missing), and of Redis at ``redis`` when given,
+    closed afterwards; a :class:`UserError` (or Redis unreachable) inside exits 1 with its
+    one-line reason."""
+    from ..storage.state_store import StoreUnavailable
+
     creatable_state(state)
-    store = UsersStore(state)
+    store = UsersStore(state, redis)
     try:
         yield store
-    except UserError as exc:
+    except (UserError, StoreUnavailable) as exc:
         fail(exc)
     finally:
         store.close()
@@ -64,12 +68,13 @@ def _show_key(user: User, key: str, what: str) -> None:
 @users_app.command("add")
 def add(name: str, models: Models = None, providers: Providers = None,
         daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
-        max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT) -> None:
+        max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Create a user and print its access key once.
 
     Example: mitmflare users add alice --daily-cap 5 --models 'claude-sonnet-*'
     """
-    with _store(state) as store:
+    with _store(state, redis) as store:
         user, key = store.add(name, allowed_models=_listed(models),
                               allowed_providers=_listed(providers), daily_cap_usd=daily_cap,
                               monthly_cap_usd=monthly_cap, max_concurrent=max_concurrent or None)
@@ -77,12 +82,13 @@ def add(name: str, models: Models = None, providers: Providers = None,
 
 
 @users_app.command("list")
-def list_users(as_json: Json = False, state: State = STATE_DEFAULT) -> None:
+def list_users(as_json: Json = False, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """List users (never their keys: only the first 8 characters).
 
     Example: mitmflare users list --json
     """
-    with _store(state) as store:
+    with _store(state, redis) as store:
         users = store.all()
     if as_json:
         typer.echo(json.dumps([{"name": u.name, "key_prefix": u.key_prefix,
@@ -105,29 +111,32 @@ def list_users(as_json: Json = False, state: State = STATE_DEFAULT) -> None:
     Console().print(table)
 
 
-def _update(name: str, state: str, done: str, **changes) -> None:
-    with _store(state) as store:
+def _update(name: str, state: str, redis: str, done: str, **changes) -> None:
+    with _store(state, redis) as store:
         store.update(name, **changes)
-    typer.echo(f"{done} {name} (a running proxy applies it within 2 s)")
+    typer.echo(f"{done} {name} (running proxies apply it within 2 s)")
 
 
 @users_app.command("disable")
-def disable(name: str, state: State = STATE_DEFAULT) -> None:
+def disable(name: str, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Refuse the user's key; its history stays. Example: mitmflare users disable alice"""
-    _update(name, state, "Disabled", disabled=True)
+    _update(name, state, redis, "Disabled", disabled=True)
 
 
 @users_app.command("enable")
-def enable(name: str, state: State = STATE_DEFAULT) -> None:
+def enable(name: str, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Accept a disabled user's key again. Example: mitmflare users enable alice"""
-    _update(name, state, "Enabled", disabled=False)
+    _update(name, state, redis, "Enabled", disabled=False)
 
 
 @users_app.command("set")
 def set_limits(name: str, models: Models = None, providers: Providers = None,
                daily_cap: DailyCap = None, monthly_cap: MonthlyCap = None,
                no_caps: Annotated[bool, typer.Option("--no-caps", help="Remove both caps.")] = False,
-               max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT) -> None:
+               max_concurrent: MaxConcurrent = None, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Change a user's allowed models/providers, spend caps and concurrency limit (options
     not given stay).
 
@@ -144,26 +153,28 @@ def set_limits(name: str, models: Models = None, providers: Providers = None,
         changes["monthly_cap_usd"] = None if no_caps else monthly_cap
     if max_concurrent is not None:
         changes["max_concurrent"] = max_concurrent or None
-    _update(name, state, "Updated", **changes)
+    _update(name, state, redis, "Updated", **changes)
 
 
 @users_app.command("rotate")
-def rotate(name: str, state: State = STATE_DEFAULT) -> None:
+def rotate(name: str, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Give the user a new key; the old one stops working within 2 s.
 
     Example: mitmflare users rotate alice
     """
-    with _store(state) as store:
+    with _store(state, redis) as store:
         user, key = store.rotate(name)
     _show_key(user, key, "New key for")
 
 
 @users_app.command("remove")
-def remove(name: str, state: State = STATE_DEFAULT) -> None:
+def remove(name: str, state: State = STATE_DEFAULT,
+        redis: Redis = "") -> None:
     """Delete the user (its rows in the analytics database keep its name).
 
     Example: mitmflare users remove alice
     """
-    with _store(state) as store:
+    with _store(state, redis) as store:
         store.remove(name)
     typer.echo(f"Removed {name} (a running proxy refuses its key within 2 s)")

@@ -369,7 +369,7 @@ class OAuthManager:
         """Refresh every idle OAuth account whose token is about to expire."""
         now = time.time()
         for account in list(self.proxy.pool.accounts.values()):
-            if account.state.needs_reauth or account.config.paused or account.state.in_flight:
+            if account.state.needs_reauth or account.paused or account.state.in_flight:
                 continue
             if self.needs_refresh(account, now) and account.name not in self._inflight:
                 await self.refresh(account)

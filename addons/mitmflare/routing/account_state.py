@@ -75,6 +75,8 @@ class AccountState:
     ``model_cooldowns``: model -> epoch s, for model-scoped limits (e.g. the 7d_oi window).
     ``model_backoff_s``: model -> current exponential model cooldown (s) when no reset is known
     (e.g. ``out_of_credits``); ``model_reasons``: model -> why it cools down.
+    ``operator_paused``: paused by ``mitmflare accounts pause`` through Redis (every host;
+    the accounts file's ``paused`` pauses it on the hosts whose file says so).
     ``reauth_fingerprint``: fingerprint of the credential that was rejected (``needs_reauth``
     ends when the account's credential changes). ``identity``: the account's
     :attr:`~.config.AccountConfig.identity`, to recognise it after a rename.
@@ -89,6 +91,7 @@ class AccountState:
     requests: int = 0
     failures: int = 0
     in_flight: int = 0
+    in_flight_elsewhere: int = 0  # in flight on it in the other processes (flare_redis)
     last_used: float = 0.0
     limits: dict[str, Any] = field(default_factory=dict)
     constrained_until: float = 0.0
@@ -104,12 +107,13 @@ class AccountState:
     window_started_at: float = 0.0   # when that request was sent (epoch s)
     last_date: tuple[str | None, float] = (None, 0.0)  # upstream Date header, local epoch s
     consecutive_errors: int = 0  # transient upstream errors since its last good answer
+    operator_paused: bool = False
 
     PERSISTED = ("cooldown_until", "cooldown_reason", "backoff_s", "needs_reauth", "benched",
                  "benched_reason", "requests", "failures", "last_used", "limits",
                  "constrained_until", "overage_until", "model_cooldowns", "model_backoff_s",
                  "model_reasons", "reauth_fingerprint", "identity", "window_started_for",
-                 "window_started_at")
+                 "window_started_at", "operator_paused")
 
     def to_persisted(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.PERSISTED}
@@ -123,8 +127,8 @@ class AccountState:
 
     def status(self, now: float, paused: bool = False) -> str:
         """One of available / cooling_down / paused / needs_reauth / benched / over_budget
-        (``paused``: the accounts file pauses the account)."""
-        if paused:
+        (``paused``: the accounts file pauses the account; or :attr:`operator_paused`)."""
+        if paused or self.operator_paused:
             return PAUSED
         if self.needs_reauth:
             return NEEDS_REAUTH
@@ -281,6 +285,22 @@ class AccountState:
         self.model_backoff_s.clear()
         self.model_reasons.clear()
         return Change((Event("resumed", reason),), persist=True)
+
+    def pause(self, reason: str = "operator") -> Change:
+        """An operator paused it on every host (``mitmflare accounts pause`` with Redis):
+        never chosen until :meth:`unpause`. A ``paused`` event when it was not paused."""
+        if self.operator_paused:
+            return NOTHING
+        self.operator_paused = True
+        return Change((Event(PAUSED, reason),), persist=True)
+
+    def unpause(self, reason: str = "operator") -> Change:
+        """Undo :meth:`pause` (``mitmflare accounts resume``): an ``unpaused`` event when it
+        was paused."""
+        if not self.operator_paused:
+            return NOTHING
+        self.operator_paused = False
+        return Change((Event("unpaused", reason),), persist=True)
 
     def reauth_done(self, fingerprint: str) -> Change:
         """End ``needs_reauth`` when the credential in force (its ``fingerprint``) is not the

@@ -69,6 +69,11 @@ class Account:
         """For the compatibility route's model prefix (``anthropic/…``, ``zai/…``)."""
         return family in (self.provider, self.wire)
 
+    @property
+    def paused(self) -> bool:
+        """Paused by the accounts file, or on every host by an operator through Redis."""
+        return self.config.paused or self.state.operator_paused
+
     def status(self, now: float) -> str:
         """One of available / cooling_down / paused / needs_reauth / benched / over_budget."""
         return self.state.status(now, self.config.paused)
@@ -85,10 +90,17 @@ class Account:
             return 0.0, st.benched_reason
         return 0.0, ""
 
+    @property
+    def busy(self) -> int:
+        """Requests in flight on it: here, plus in the other processes of the pool as they
+        last told (``flare_redis``, :mod:`~..addons.shared_state`)."""
+        return self.state.in_flight + self.state.in_flight_elsewhere
+
     def full(self) -> bool:
-        """True when ``max_concurrent`` requests are in flight on it (no slot free)."""
+        """True when ``max_concurrent`` requests are in flight on it (no slot free), counting
+        every process's (:attr:`busy`)."""
         cap = self.config.max_concurrent
-        return cap is not None and self.state.in_flight >= cap
+        return cap is not None and self.busy >= cap
 
     def is_available(self, now: float) -> bool:
         return self.status(now) == AVAILABLE

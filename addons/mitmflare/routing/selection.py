@@ -16,8 +16,11 @@ would expire (``ending``), ranks with the near-limit accounts for that request. 
 whose cache is warm on it stay there (``warm`` comes first) until it can no longer serve; the
 others (new ones, or whose cache expired) start on the next account, so its last headroom goes
 to the conversations that would pay a cache write to move.
-* ``round-robin``: rotate through the best tier.
-* ``least-requests``: fewest requests in flight, then fewest served.
+* ``round-robin``: rotate through the best tier. With ``flare_redis`` the position counts the
+  picks of every process (:attr:`Selector.elsewhere`, as they last told, within ~50 ms), so
+  requests alternating between processes still rotate.
+* ``least-requests``: fewest requests in flight (in every process: :attr:`.pool.Account.busy`),
+  then fewest served.
 * ``weighted``: random, proportional to ``weight``.
 """
 
@@ -39,7 +42,13 @@ class Selector:
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[str, float]] = {}  # wire_format -> (account, started_at)
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._rotation: dict[str, int] = {}
+        self._rotation: dict[str, int] = {}  # wire_format -> picks made here, minus one
+        self.elsewhere: dict[str, int] = {}  # wire_format -> picks made by other processes
+
+    def picks(self) -> dict[str, int]:
+        """Round-robin picks made here since start, per wire format (shared with the other
+        processes of the pool)."""
+        return {wire: i + 1 for wire, i in self._rotation.items()}
 
     def choose(self, pool: AccountPool, wire_format: str, strategy: str, now: float, *,
                session_hours: float, client_session: str | None = None,
@@ -74,9 +83,9 @@ class Selector:
         if strategy == "round-robin":
             i = self._rotation.get(wire_format, -1) + 1
             self._rotation[wire_format] = i
-            return tier[i % len(tier)]
+            return tier[(i + self.elsewhere.get(wire_format, 0)) % len(tier)]
         if strategy == "least-requests":
-            return min(tier, key=lambda a: (a.state.in_flight, a.state.requests, a.order))
+            return min(tier, key=lambda a: (a.busy, a.state.requests, a.order))
         if strategy == "weighted":
             return random.choices(tier, weights=[a.config.weight for a in tier])[0]
         return self._session(ranked, ranks, wire_format, now, session_hours * 3600.0,
@@ -96,10 +105,11 @@ class Selector:
         tier = [a for a in ranked if _rank(a, now) == best]
         rest = ranked[len(tier):]
         if strategy == "round-robin":
-            start = (self._rotation.get(wire_format, -1) + 1) % len(tier)
+            start = (self._rotation.get(wire_format, -1) + 1 +
+                     self.elsewhere.get(wire_format, 0)) % len(tier)
             tier = tier[start:] + tier[:start]
         elif strategy == "least-requests":
-            tier.sort(key=lambda a: (a.state.in_flight, a.state.requests, a.order))
+            tier.sort(key=lambda a: (a.busy, a.state.requests, a.order))
         elif strategy == "weighted":
             tier.sort(key=lambda a: (-a.config.weight, a.order))
         else:

@@ -4,8 +4,8 @@ It holds what must survive a restart and never be served: each account's persist
 (cooldowns, marks, counters: :attr:`~mitmflare.routing.account_state.AccountState.PERSISTED`),
 OAuth token pairs, access-key users and the commands operators queue for a running proxy.
 :class:`StateStore` is the interface every caller uses; :class:`SqliteStateStore` keeps it in
-one SQLite file (created with mode 0600, WAL). A store shared by several hosts (Redis) would
-implement the same interface.
+one SQLite file (created with mode 0600, WAL); :class:`~.redis_store.RedisStateStore` layers
+Redis over it so that users and operator commands reach every host (``flare_redis``).
 
 Who calls it, and from where:
 
@@ -89,14 +89,16 @@ class StateStore(Protocol):
         """The id of the newest queued operator command (0 when none)."""
         ...
 
-    def commands_since(self, after: int) -> list[tuple[int, str, str]]:
-        """(id, command, account) of the commands queued after id ``after``, oldest first."""
+    def commands_since(self, after: int) -> list[tuple[int, str, str, str]]:
+        """(id, command, account, uid) of the commands queued after id ``after``, oldest
+        first (``uid``: the command's id everywhere, "" for commands queued before it)."""
         ...
 
-    def queue_reset(self, account: str) -> bool:
-        """Queue ``reset`` for ``account`` (a running proxy resumes it) and resume its stored
-        state (:meth:`AccountState.resume`), so a proxy started later finds it resumed. True
-        when state was stored for it."""
+    def queue_reset(self, account: str, uid: str = "") -> bool:
+        """Queue ``reset`` for ``account`` (a running proxy resumes it; ``uid`` names the
+        command, so a proxy that also gets it through Redis applies it once) and resume its
+        stored state (:meth:`AccountState.resume`), so a proxy started later finds it
+        resumed. True when state was stored for it."""
         ...
 
     def close(self) -> None:
@@ -228,16 +230,16 @@ class SqliteStateStore:
             return conn.execute("select coalesce(max(id), 0) from operator_commands"
                                 ).fetchone()[0]
 
-    def commands_since(self, after: int) -> list[tuple[int, str, str]]:
+    def commands_since(self, after: int) -> list[tuple[int, str, str, str]]:
         with self._reading() as conn:
-            return [(r[0], r[1], r[2]) for r in conn.execute(
-                "select id, command, account from operator_commands where id > ? order by id",
-                [after])]
+            return [(r[0], r[1], r[2], r[3] or "") for r in conn.execute(
+                "select id, command, account, uid from operator_commands where id > ? "
+                "order by id", [after])]
 
-    def queue_reset(self, account: str) -> bool:
+    def queue_reset(self, account: str, uid: str = "") -> bool:
         with self._writing() as conn:
-            conn.execute("insert into operator_commands (command, account, created_at) "
-                         "values ('reset', ?, ?)", [account, iso_utc(time.time())])
+            conn.execute("insert into operator_commands (command, account, created_at, uid) "
+                         "values ('reset', ?, ?, ?)", [account, iso_utc(time.time()), uid])
             row = conn.execute("select data from account_state where name = ?",
                                [account]).fetchone()
             if row is None:

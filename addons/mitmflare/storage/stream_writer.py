@@ -14,6 +14,11 @@
   stored in ``mitmflare:spend:<period>`` hashes, which every process reads once a second
   (caps and budgets hold across processes); at start it is stored whole from the database.
 
+- **Settings** of the proxies' own writers, given to ``mitmflare writer`` (``mitmflare run``
+  passes its ``flare_retention_days``, ``flare_payload_retention_days`` and
+  ``flare_request_log``): rows past their retention are pruned hourly, and with the request
+  log one line per written request is logged.
+
 Stops on SIGINT/SIGTERM after committing and acknowledging what it read.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 
 from . import row_stream as rs
 from .writer import DatabaseWriter
+from .writer_process import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,14 @@ class _Committed:
 class StreamWriter:
     """The consumer (see the module docstring): ``run`` until ``stop`` is set."""
 
-    def __init__(self, url: str, analytics_path: str, state_path: str) -> None:
+    def __init__(self, url: str, analytics_path: str, state_path: str,
+                 settings: dict[str, Any] | None = None) -> None:
         self.url = url
         self.db = DatabaseWriter(analytics_path, state_path)
+        for name, value in (settings or {}).items():  # before its thread starts pruning
+            if name not in SETTINGS:
+                raise ValueError(f"mitmflare writer: no setting {name!r}")
+            setattr(self.db, name, value)
         self.stop = threading.Event()
         self.me = rs.WORKER
         self.written = 0                       # entries committed since start
@@ -222,9 +233,12 @@ class StreamWriter:
         self._pushed = spend
 
 
-def main(url: str, analytics_path: str, state_path: str) -> int:
-    """Run the writer until SIGINT/SIGTERM; the exit code."""
-    writer = StreamWriter(url, analytics_path, state_path)
+def main(url: str, analytics_path: str, state_path: str,
+         settings: dict[str, Any] | None = None) -> int:
+    """Run the writer until SIGINT/SIGTERM; the exit code. ``settings``: the database
+    writer's (:data:`SETTINGS`: ``request_log`` bool, ``retention_days`` and
+    ``payload_retention_days`` days; ``retention_days`` 0 keeps rows forever)."""
+    writer = StreamWriter(url, analytics_path, state_path, settings)
 
     def stop(*_: Any) -> None:
         writer.stop.set()

@@ -4,7 +4,9 @@ A key is ``mfk_`` + 64 hex digits (256 random bits), shown once when created. On
 SHA-256 is stored (a fast hash suffices for a random 256-bit secret; nothing to brute-force),
 with its first 8 characters to tell keys apart. The proxy reads the ``users`` table every
 second (:func:`read_users`, in a worker thread), so changes apply within 2 s; the ``mitmflare
-users`` commands write it (:class:`UsersStore`). Both go through :mod:`.state_store`.
+users`` commands write it (:class:`UsersStore`). Both go through :mod:`.state_store`; with
+Redis (``flare_redis``) the commands also write the users there (:mod:`.redis_store`) and every
+proxy on every host merges them with its own (:func:`merge_users`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class UserError(Exception):
 class User:
     """One user. ``allowed_models`` / ``allowed_providers``: None allows all. Caps in USD per
     UTC day / calendar month (None: no cap). ``disabled`` users are refused, history kept.
-    ``max_concurrent``: at most this many requests in flight (None: no cap)."""
+    ``max_concurrent``: at most this many requests in flight (None: no cap). ``updated_at``:
+    ISO time of its last change (which copy wins in :func:`merge_users`)."""
 
     name: str
     key_hash: str
@@ -44,6 +47,7 @@ class User:
     monthly_cap_usd: float | None = None
     created_at: str | None = None
     max_concurrent: int | None = None
+    updated_at: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The ``users`` row in ``flare_state``."""
@@ -54,7 +58,7 @@ class User:
                 "allowed_providers": json.dumps(self.allowed_providers)
                 if self.allowed_providers is not None else None,
                 "daily_cap_usd": self.daily_cap_usd, "monthly_cap_usd": self.monthly_cap_usd,
-                "created_at": self.created_at, "updated_at": iso_utc(time.time()),
+                "created_at": self.created_at, "updated_at": self.updated_at,
                 "max_concurrent": self.max_concurrent}
 
     @classmethod
@@ -65,7 +69,8 @@ class User:
         return cls(row["name"], row["key_hash"], row["key_prefix"] or "", bool(row["disabled"]),
                    listed(row["allowed_models"]), listed(row["allowed_providers"]),
                    row["daily_cap_usd"], row["monthly_cap_usd"], row["created_at"],
-                   row.get("max_concurrent"))  # None in a file from before the column
+                   row.get("max_concurrent"),  # None in a file from before the column
+                   row.get("updated_at"))
 
     def allows_provider(self, provider: str) -> bool:
         """True when accounts of ``provider`` (an account's provider: anthropic, openai, zai,
@@ -107,26 +112,43 @@ def find_user(users: dict[str, User], presented: str | None) -> User | None:
     return user if user is not None and hmac.compare_digest(user.key_hash, digest) else None
 
 
-def read_users(store) -> dict[str, User]:
-    """Every user in ``store`` (:class:`~.state_store.StateStore`), keyed by key hash
-    (blocking: call from a worker thread). {} when the store cannot be read now (a missing or
-    locked file)."""
+def merge_users(local: list[User], shared: dict[str, dict[str, Any]]) -> dict[str, User]:
+    """This host's users (``local``, from ``flare_state``) merged with those in Redis
+    (``shared``: name -> a ``users`` row, or a tombstone ``{"removed": true, "updated_at"}``),
+    keyed by key hash: by name, the copy with the latest ``updated_at`` wins, Redis's on a
+    tie; a newer tombstone removes the user."""
+    by_name = {u.name: u for u in local}
+    for name, row in shared.items():
+        mine = by_name.get(name)
+        if mine is not None and (mine.updated_at or "") > (row.get("updated_at") or ""):
+            continue
+        if row.get("removed"):
+            by_name.pop(name, None)
+        else:
+            by_name[name] = User.from_row(row)
+    return {u.key_hash: u for u in by_name.values()}
+
+
+def read_users(store) -> list[User]:
+    """Every user in ``store`` (:class:`~.state_store.StateStore`; blocking: call from a
+    worker thread). [] when the store cannot be read now (a missing or locked file)."""
     from .state_store import StoreUnavailable
 
     try:
-        return {u.key_hash: u for u in store.users()}
+        return store.users()
     except StoreUnavailable:
-        return {}
+        return []
 
 
 class UsersStore:
     """Read and change users in the state database at ``path`` (created with mode 0600),
-    through its :class:`~.state_store.SqliteStateStore`."""
+    and in Redis at ``redis_url`` when given, through their
+    :class:`~.state_store.StateStore`."""
 
-    def __init__(self, path: str) -> None:
-        from .state_store import SqliteStateStore
+    def __init__(self, path: str, redis_url: str = "") -> None:
+        from .redis_store import open_store
 
-        self.store = SqliteStateStore(path)
+        self.store = open_store(path, redis_url)
         self.store.open()  # creates the file (0600) and its tables
 
     def close(self) -> None:
@@ -149,7 +171,7 @@ class UsersStore:
             raise UserError(f"user {name!r} exists already (rotate its key with `users rotate`)")
         key = new_key()
         user = User(name, key_hash(key), key[:8], created_at=iso_utc(time.time()), **settings)
-        self.store.save_user(user)
+        self._save(user)
         return user, key
 
     def rotate(self, name: str) -> tuple[User, str]:
@@ -157,15 +179,19 @@ class UsersStore:
         user = self.get(name)
         key = new_key()
         user.key_hash, user.key_prefix = key_hash(key), key[:8]
-        self.store.save_user(user)
+        self._save(user)
         return user, key
 
     def update(self, name: str, **changes: Any) -> User:
         user = self.get(name)
         for attr, value in changes.items():
             setattr(user, attr, value)
-        self.store.save_user(user)
+        self._save(user)
         return user
+
+    def _save(self, user: User) -> None:
+        user.updated_at = iso_utc(time.time())
+        self.store.save_user(user)
 
     def remove(self, name: str) -> None:
         self.get(name)
