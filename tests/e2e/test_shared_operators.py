@@ -48,7 +48,7 @@ def hosts(sim_server, redis_server, tmp_path_factory) -> Iterator[list[Proxy]]:
     started = [Proxy(folder, yaml, {"flare_redis": redis_server.url,
                                     "flare_require_access_keys": "true"}, None).start()
                for folder in folders]
-    wait_for(lambda: all(health(p, FIRST["key"])["shared_state"] == "ok" for p in started),
+    wait_for(lambda: all(health(p, FIRST["key"]).get("shared_state") == "ok" for p in started),
              timeout=20)
     yield started
     for p in started:
