@@ -17,7 +17,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from .wire import MAX_TEXT, content, headers_named, json_object, json_object_fast, text
+from .routing_body import routing_body
+from .wire import MAX_TEXT, content, headers_named, json_object, text
 
 SESSION_HEADER = b"x-claude-code-session-id"
 AGENT_HEADER = b"x-claude-code-agent-id"          # a Claude Code sub-agent's own id
@@ -40,7 +41,8 @@ class RequestInfo:
     """``model`` and ``client_session`` are None when the request does not say; ``body`` when
     the body is not a JSON object. ``agent`` / ``parent_agent``: a Claude Code sub-agent's id
     and its parent agent's (None for the main conversation, or when not sent). ``body`` is
-    read for routing (:func:`.wire.json_object_fast`: integers past 64 bits may be floats);
+    the body abridged to what routing reads (:func:`.routing_body.routing_body`: the top-level
+    scalars, ``system``, the blocks' ``cache_control``, the first user turn, the latest turns);
     whoever keeps the request beyond routing keeps
     ``source`` (the decoded body bytes, the very object mitmproxy holds when the body has no
     ``content-encoding``) and parses it again when it must re-encode it
@@ -51,7 +53,7 @@ class RequestInfo:
     agent: str | None = None
     parent_agent: str | None = None
     stream: bool = False
-    body: dict[str, Any] | None = None  # the JSON object body, parsed
+    body: dict[str, Any] | None = None  # the JSON object body, abridged for routing
     source: bytes | None = None         # the bytes ``body`` was parsed from
     body_model: str | None = None
 
@@ -67,7 +69,7 @@ def inspect_request(wire_format: str, request: http.Request) -> RequestInfo:
     if not request.raw_content or request.data.method.upper() != b"POST":
         return info
     info.source = content(request, strict=False, encoded=b"content-encoding" in found)
-    body = info.body = json_object_fast(info.source)
+    body = info.body = routing_body(info.source)
     if body is None:
         info.source = None
         return info

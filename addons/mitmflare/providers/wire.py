@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import orjson
 from mitmproxy.http import Headers, Message
 
 MAX_TEXT = 200  # characters kept of a text field (model names, session ids)
@@ -26,30 +25,6 @@ def json_object(data: bytes | str | None) -> dict[str, Any] | None:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
-
-
-FAST_MAX = 2 * 1024 * 1024
-"""Bodies up to this many bytes are read with ``orjson``; larger ones with ``json``: orjson
-(yyjson) allocates a working area of ~13x its input, whose page faults make it slower than
-``json`` from ~4 MB on (Claude Code-shaped bodies, 2-core VM, best of runs: 1 MB 0.38 vs
-0.79 ms, 2 MB 0.76 vs 1.74 ms, 4 MB 5.5 vs 5.9 ms, 10 MB 45 vs 38 ms)."""
-
-
-def json_object_fast(data: bytes | str | None) -> dict[str, Any] | None:
-    """:func:`json_object`, twice as fast up to :data:`FAST_MAX` bytes (``orjson``), for
-    reading what routing needs from a request body. Accepts exactly what :func:`json_object`
-    accepts: what orjson refuses (``NaN``/``Infinity``, ``1e400``, lone surrogates, a UTF-8
-    BOM, nesting deeper than 1,024, non-UTF-8 bytes) goes through :func:`json_object`. One
-    difference in values: integers outside the 64-bit range come back as floats (``json``:
-    exact ints), so what re-encodes a body (conversion, a model rewrite) parses it with
-    :func:`json_object`. Duplicate keys: the last wins in both."""
-    if not data or len(data) > FAST_MAX:
-        return json_object(data)
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json_object(data)
     return value if isinstance(value, dict) else None
 
 

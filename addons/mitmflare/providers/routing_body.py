@@ -1,0 +1,154 @@
+"""What routing reads of a request body, without building the whole body as Python objects.
+
+Claude Code sends its system prompt, tools and the whole conversation on every turn (100 KB to
+10 MB), while routing reads only the top-level ``model``, ``stream``, ``metadata`` and
+``stream_options``, the blocks' ``cache_control`` in ``system``, ``tools`` and the latest
+turns, and (to tell a conversation without a session) ``system`` and the first user turn
+(:mod:`..routing.cache_affinity`). :func:`routing_body` decodes the body with msgspec into
+typed views of those keys: every other value is checked and skipped in C, never made into
+Python objects. Measured on Claude Code-shaped bodies (2-core VM, best of 7, see
+``scripts/bench --sizes``): 1 MB 0.27 ms (``json`` 0.78, orjson 0.38), 10 MB 2.7 ms (``json``
+10.4, orjson 10.3), with a few hundred objects instead of ~1.1 times the body's size.
+
+Same acceptance as :func:`.wire.json_object` (what ``json`` refuses never reaches an
+upstream): whatever msgspec refuses or cannot type (``NaN``, lone surrogate escapes, a
+byte-order mark, numbers past a double, a ``messages`` that is not a list of objects, …) is
+read by ``json`` instead; the one thing msgspec accepts and ``json`` refuses, bytes that are
+not UTF-8 inside a skipped string, is checked first (``isascii``, else a decode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .wire import json_object
+
+_UNSET: Any = msgspec.UNSET
+LATEST_TURNS = 4
+"""Turns whose blocks' ``cache_control`` routing reads (:func:`..routing.cache_affinity.cache_ttl`:
+breakpoints sit on the latest turns)."""
+
+
+class _Block(msgspec.Struct):
+    cache_control: Any = _UNSET
+
+
+class _Turn(msgspec.Struct):
+    role: Any = _UNSET
+    content: msgspec.Raw | msgspec.UnsetType = _UNSET
+
+
+class _Body(msgspec.Struct):
+    model: Any = _UNSET
+    stream: Any = _UNSET
+    metadata: Any = _UNSET
+    stream_options: Any = _UNSET
+    system: Any = _UNSET
+    tools: list[_Block] | msgspec.UnsetType | None = _UNSET
+    messages: list[_Turn] | msgspec.UnsetType | None = _UNSET
+
+
+_BODY = msgspec.json.Decoder(_Body)
+_ANY = msgspec.json.Decoder()
+_BLOCKS = msgspec.json.Decoder(list[_Block])
+_TOP = ("model", "stream", "metadata", "stream_options", "system")
+
+
+def routing_body(data: bytes | None) -> dict[str, Any] | None:
+    """The request body ``data`` abridged to what routing reads, as a dict shaped like the
+    body (:func:`abridged`). None when ``data`` is not a JSON object: the same answer as
+    :func:`.wire.json_object`, whose values it gives where it keeps them. A body msgspec cannot
+    read this way is parsed whole by ``json`` and then abridged."""
+    if not data:
+        return None
+    if not data.isascii():
+        try:  # msgspec skips strings without checking their UTF-8; json refuses bad UTF-8
+            data.decode("utf-8", "surrogatepass")  # (json.loads decodes bytes so)
+        except UnicodeDecodeError:
+            return abridged(json_object(data))  # maybe UTF-16/32, which json reads
+    try:
+        view = _BODY.decode(data)
+        body = {key: value for key in _TOP if (value := getattr(view, key)) is not _UNSET}
+        if view.tools is not _UNSET:
+            body["tools"] = [_control(b.cache_control) for b in view.tools] \
+                if isinstance(view.tools, list) else None
+        if view.messages is not _UNSET:
+            body["messages"] = _kept_turns(view.messages, lambda t: t.role, _view_turn) \
+                if isinstance(view.messages, list) else None
+        return body
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return abridged(json_object(data))
+
+
+def abridged(body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``body`` (a parsed request body) with what routing reads: the top-level ``model``,
+    ``stream``, ``metadata``, ``stream_options`` and ``system`` as sent; ``tools`` with one
+    ``{"cache_control": …}`` (or ``{}``) per tool object; ``messages`` with the first user turn
+    whole, then the :data:`LATEST_TURNS` latest turns with their ``role`` and, when their
+    ``content`` is a list, one ``{"cache_control": …}`` (or ``{}``) per block object, in their
+    order and without repeating a turn; what is not an object (a tool, a turn, a block) as
+    sent. Keys the body lacks are absent."""
+    if body is None:
+        return None
+    out = {key: body[key] for key in _TOP if key in body}
+    if "tools" in body:
+        out["tools"] = _controls(body["tools"])
+    if "messages" in body:
+        turns = body["messages"]
+        out["messages"] = _kept_turns(turns, lambda t: t.get("role"), _dict_turn) \
+            if isinstance(turns, list) else turns
+    return out
+
+
+def _kept_turns(turns: list, role, turn) -> list:
+    """The first user turn (``turn(t, True)``) and the latest ones (``turn(t, False)``)."""
+    first = next((i for i, t in enumerate(turns) if _is_turn(t) and role(t) == "user"), None)
+    latest = range(max(0, len(turns) - LATEST_TURNS), len(turns))
+    kept = [turn(turns[first], True)] if first is not None and first not in latest else []
+    kept.extend(turn(turns[i], i == first) for i in latest)
+    return kept
+
+
+def _is_turn(turn: Any) -> bool:
+    return isinstance(turn, (dict, _Turn))
+
+
+def _dict_turn(turn: Any, whole: bool) -> Any:
+    if not isinstance(turn, dict):
+        return turn
+    out = {"role": turn["role"]} if "role" in turn else {}
+    if "content" in turn:
+        content = turn["content"]
+        if whole:
+            out["content"] = content
+        elif isinstance(content, list):
+            out["content"] = _controls(content)
+    return out
+
+
+def _view_turn(turn: _Turn, whole: bool) -> dict[str, Any]:
+    out = {} if turn.role is _UNSET else {"role": turn.role}
+    raw = turn.content  # the turn's bytes within the body (no copy)
+    if not isinstance(raw, msgspec.Raw):
+        return out
+    if whole:
+        out["content"] = _ANY.decode(raw)
+    elif memoryview(raw)[:1] == b"[":
+        try:
+            out["content"] = [_control(b.cache_control) for b in _BLOCKS.decode(raw)]
+        except msgspec.ValidationError:  # not every block an object: read them all
+            out["content"] = _controls(_ANY.decode(raw))
+    return out
+
+
+def _controls(blocks: Any) -> Any:
+    if not isinstance(blocks, list):
+        return blocks
+    return [_control(b.get("cache_control", _UNSET)) if isinstance(b, dict) else b
+            for b in blocks]
+
+
+def _control(control: Any) -> dict[str, Any]:
+    return {} if control is _UNSET else {"cache_control": control}
