@@ -161,15 +161,17 @@ def _prepare(proxy: ProxyState, flow: http.HTTPFlow, fc: FlowContext, account: A
 def _set_body(request: http.Request, fc: FlowContext, wire: str) -> None:
     """The body for the account speaking ``wire``: converted to its format, or with the model the
     account maps to, or the client's own bytes (the common case: nothing is parsed again or
-    re-encoded)."""
-    if fc.converted and fc.body_source is not None:
-        request.content = json.dumps(convert_request(fc.path, fc.request_json() or {},
-                                                     fc.upstream_model or "", wire,
-                                                     fc.client_session),
+    re-encoded; also when ``json`` cannot read the body, which routing read: the upstream
+    refuses it, see :mod:`..providers.routing_body`)."""
+    rewrite = fc.body_source is not None and (
+        fc.converted or bool(fc.upstream_model and fc.body_model != fc.upstream_model))
+    exact = fc.request_json() if rewrite else None
+    if exact is not None and fc.converted:
+        request.content = json.dumps(convert_request(fc.path, exact, fc.upstream_model or "",
+                                                     wire, fc.client_session),
                                      separators=(",", ":")).encode()
-    elif fc.body_source is not None and fc.upstream_model \
-            and fc.body_model != fc.upstream_model:
-        request.content = json.dumps({**(fc.request_json() or {}), "model": fc.upstream_model},
+    elif exact is not None:
+        request.content = json.dumps({**exact, "model": fc.upstream_model},
                                      separators=(",", ":")).encode()
     elif request.raw_content is not fc.raw_body:
         request.raw_content = fc.raw_body

@@ -82,11 +82,12 @@ def inspect_request(wire_format: str, request: http.Request) -> RequestInfo:
     if (wire_format == "openai" and info.stream and request.path.startswith("/v1/chat/completions")):
         options = body.get("stream_options")
         if not isinstance(options, dict) or options.get("include_usage") is not True:
-            exact = parse_source(info.source) or {}  # re-encoded: every value as sent
-            exact["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                       "include_usage": True}
-            request.content = json.dumps(exact, separators=(",", ":")).encode()
-            info.source = content(request, strict=False)
+            exact = parse_source(info.source)  # re-encoded: every value as sent
+            if exact is not None:  # (None: json cannot read it, see .routing_body: as sent)
+                exact["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                           "include_usage": True}
+                request.content = json.dumps(exact, separators=(",", ":")).encode()
+                info.source = content(request, strict=False)
     return info
 
 

@@ -10,11 +10,16 @@ Python objects. Measured on Claude Code-shaped bodies (2-core VM, best of 7, see
 ``scripts/bench --sizes``): 1 MB 0.27 ms (``json`` 0.78, orjson 0.38), 10 MB 2.7 ms (``json``
 10.4, orjson 10.3), with a few hundred objects instead of ~1.1 times the body's size.
 
-Same acceptance as :func:`.wire.json_object` (what ``json`` refuses never reaches an
-upstream): whatever msgspec refuses or cannot type (``NaN``, lone surrogate escapes, a
-byte-order mark, numbers past a double, a ``messages`` that is not a list of objects, …) is
-read by ``json`` instead; the one thing msgspec accepts and ``json`` refuses, bytes that are
-not UTF-8 inside a skipped string, is checked first (``isascii``, else a decode).
+Acceptance: msgspec checks the whole body as JSON (grammar, escapes, numbers, nesting) and
+whatever it refuses or cannot type (``NaN``, lone surrogate escapes, a byte-order mark,
+numbers past a double, UTF-16, a ``messages`` that is not a list of objects, ...) is read by
+``json`` instead, so a body ``json`` takes is never refused and routing reads the same values.
+One difference, kept on purpose: msgspec does not check the UTF-8 of strings it skips, and
+checking it in Python costs more than the whole read (4-7 ms at 10 MB of real, partly
+non-ASCII text). Such a body goes to the upstream as the client sent it, as it would through
+any proxy; the upstream refuses it (a 400 to the client, which changes no account's state),
+and a request that must be re-encoded (conversion, a mapped model) is sent as is too, since
+``json`` cannot read it (:func:`..addons.attempt`).
 """
 
 from __future__ import annotations
@@ -59,15 +64,11 @@ _TOP = ("model", "stream", "metadata", "stream_options", "system")
 def routing_body(data: bytes | None) -> dict[str, Any] | None:
     """The request body ``data`` abridged to what routing reads, as a dict shaped like the
     body (:func:`abridged`). None when ``data`` is not a JSON object: the same answer as
-    :func:`.wire.json_object`, whose values it gives where it keeps them. A body msgspec cannot
+    :func:`.wire.json_object` (but for bytes that are not UTF-8 in a string routing does not
+    read, see the module), whose values it gives where it keeps them. A body msgspec cannot
     read this way is parsed whole by ``json`` and then abridged."""
     if not data:
         return None
-    if not data.isascii():
-        try:  # msgspec skips strings without checking their UTF-8; json refuses bad UTF-8
-            data.decode("utf-8", "surrogatepass")  # (json.loads decodes bytes so)
-        except UnicodeDecodeError:
-            return abridged(json_object(data))  # maybe UTF-16/32, which json reads
     try:
         view = _BODY.decode(data)
         body = {key: value for key in _TOP if (value := getattr(view, key)) is not _UNSET}
