@@ -1,6 +1,6 @@
 """What mitmflare's hooks cost per small request, part by part, in-process (no network).
 
-    .venv/bin/python scripts/bench_hooks.py [--repo PATH] [--requests N] [--json]
+    .venv/bin/python scripts/bench_hooks.py [--repo PATH] [--requests N] [--size B] [--json]
 
 Loads the bundle of the checkout at ``--repo`` (default: this one; e.g. a ``git worktree`` of
 an older commit, to compare) into mitmproxy's test context with two API-key accounts and its
@@ -64,11 +64,21 @@ def write_accounts(path: Path, base_url: str) -> None:
         f"priority: {i}, base_url: {base_url}}}\n" for i, n in enumerate("ab")))
 
 
-def make_flow(tflow, tutils, http):
-    body = json.dumps(BODY).encode()
+def make_flow(tflow, tutils, http, size: int = 0, n: int = 0):
+    """The bench's small JSON request, or (``size`` bytes) a Claude Code-shaped one
+    (``bench_sizes.claude_code_body``, its session header too)."""
+    headers = request_headers()
+    if size:
+        from bench_sizes import HEADERS, claude_code_body
+        body = claude_code_body(size, n, False)
+        fields = {**dict(headers), **{k.encode(): v.encode() for k, v in HEADERS.items()},
+                  b"content-length": str(len(body)).encode()}
+        headers = list(fields.items())
+    else:
+        body = json.dumps(BODY).encode()
     req = tutils.treq(method=b"POST", path=b"/v1/messages", content=body,
                       host="127.0.0.1", port=8080, scheme=b"http", authority=b"",
-                      headers=http.Headers(request_headers()))
+                      headers=http.Headers(headers))
     flow = tflow.tflow(req=req)
     flow.response = None
     return flow
@@ -99,14 +109,14 @@ async def drive(args) -> dict:
         gc.freeze()
         clock = time.perf_counter_ns
         total = args.warmup + args.requests
-        flows = [make_flow(tflow, tutils, http) for _ in range(total)]  # made before, not counted
-        answers = [make_response(http, n) for n in range(total)]
+        flows = [make_flow(tflow, tutils, http) for _ in range(0 if args.size else total)]
+        answers = [make_response(http, n) for n in range(total)]  # made before, not counted
         for n in range(total):
             keep = n >= args.warmup
             if n == args.warmup and args.under_callgrind:
                 _control_self("-z")
                 _control_self("-i", "on")
-            flow = flows[n]
+            flow = make_flow(tflow, tutils, http, args.size, n) if args.size else flows[n]
             for hook in HOOKS:
                 if hook == "responseheaders":
                     if flow.response is not None:
@@ -195,10 +205,17 @@ def _callgrind(cmd: list[str], url: str, health: str, args, tmp: Path, name: str
     try:
         wait_http(health, 300)
         with httpx.Client(timeout=120) as client:
+            if args.size:
+                from bench_sizes import HEADERS, claude_code_body
+                bodies = [claude_code_body(args.size, i, False) for i in range(4)]
+            else:
+                bodies, HEADERS = [json.dumps(BODY).encode()], {"x-api-key": "bench-client",
+                                                                "content-type": "application/json"}
+
             def load(n: int) -> None:
-                for _ in range(n):
-                    r = client.post(url + "/v1/messages", json=BODY,
-                                    headers={"x-api-key": "bench-client"})
+                for i in range(n):
+                    r = client.post(url + "/v1/messages", content=bodies[i % len(bodies)],
+                                    headers=HEADERS)
                     if r.status_code != 200:
                         raise RuntimeError(f"{name}: HTTP {r.status_code} {r.text[:200]}")
             load(args.warmup)
@@ -273,6 +290,9 @@ def main() -> int:
                         help="checkout whose addons/ is measured (default: this one)")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--size", type=int, default=0,
+                        help="bytes of a Claude Code-shaped request instead of the small one "
+                             "(scripts/bench --sizes), e.g. 1048576 with --requests 50")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--callgrind", action="store_true",
                         help="count instructions per request in a real mitmdump (see above)")
