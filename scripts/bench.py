@@ -302,7 +302,11 @@ def main() -> int:
         import bench_cache_day
         return bench_cache_day.main([a for a in sys.argv[1:] if a != "--cache-day"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="per target, kind and round")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="JSON requests per target, concurrency and round (a round at c=1 "
+                             "takes ~1.5 s: shorter ones made two runs disagree by 10-15 %%)")
+    parser.add_argument("--sse-requests", type=int, default=200,
+                        help="streamed requests per target, concurrency and round (~40 ms each)")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds; each ratio is reported as min/median/max")
@@ -418,14 +422,15 @@ def main() -> int:
 
         traffic = bench_redis.counters(redis_url) if args.redis else None
         rounds: dict[tuple[str, int, str], list[Result]] = {}
-        total = 2 * len(levels) * args.rounds * len(targets) * args.requests
+        counts = {"json": args.requests, "sse": args.sse_requests}
+        total = len(levels) * args.rounds * len(targets) * sum(counts.values())
         progress = Progress(total, args.json)
         for kind in ("json", "sse"):
             for level in levels:
                 for _ in range(args.rounds):
                     for name, url in targets.items():
                         result = Result()
-                        asyncio.run(run_load(url, kind == "sse", args.requests, level, result,
+                        asyncio.run(run_load(url, kind == "sse", counts[kind], level, result,
                                              progress))
                         rounds.setdefault((kind, level, name), []).append(result)
         rss_after = {"bare": rss_mb(bare.pid), "mitmflare": rss_mb(flare.pid)}
