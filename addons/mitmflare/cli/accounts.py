@@ -6,30 +6,17 @@ written as a ``${VAR}`` reference (``--api-key-env``) or read from stdin into ``
 the accounts file (``--api-key-stdin``).
 """
 
-from __future__ import annotations
-
-import json
-import secrets
-import sqlite3
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..config import accounts_edit, dotenv_edit
-from ..config.accounts_edit import AccountsEditError
 from ..config.words import AUTH_STYLES, did_you_mean, env_file, one_of
-from ..money import usd
-from ..providers import codex, oauth
 from ..providers.presets import PRESETS
-from ..times import iso_utc
 from .options import (
     ACCOUNTS_DEFAULT,
     DB_DEFAULT,
@@ -44,6 +31,9 @@ from .options import (
     fail,
     interactive,
 )
+
+if TYPE_CHECKING:  # the commands import what only they use (ruamel.yaml, OAuth, Rich)
+    from ..providers import oauth
 
 accounts_app = typer.Typer(no_args_is_help=True,
                            help="See, add, change and log in accounts (the YAML file stays "
@@ -95,6 +85,8 @@ SETTABLE: dict[str, Callable[[str], Any]] = {
 def _edit(accounts: str, action, *args) -> None:
     """Run an :mod:`.accounts_edit` edit; exit 1 with the reason (nothing written) when it
     is rejected."""
+    from ..config.accounts_edit import AccountsEditError
+
     try:
         action(Path(accounts), *args)
     except AccountsEditError as exc:
@@ -129,6 +121,8 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
         fail(exc)
     health: dict[str, dict[str, Any]] = {}
     if Path(db).exists():
+        import sqlite3
+
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
         conn.row_factory = sqlite3.Row
         try:
@@ -153,8 +147,15 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
                      "requests_today": h.get("requests_today") or 0,
                      "cost_today_usd": h.get("cost_today_usd") or 0.0})
     if as_json:
+        import json
+
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..money import usd
+
     table = Table("account", "provider", "prio", "status", "cooldown until", "5h", "7d",
                   "token expires", "requests today", "cost today")
     for r in rows:
@@ -201,6 +202,8 @@ def add(name: str,
     Example: echo "$KEY" | mitmflare accounts add glm --provider zai --api-key-stdin
              --models opus=glm-4.6,sonnet=glm-4.6,haiku=glm-4.5-air --priority 2
     """
+    from ..config import accounts_edit, dotenv_edit
+
     if provider not in PRESETS:
         fail(f"--provider {provider}: {one_of(provider, PRESETS)}")
     if bool(api_key_env) == api_key_stdin:
@@ -236,6 +239,9 @@ def remove(name: str, yes: Yes = False, accounts: Accounts = ACCOUNTS_DEFAULT) -
 
     Example: mitmflare accounts remove old-key --yes
     """
+    from ..config import accounts_edit, dotenv_edit
+    from ..config.accounts_edit import AccountsEditError
+
     try:
         unused = accounts_edit.remove(Path(accounts), name)
     except AccountsEditError as exc:
@@ -260,6 +266,8 @@ def pause(name: str, accounts: Accounts = ACCOUNTS_DEFAULT, redis: Redis = "",
     """Never choose this account until resumed: ``paused: true`` in the accounts file, or
     with --redis / MITMFLARE_REDIS_URL on every host through Redis (the file stays as it is).
     Example: mitmflare accounts pause work-key"""
+    from ..config import accounts_edit
+
     if redis:
         _share_pause(name, True, redis, state)
     else:
@@ -272,6 +280,8 @@ def resume(name: str, accounts: Accounts = ACCOUNTS_DEFAULT, redis: Redis = "",
            state: State = STATE_DEFAULT) -> None:
     """Undo `pause`: in the accounts file, and with --redis / MITMFLARE_REDIS_URL on every
     host too. Example: mitmflare accounts resume work-key"""
+    from ..config import accounts_edit
+
     _edit(accounts, accounts_edit.set_fields, name, {"paused": None})
     _share_pause(name, False, redis, state)
     typer.echo(f"Resumed {name}" + (" on every host." if redis else "."))
@@ -300,6 +310,8 @@ def set_fields(name: str, assignments: Annotated[list[str], typer.Argument(
 
     Example: mitmflare accounts set work-key priority=2 weight=3
     """
+    from ..config import accounts_edit
+
     fields: dict[str, Any] = {}
     for item in assignments:
         key, sep, value = item.partition("=")
@@ -369,11 +381,15 @@ def login(name: str,
     """
     import httpx
 
+    from ..config import accounts_edit
+    from ..providers import oauth
     from ..storage.state_store import SqliteStateStore
+    from ..times import iso_utc
 
-    if provider not in LOGINS:
-        fail(f"--provider {provider}: {one_of(provider, LOGINS)}")
-    base = LOGINS[provider]
+    logins = _logins()
+    if provider not in logins:
+        fail(f"--provider {provider}: {one_of(provider, logins)}")
+    base = logins[provider]
     login_with = base._replace(token_url=token_url or base.token_url,
                                authorize_url=authorize_url or base.authorize_url,
                                client_id=client_id or base.client_id,
@@ -407,20 +423,27 @@ class Login(NamedTuple):
     client_id: str
     redirect_uri: str
     build_url: Callable[[str, str, str, str, str], str]
-    client: oauth.OAuthClient
+    client: "oauth.OAuthClient"
 
 
-LOGINS = {
-    "anthropic": Login(oauth.AUTHORIZE_URL, oauth.DEFAULT_TOKEN_URL, oauth.DEFAULT_CLIENT_ID,
-                       oauth.REDIRECT_URI, oauth.authorize_url, oauth.CLAUDE),
-    "codex": Login(codex.AUTHORIZE_URL, codex.TOKEN_URL, codex.CLIENT_ID, codex.REDIRECT_URI,
-                   codex.authorize_url, codex.CODEX),
-}
+def _logins() -> dict[str, Login]:
+    """The providers ``accounts login`` knows, by name (built on first use: the OAuth modules
+    load only for a login)."""
+    from ..providers import codex, oauth
+
+    return {
+        "anthropic": Login(oauth.AUTHORIZE_URL, oauth.DEFAULT_TOKEN_URL, oauth.DEFAULT_CLIENT_ID,
+                           oauth.REDIRECT_URI, oauth.authorize_url, oauth.CLAUDE),
+        "codex": Login(codex.AUTHORIZE_URL, codex.TOKEN_URL, codex.CLIENT_ID, codex.REDIRECT_URI,
+                       codex.authorize_url, codex.CODEX),
+    }
 
 
 def _pasted_code(pasted: str) -> tuple[str, str]:
     """(code, state) from what the user pasted: ``code#state``, or the address the browser
     was sent back to (``…/callback?code=…&state=…``)."""
+    import urllib.parse
+
     if "?" in pasted and "code=" in pasted:
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).query))
         return query.get("code", ""), query.get("state", "")
@@ -428,8 +451,12 @@ def _pasted_code(pasted: str) -> tuple[str, str]:
     return code, state
 
 
-def _browser_login(login_with: Login) -> oauth.TokenSet:
+def _browser_login(login_with: Login) -> "oauth.TokenSet":
+    import secrets
+
     import httpx
+
+    from ..providers import oauth
 
     verifier, challenge = oauth.pkce_pair()
     state = secrets.token_urlsafe(24)

@@ -2,20 +2,13 @@
 command line. ``stats`` runs the dashboard's own ``stats`` canned query; ``prune`` deletes in
 small batches so a running proxy's writer is never held up for more than one batch."""
 
-from __future__ import annotations
-
 import json
 import re
-import sqlite3
 import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..money import usd
-from ..storage import retention
 from .options import DB_DEFAULT, Db, Json, Yes, canned_sql, fail, interactive, read_db
 
 GROUPS = ("account", "model", "user", "day")
@@ -67,6 +60,10 @@ def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d,
     """
     if by not in GROUPS:
         fail(f"--by must be one of {', '.join(GROUPS)}")
+    import sqlite3
+
+    from ..storage import retention
+
     start = retention.cutoff(span_seconds(since) / 86400.0)
     queries = CACHE_QUERIES if cache else {"stats": ""}
     conn = read_db(db)
@@ -85,6 +82,11 @@ def stats(since: Annotated[str, typer.Option(help="How far back: 90min, 24h, 7d,
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..money import usd
+
     table = Table(by, "requests", "input", "output", "cache read", "cache write", "cost",
                   "errors", "p50 ms", title=f"since {start[:16].replace('T', ' ')} UTC")
     for r in rows:
@@ -100,6 +102,11 @@ def _print_cache(found: dict[str, list[dict]], start: str, as_json: bool) -> Non
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..money import usd
+
     console = Console(width=160)
     total = sum(r["loss_usd"] or 0 for r in found["cache_loss_by_cause"])
     console.print(f"lost to prompt-cache misses since {start[:16].replace('T', ' ')} UTC: "
@@ -125,6 +132,8 @@ def tail(last: Annotated[int, typer.Option(help="Show this many recent rows firs
 
     Example: mitmflare tail --last 20
     """
+    import sqlite3
+
     from ..storage.writer import request_line
 
     conn = read_db(db)
@@ -166,7 +175,11 @@ def prune(older_than: Annotated[str, typer.Option(
 
     Example: mitmflare prune --older-than 90d --dry-run
     """
+    import sqlite3
+
     from rich.progress import Progress
+
+    from ..storage import retention
 
     before = retention.cutoff(span_seconds(older_than) / 86400.0)
     read_db(db).close()  # exits when the file is missing
@@ -206,6 +219,8 @@ def vacuum(db: Db = DB_DEFAULT) -> None:
 
     Example: mitmflare vacuum
     """
+    import sqlite3
+
     read_db(db).close()
     conn = sqlite3.connect(db, timeout=60)
     try:

@@ -1,20 +1,19 @@
 """``mitmflare doctor``: checks an install and says what to fix, one line per check."""
 
-from __future__ import annotations
-
 import json
 import os
-import sqlite3
 import stat
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import runtime
 from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State
-from .ports import bind_error
+
+if TYPE_CHECKING:  # imported where used (the command starts faster)
+    import sqlite3
 
 SKEW_WARN_S = 5.0
 WAL_WARN_BYTES = 256 * 1024 * 1024
@@ -106,14 +105,18 @@ def _accounts(path: str, add) -> None:
         f"{count} account(s) in {path}" if count else f"{path} has no account yet")
 
 
-def _read_only(path: str) -> sqlite3.Connection:
+def _read_only(path: str) -> "sqlite3.Connection":
     """A read-only connection to the analytics database (the state database's is
     :func:`.state_store.read_only`)."""
+    import sqlite3
+
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
 
 def _database(path: str, name: str, tables: dict, add, connect) -> None:
     """Check the database at ``path``, opened read-only with ``connect(path)``."""
+    import sqlite3
+
     if not Path(path).exists():
         add("warn", name, f"{path} does not exist yet (the proxy creates it)")
         return
@@ -151,6 +154,8 @@ def _running(state: str) -> list[dict]:
 
 def _port(name: str, number: int, own: dict[int, str]) -> tuple[str, str, str]:
     """``own``: ``{port: what}`` of the running mitmflare processes."""
+    from .ports import bind_error
+
     if bind_error("127.0.0.1", number) is None:
         return "ok", name, f"{number} is free"
     if number in own:
@@ -166,6 +171,8 @@ def _port(name: str, number: int, own: dict[int, str]) -> tuple[str, str, str]:
 
 
 def _clock(db: str, add) -> None:
+    import sqlite3
+
     if not Path(db).exists():
         return
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)

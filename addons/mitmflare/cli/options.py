@@ -7,16 +7,18 @@ runtime file, or the proxy's defaults relative to the working directory).
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from .. import runtime
 from ..config.defaults import ACCOUNTS_PATH, DB_PATH, METADATA_PATH, STATE_PATH
+
+if TYPE_CHECKING:  # imported by the commands that open a database (the command starts faster)
+    import sqlite3
 
 DEMO_DIR = ".demo"  # where `mitmflare run --demo` keeps its files, relative to its folder
 FOUND = "the running proxy's, else "
@@ -146,6 +148,8 @@ def interactive() -> bool:
 
 def read_db(path: str) -> sqlite3.Connection:
     """A read-only connection (rows as dicts-by-name) to an existing database, else exit 1."""
+    import sqlite3
+
     if not Path(path).exists():
         fail(f"{path} does not exist (the proxy creates it; set --db or MITMFLARE_DB)")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)

@@ -9,8 +9,6 @@ rate-limit and overload errors on purpose), five demo accounts and steady SDK tr
 in ``.demo/``.
 """
 
-from __future__ import annotations
-
 import os
 import signal
 import subprocess
@@ -22,7 +20,7 @@ import typer
 
 from ..config.defaults import ACCOUNTS_PATH, DB_PATH, STATE_PATH
 from ..demo import helpers as demo
-from . import lock, ports, startup
+from . import lock, startup
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -124,6 +122,8 @@ def run(ctx: typer.Context,
     if demo_mode:
         wanted.append(("simulated upstream (MITMFLARE_SIM_PORT)", "127.0.0.1", sim_port))
     held = _demo_lock(wanted) if demo_mode else None
+    from . import ports
+
     taken = ports.clashes(wanted)
     for line in taken:
         typer.echo(line, err=True)

@@ -12,8 +12,6 @@ uses the standard library with a 1 s timeout, and any failure prints a short lin
 (a statusline command that fails shows nothing useful).
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -4,20 +4,17 @@ Changes apply to a running proxy within 2 s (it reads the ``users`` table every 
 ``--redis`` / ``MITMFLARE_REDIS_URL``, to every proxy on every host sharing that Redis.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..money import usd
-from ..storage.users import User, UserError, UsersStore
 from .options import STATE_DEFAULT, Json, Redis, State, creatable_state, fail
+
+if TYPE_CHECKING:  # imported by the commands (the command starts faster)
+    from ..storage.users import User, UsersStore
 
 users_app = typer.Typer(no_args_is_help=True,
                         help="Per-user access keys (with --set flare_require_access_keys=true). "
@@ -38,11 +35,12 @@ MaxConcurrent = Annotated[int | None, typer.Option(
 
 
 @contextlib.contextmanager
-def _store(state: str, redis: str = "") -> Iterator[UsersStore]:
+def _store(state: str, redis: str = "") -> Iterator["UsersStore"]:
     """The users of ``state`` (created when missing), and of Redis at ``redis`` when given,
     closed afterwards; a :class:`UserError` (or Redis unreachable) inside exits 1 with its
     one-line reason."""
     from ..storage.state_store import StoreUnavailable
+    from ..storage.users import UserError, UsersStore
 
     creatable_state(state)
     store = UsersStore(state, redis)
@@ -58,7 +56,7 @@ def _listed(text: str | None) -> list[str] | None:
     return [item.strip() for item in text.split(",") if item.strip()] or None if text else None
 
 
-def _show_key(user: User, key: str, what: str) -> None:
+def _show_key(user: "User", key: str, what: str) -> None:
     typer.echo(f"{what} {user.name}. Its access key (shown only now; store it safely):")
     typer.echo(key)
     typer.echo("Clients send it as x-api-key or Authorization: Bearer "
@@ -99,6 +97,11 @@ def list_users(as_json: Json = False, state: State = STATE_DEFAULT,
                                 "max_concurrent": u.max_concurrent,
                                 "created_at": u.created_at} for u in users], indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..money import usd
+
     table = Table("user", "key", "status", "models", "providers", "daily cap", "monthly cap",
                   "max concurrent", "created")
     for u in users:

@@ -2,9 +2,6 @@
 sharing a Redis (``flare_redis``) into the analytics database (see
 :mod:`mitmflare.storage.stream_writer`). ``mitmflare run`` starts it when Redis is set."""
 
-from __future__ import annotations
-
-import logging
 from typing import Annotated
 
 import typer
@@ -34,6 +31,8 @@ def writer(redis: Annotated[str, typer.Option(
 
     Example: MITMFLARE_REDIS_URL=redis://127.0.0.1:6379/0 mitmflare writer --db mitmflare.db
     """
+    import logging
+
     from ..config.redis_url import SCHEMES
     from ..storage import stream_writer
 
