@@ -71,6 +71,27 @@ def test_a_file_that_cannot_be_read_as_a_whole_is_rejected(text, expected):
     assert expected in str(info.value)
 
 
+def test_libyaml_and_pyyaml_read_alike_and_word_errors_alike(monkeypatch):
+    from mitmflare.config import accounts
+
+    monkeypatch.setenv("FLARE_TEST_KEY", "sk-from-env")
+    texts = [GOOD, ENTRY + "  - name: a\n    provider: anthropic\n    api_key: k\n    colour: red\n",
+             ENTRY + "  - just a string\n", "accounts:\n  - name: a\n    api_key: [oops\n",
+             "accounts:\n\t- name: a\n"]
+
+    def read(text):
+        try:
+            loaded = parse_accounts(text, "accounts.yaml")
+        except ConfigError as exc:
+            return str(exc)
+        return [a.model_dump() for a in loaded.accounts], loaded.errors
+
+    assert accounts._CLoader is not None  # the constraints' PyYAML wheels have libyaml
+    fast = [read(text) for text in texts]
+    monkeypatch.setattr(accounts, "_CLoader", None)
+    assert fast == [read(text) for text in texts]
+
+
 def test_empty_file_means_no_accounts():
     assert parse_accounts("").accounts == []
     assert parse_accounts("accounts: []\n").accounts == []

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import yaml
-from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..providers.presets import OAUTH_PROVIDERS, PRESETS, Preset, map_model
@@ -242,8 +241,11 @@ def account_env(path: str) -> tuple[dict[str, str], str]:
     """What ``${VAR}`` in the accounts file at ``path`` resolves against: the ``.env`` file
     beside it overlaid with the process environment; and that ``.env`` file's path."""
     dotenv = env_file(path)
-    env = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} \
-        if os.path.exists(dotenv) else {}
+    env: dict[str, str] = {}
+    if os.path.exists(dotenv):
+        from dotenv import dotenv_values  # only when there is one: the command starts faster
+
+        env = {k: v for k, v in dotenv_values(dotenv).items() if v is not None}
     return {**env, **os.environ}, dotenv
 
 
@@ -253,7 +255,7 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
     ``${VAR}`` (default: the process environment). See :func:`load_accounts`."""
     env = os.environ if env is None else env
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
@@ -296,6 +298,21 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         seen[account.name] = line
         result.accounts.append(account)
     return result
+
+
+_CLoader = getattr(yaml, "CSafeLoader", None)  # PyYAML built with libyaml
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The YAML node tree of ``text``: parsed by libyaml when PyYAML has it (some 10 times
+    faster), else, and for a text libyaml refuses, by PyYAML's own parser (so that an error
+    is worded, and its line found, as ever)."""
+    if _CLoader is not None:
+        try:
+            return yaml.compose(text, Loader=_CLoader)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 def _fallbacks_ok(fallbacks: Any) -> bool:
