@@ -30,6 +30,7 @@ from .options import (
     canned_sql,
     fail,
     interactive,
+    no_pydantic_plugins,
 )
 
 if TYPE_CHECKING:  # the commands import what only they use (ruamel.yaml, OAuth, Rich)
@@ -113,7 +114,8 @@ def list_accounts(as_json: Json = False, accounts: Accounts = ACCOUNTS_DEFAULT,
 
     Example: mitmflare accounts list --json
     """
-    from ..config.accounts import ConfigError, load_accounts
+    with no_pydantic_plugins():
+        from ..config.accounts import ConfigError, load_accounts
 
     try:
         configured = load_accounts(accounts).accounts

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .. import runtime
-from .options import ACCOUNTS_DEFAULT, DB_DEFAULT, STATE_DEFAULT, Accounts, Db, Json, State
+from .options import (
+    ACCOUNTS_DEFAULT,
+    DB_DEFAULT,
+    STATE_DEFAULT,
+    Accounts,
+    Db,
+    Json,
+    State,
+    no_pydantic_plugins,
+)
 
 if TYPE_CHECKING:  # imported where used (the command starts faster)
     import sqlite3
@@ -87,7 +96,8 @@ def doctor(accounts: Accounts = ACCOUNTS_DEFAULT, db: Db = DB_DEFAULT, state: St
 
 
 def _accounts(path: str, add) -> None:
-    from ..config.accounts import ConfigError, load_accounts
+    with no_pydantic_plugins():
+        from ..config.accounts import ConfigError, load_accounts
 
     if not Path(path).exists():
         add("fail", "accounts file", f"{path} is missing: ./scripts/run creates it from "

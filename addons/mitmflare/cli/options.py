@@ -7,7 +7,10 @@ runtime file, or the proxy's defaults relative to the working directory).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -133,6 +136,23 @@ def creatable_state(state: str) -> None:
         fail(f"no running mitmflare found and no {ACCOUNTS_PATH} here, so {state} would be a "
              f"new database the proxy never reads: run this where the proxy runs, or pass "
              f"--state FILE (its flare_state) or --demo")
+
+
+@contextlib.contextmanager
+def no_pydantic_plugins() -> Iterator[None]:
+    """Import :mod:`mitmflare.config.accounts` (its validation models) in this block: with
+    Pydantic's plugins off, as typer builds its own validators, so that Pydantic does not look
+    through every installed package's metadata for plugins (10-20 ms at each start of a
+    command; a command has no use for them). The proxy imports the models as usual."""
+    before = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+        else:
+            os.environ["PYDANTIC_DISABLE_PLUGINS"] = before
 
 
 def fail(reason: object) -> NoReturn:
