@@ -217,6 +217,21 @@ def test_a_request_after_a_refused_one_is_served(sim, keyed):
     assert answer_of(answer)[0] == 200
 
 
+def test_bytes_that_are_not_utf8_where_routing_does_not_read_go_as_sent(sim, keyed):
+    """Routing reads the model; the rest goes on as sent (see providers/routing_body): the
+    upstream refuses the body, the client gets that answer, and no account's state changes."""
+    p, _, keys = keyed
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "@"},
+        {"role": "user", "content": "again"}]}).encode().replace(b"@", b"\xff\xfe")
+    headers = {"x-api-key": keys["una"], "content-type": "application/json"}
+    answer = httpx.post(p.url + "/v1/messages", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert sim.requests[-1].body is None and sim.requests[-1].credential == ACCOUNT_KEY
+    assert httpx.post(p.url + "/v1/messages", content=BODY, headers=headers).status_code == 200
+
+
 # -- 5. a corrupt database stops the start with one line that says what to do -----------------
 @pytest.mark.parametrize("option", ["flare_state", "flare_db"])
 def test_a_corrupt_database_stops_the_start_with_one_clear_line(sim, tmp_path, option):

@@ -234,6 +234,11 @@ class SimulatedUpstream:
             await self._codex(headers, body, credential or "", send)
             return
         rejected = self._oauth_rejection(credential, headers)
+        if not rejected and raw and body is None and scope["method"] == "POST":
+            # an API refuses a body it cannot read as JSON before anything else (not UTF-8,
+            # bad grammar), whatever its account's state
+            await _send_json(send, 400, _error_body(path, 400))
+            return
         answer: dict[str, Any] = {"status": 401, "body": rejected} if rejected else \
             self._next_answer(credential, headers.get("x-sim-answer"))
         if answer.get("delay_s"):
