@@ -312,6 +312,7 @@ def main() -> int:
                         help="interleaved rounds; each ratio is reported as min/median/max")
     parser.add_argument("--soak", type=int, default=10_000, help="streamed requests (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--save", type=Path, help="also write the figures as JSON to this file")
     parser.add_argument("--payloads", action="store_true",
                         help="add a mitmflare with flare_payloads=all (cost of payload capture)")
     parser.add_argument("--redis", action="store_true",
@@ -418,7 +419,7 @@ def main() -> int:
             sized = run_sizes(args, targets, sim, {"bare": bare.pid, "mitmflare": flare.pid},
                               lag_ports)
         if args.sizes:
-            return report_sizes(sized, args.json)
+            return report_sizes(sized, args.json, args.save)
 
         traffic = bench_redis.counters(redis_url) if args.redis else None
         rounds: dict[tuple[str, int, str], list[Result]] = {}
@@ -460,7 +461,7 @@ def main() -> int:
     growth = {name: db_growth(tmp / f"{name}.db") for name in ("mitmflare", "payloads")
               if (tmp / f"{name}.db").exists()}
     return report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, args.json,
-                  shared, sized)
+                  shared, sized, args.save)
 
 
 def run_sizes(args, targets: dict[str, str], sim: str, pids: dict[str, int],
@@ -486,11 +487,13 @@ def run_sizes(args, targets: dict[str, str], sim: str, pids: dict[str, int],
     return result
 
 
-def report_sizes(sized: dict, as_json: bool) -> int:
+def report_sizes(sized: dict, as_json: bool, save: Path | None = None) -> int:
     """Report of ``--sizes`` alone; exit status 1 when one of its targets is missed."""
     checks: list[dict] = []
     bench_sizes.checks(sized, sized["summary"], lambda label, value, ok: checks.append(
         {"check": label, "value": round(value, 3), "ok": bool(ok)}))
+    if save is not None:
+        save.write_text(json.dumps({**sized, "checks": checks}, indent=2))
     if as_json:
         print(json.dumps({**sized, "checks": checks}, indent=2))
     else:
@@ -618,7 +621,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_json: bool,
-           shared: dict | None = None, sized: dict | None = None) -> int:
+           shared: dict | None = None, sized: dict | None = None,
+           save: Path | None = None) -> int:
     figures = []
     for (kind, level, name), results in rounds.items():
         r = merged(results)
@@ -701,6 +705,8 @@ def report(rounds, levels, rss_start, rss_after, soak, rate, growth, cli, as_jso
            "shared_state": shared,
            "db_bytes_per_1000_requests": {k: round(v) for k, v in growth.items()},
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    if save is not None:
+        save.write_text(json.dumps(out, indent=2))
     if as_json:
         print(json.dumps(out, indent=2))
     else:
