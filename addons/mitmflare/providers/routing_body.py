@@ -71,13 +71,24 @@ def routing_body(data: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         view = _BODY.decode(data)
-        body = {key: value for key in _TOP if (value := getattr(view, key)) is not _UNSET}
-        if view.tools is not _UNSET:
-            body["tools"] = [_control(b.cache_control) for b in view.tools] \
-                if isinstance(view.tools, list) else None
-        if view.messages is not _UNSET:
-            body["messages"] = _kept_turns(view.messages, lambda t: t.role, _view_turn) \
-                if isinstance(view.messages, list) else None
+        body: dict[str, Any] = {}  # (spelled out: this runs on every request)
+        if view.model is not _UNSET:
+            body["model"] = view.model
+        if view.stream is not _UNSET:
+            body["stream"] = view.stream
+        if view.metadata is not _UNSET:
+            body["metadata"] = view.metadata
+        if view.stream_options is not _UNSET:
+            body["stream_options"] = view.stream_options
+        if view.system is not _UNSET:
+            body["system"] = view.system
+        tools, turns = view.tools, view.messages
+        if tools is not _UNSET:
+            body["tools"] = [_control(b.cache_control) for b in tools] \
+                if isinstance(tools, list) else None
+        if turns is not _UNSET:
+            body["messages"] = _kept_turns(turns, _view_role, _view_turn) \
+                if isinstance(turns, list) else None
         return body
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return abridged(json_object(data))
@@ -98,18 +109,31 @@ def abridged(body: dict[str, Any] | None) -> dict[str, Any] | None:
         out["tools"] = _controls(body["tools"])
     if "messages" in body:
         turns = body["messages"]
-        out["messages"] = _kept_turns(turns, lambda t: t.get("role"), _dict_turn) \
+        out["messages"] = _kept_turns(turns, _dict_role, _dict_turn) \
             if isinstance(turns, list) else turns
     return out
 
 
 def _kept_turns(turns: list, role, turn) -> list:
     """The first user turn (``turn(t, True)``) and the latest ones (``turn(t, False)``)."""
-    first = next((i for i, t in enumerate(turns) if _is_turn(t) and role(t) == "user"), None)
-    latest = range(max(0, len(turns) - LATEST_TURNS), len(turns))
-    kept = [turn(turns[first], True)] if first is not None and first not in latest else []
-    kept.extend(turn(turns[i], i == first) for i in latest)
+    first = None
+    for i, t in enumerate(turns):
+        if _is_turn(t) and role(t) == "user":
+            first = i
+            break
+    start = max(0, len(turns) - LATEST_TURNS)
+    kept = [turn(turns[first], True)] if first is not None and first < start else []
+    for i in range(start, len(turns)):
+        kept.append(turn(turns[i], i == first))
     return kept
+
+
+def _view_role(turn: _Turn) -> Any:
+    return turn.role
+
+
+def _dict_role(turn: dict) -> Any:
+    return turn.get("role")
 
 
 def _is_turn(turn: Any) -> bool:
