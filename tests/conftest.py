@@ -83,6 +83,11 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Proxy:
+        """Start the process and wait until its ``/health`` answers."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Proxy:
+        """Start the process without waiting for it (:meth:`wait_ready` does)."""
         args = [str(MITMDUMP.with_name(self.tool)), "-s", str(BUNDLE)]
         for script in self.scripts:
             args += ["-s", str(script)]
@@ -92,6 +97,11 @@ class Proxy:
             args += ["--set", f"{key}={value}"]
         self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      cwd=self.tmp)
+        return self
+
+    def wait_ready(self) -> Proxy:
+        """Wait (30 s at most) until the launched process answers ``/health``."""
+        assert self.proc is not None
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -100,12 +110,22 @@ class Proxy:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
-                time.sleep(0.1)
+                time.sleep(0.02)
         raise RuntimeError(f"proxy did not start:\n{self.log.read_text()}")
 
     def stop(self) -> None:
+        """Stop the process cleanly and wait for it."""
+        self.interrupt()
+        self.reap()
+
+    def interrupt(self) -> None:
+        """Ask the process to stop (SIGINT: a clean shutdown); :meth:`reap` waits for it."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+
+    def reap(self) -> None:
+        """Wait for the interrupted process (15 s, then SIGKILL)."""
+        if self.proc:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -140,7 +160,7 @@ class Proxy:
             rows = self.query(sql)
             if len(rows) >= count:
                 return rows
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise AssertionError(f"expected {count} rows of {sql!r}, got {len(rows)}: {rows}\n"
                              f"{self.log.read_text()[-3000:]}")
 
@@ -162,8 +182,25 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         return p.start()
 
     yield start
-    for p in started:
-        p.stop()
+    stop_all(started)
+
+
+def start_all(proxies: list[Proxy]) -> list[Proxy]:
+    """Start ``proxies`` side by side (as ``mitmflare run`` starts its workers) and wait until
+    each answers."""
+    for p in proxies:
+        p.launch()
+    for p in proxies:
+        p.wait_ready()
+    return proxies
+
+
+def stop_all(proxies: list[Proxy]) -> None:
+    """Stop ``proxies`` side by side: interrupt each, then wait for each."""
+    for p in proxies:
+        p.interrupt()
+    for p in proxies:
+        p.reap()
 
 
 def rejected_5h(reset_in: float) -> dict:
@@ -250,7 +287,7 @@ def bundle_parts(folder: Path, yaml: str) -> Iterator[tuple[dict[type, object], 
             parts[Recorder].done()
 
 
-def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
+def wait_for(check, timeout: float = 15.0, interval: float = 0.05):
     """The first true value of ``check()``, polled every ``interval`` s; AssertionError after
     ``timeout`` s."""
     deadline = time.time() + timeout
@@ -260,6 +297,17 @@ def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# The proxy reads its files (the accounts file, its .env, users and OAuth pairs in flare_state)
+# every second, so a change takes effect within 2 s: the tests wait this long for it at most.
+RELOAD_S = 2.2
+
+
+def within_reload(check):
+    """The first true value of ``check()``, polled until ``RELOAD_S`` s have passed (a change
+    of the proxy's files takes effect within 2 s); AssertionError after that."""
+    return wait_for(check, timeout=RELOAD_S, interval=0.05)
 
 
 def start_login(args: list[str], program: list[str] | None = None,

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ROOT, Proxy, accounts_yaml, free_port
+from conftest import ROOT, Proxy, accounts_yaml, free_port, within_reload
 
 MSG = [{"role": "user", "content": "hello"}]
 MODEL = "claude-sonnet-4-6"
@@ -55,6 +55,11 @@ def keyed(sim_server, tmp_path_factory) -> Iterator[tuple[Proxy, int, dict[str, 
     p.start()
     yield p, openai_port, keys
     p.stop()
+
+
+def known(p: Proxy, key: str) -> bool:
+    """Whether the proxy takes ``key`` as an enabled user's (its /health names the user)."""
+    return "user" in httpx.get(p.url + "/health", headers={"x-api-key": key}, timeout=5).json()
 
 
 def claude(p: Proxy, key: str) -> anthropic.Anthropic:
@@ -130,17 +135,17 @@ def test_user_over_the_daily_cap_gets_a_429_until_reset(sim, keyed):
 def test_users_commands_apply_to_the_running_proxy_within_2_s(sim, keyed):
     p, _, keys = keyed
     dave = new_key(p.state, "dave")
-    time.sleep(2.2)
+    within_reload(lambda: known(p, dave))
     claude(p, dave).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert users(p.state, "disable", "dave").returncode == 0
-    time.sleep(2.2)
+    within_reload(lambda: not known(p, dave))
     with pytest.raises(anthropic.AuthenticationError) as info:
         claude(p, dave).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert "dave is disabled" in info.value.body["error"]["message"]
     assert users(p.state, "enable", "dave").returncode == 0
     rotated = users(p.state, "rotate", "dave")
     fresh = rotated.stdout.splitlines()[1]
-    time.sleep(2.2)
+    within_reload(lambda: known(p, fresh))
     with pytest.raises(anthropic.AuthenticationError):
         claude(p, dave).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     claude(p, fresh).messages.create(model=MODEL, max_tokens=5, messages=MSG)
@@ -168,7 +173,7 @@ def test_clients_over_tls_with_the_operators_certificate(sim, proxy, tmp_path):
     p = proxy(yaml, certs=f"*={server_pem}", flare_require_access_keys="true")
     assert "is a certificate authority" not in p.log_text()  # a leaf, as mitmproxy wants
     key = new_key(p.state, "tls-user")
-    time.sleep(2.2)
+    within_reload(lambda: known(p, key))
     url = f"https://localhost:{p.port}"
     trusted = anthropic.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca)))
     client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, http_client=trusted)

@@ -11,7 +11,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import ROOT, accounts_yaml
+from conftest import ROOT, accounts_yaml, within_reload
 from mitmflare.config.accounts import parse_accounts
 from mitmflare.proxy_state import ProxyState
 from mitmflare.routing.classify import FAILOVER, Verdict
@@ -70,7 +70,7 @@ def test_rename_keeps_the_cooldown_across_reload_and_restart(sim, proxy):
     client(p).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert p.health()["accounts"]["cooling_down"] == 1
     p.accounts.write_text(two_keys(sim, first="key-a-renamed"))
-    time.sleep(2.2)
+    within_reload(lambda: "renamed to key-a-renamed" in p.log_text())
     client(p).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert sim.credentials_seen() == [A, B, B]
     assert "renamed to key-a-renamed" in p.log_text()
@@ -97,8 +97,7 @@ def test_first_run_example_is_valid_and_says_what_to_add(sim, proxy):
     assert health["accounts"]["total"] == 0 and "config_errors" not in health
     assert "no account is configured yet" in p.log_text()
     p.accounts.write_text(two_keys(sim))
-    time.sleep(2.2)
-    assert p.health()["accounts"]["total"] == 2
+    within_reload(lambda: p.health()["accounts"]["total"] == 2)
 
 
 def test_env_file_beside_the_accounts_file_is_read_on_every_change(sim, proxy):
@@ -106,8 +105,7 @@ def test_env_file_beside_the_accounts_file_is_read_on_every_change(sim, proxy):
     (error,) = p.health()["config_errors"]
     assert "FLARE_E2E_DOTENV_KEY is not set" in error and ".env" in error
     (p.accounts.parent / ".env").write_text("FLARE_E2E_DOTENV_KEY=sk-ant-api03-DOTENV\n")
-    time.sleep(2.2)
-    assert "config_errors" not in p.health()
+    within_reload(lambda: "config_errors" not in p.health())
     client(p).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert sim.credentials_seen() == ["sk-ant-api03-DOTENV"]
 
@@ -165,8 +163,7 @@ def test_new_login_clears_needs_reauth_on_a_running_proxy_and_after_restart(sim,
     fresh = sim.issue_tokens()
     done = login(fresh["access_token"], fresh["refresh_token"], p.state)
     assert done.returncode == 0 and "within 2 s" in done.stdout and "needs_reauth" in done.stdout
-    time.sleep(2.2)
-    assert p.health()["accounts"]["available"] == 2
+    within_reload(lambda: p.health()["accounts"]["available"] == 2)
     client(p).messages.create(model=MODEL, max_tokens=5, messages=MSG)
     assert sim.requests[-1].credential.startswith("sk-ant-oat01-sim")
     events = [e["event"] for e in p.wait_rows(3, "select * from account_events order by id")]

@@ -15,7 +15,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import ROOT, Proxy, RedisServer, accounts_yaml, free_port
+from conftest import ROOT, Proxy, RedisServer, accounts_yaml, free_port, start_all, stop_all
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -33,7 +33,8 @@ def balanced(sim, tmp_path) -> Iterator[tuple[str, list[Proxy]]]:
     for i in (1, 2):
         folder = tmp_path / f"worker{i}"
         folder.mkdir()
-        workers.append(Proxy(folder, yaml, {"flare_redis": redis.url}, None).start())
+        workers.append(Proxy(folder, yaml, {"flare_redis": redis.url}, None))
+    start_all(workers)
     port = free_port()
     env = {**os.environ, "MITMFLARE_BALANCER_BIND": f"127.0.0.1:{port}",
            "MITMFLARE_WORKER1": f"127.0.0.1:{workers[0].port}",
@@ -55,8 +56,7 @@ def balanced(sim, tmp_path) -> Iterator[tuple[str, list[Proxy]]]:
     finally:
         balancer.kill()
         balancer.wait(10)
-        for w in workers:
-            w.stop()
+        stop_all(workers)
         redis.stop()
 
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import accounts_yaml, free_port, self_signed
+from conftest import accounts_yaml, free_port, self_signed, within_reload
 from mitmflare.demo.simulator import SimulatedUpstream
 from mitmflare.storage.pricing import cost_usd
 
@@ -199,13 +199,13 @@ def test_yaml_edit_takes_effect_and_broken_edit_keeps_last_good(sim, proxy):
     client = anthropic.Anthropic(base_url=p.url, api_key=CLIENT_KEY, max_retries=0)
     client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG)
     p.accounts.write_text(accounts_yaml(sim.url, {"name": "key-c", "api_key": "sk-ant-api03-CCC"}))
-    time.sleep(2.2)
+    within_reload(lambda: "accounts reloaded: 1 (key-c:anthropic); removed" in p.log_text())
     client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG)
     assert sim.credentials_seen() == ["sk-ant-api03-AAA", "sk-ant-api03-CCC"]
 
     p.accounts.write_text("accounts:\n  - name: broken\n    provider: anthropic\n"
                           "    api_key: [unclosed\n")
-    time.sleep(2.2)
+    within_reload(lambda: "accounts file rejected" in p.log_text())
     client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MSG)
     assert sim.credentials_seen()[-1] == "sk-ant-api03-CCC"
     health = p.health()

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import accounts_yaml, rejected_5h
+from conftest import accounts_yaml, rejected_5h, wait_for
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
 MSG = [{"role": "user", "content": "hello"}]
@@ -52,7 +52,7 @@ def test_account_wide_429_cools_down_until_reset_then_recovers(sim, proxy):
     assert p.health()["accounts"]["cooling_down"] == 1
     ask(p)
     assert sim.credentials_seen()[-1] == B
-    time.sleep(4.5)
+    wait_for(lambda: p.health()["accounts"]["cooling_down"] == 0, timeout=4.5)  # the reset
     ask(p)  # preferred account is back: the session strategy returns to it
     assert sim.credentials_seen()[-1] == A
     assert [e["event"] for e in events(p, 2)] == ["cooldown", "recovered"]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import anthropic
 import httpx
 
-from conftest import ROOT, accounts_yaml, start_login
+from conftest import ROOT, accounts_yaml, start_login, within_reload
 
 MSG = [{"role": "user", "content": "hello"}]
 MODEL = "claude-sonnet-4-6"
@@ -103,8 +103,9 @@ def test_new_pair_pasted_into_yaml_wins_over_state(sim, proxy):
     p = start(sim, proxy, oauth_yaml(sim, pair, 600))
     ask(p)
     fresh = sim.issue_tokens()
+    reloads = p.log_text().count("accounts reloaded")
     p.accounts.write_text(oauth_yaml(sim, fresh, 28800))
-    time.sleep(2.2)
+    within_reload(lambda: p.log_text().count("accounts reloaded") > reloads)
     ask(p)
     assert sim.requests[-1].credential == fresh["access_token"]
 

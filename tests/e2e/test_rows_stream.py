@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Proxy, accounts_yaml, wait_for
+from conftest import Proxy, accounts_yaml, start_all, stop_all, wait_for
 
 MITMFLARE = Path(sys.executable).with_name("mitmflare")
 MSG = [{"role": "user", "content": "hello"}]
@@ -27,11 +27,10 @@ MSG = [{"role": "user", "content": "hello"}]
 def workers(sim_server, redis_server, tmp_path_factory) -> Iterator[list[Proxy]]:
     yaml = accounts_yaml(sim_server.url, {"name": "key-a", "api_key": "sk-ant-api03-AAA"},
                          {"name": "key-b", "api_key": "sk-ant-api03-BBB"})
-    started = [Proxy(tmp_path_factory.mktemp(f"worker{i}"), yaml,
-                     {"flare_redis": redis_server.url}, None).start() for i in (1, 2)]
+    started = start_all([Proxy(tmp_path_factory.mktemp(f"worker{i}"), yaml,
+                               {"flare_redis": redis_server.url}, None) for i in (1, 2)])
     yield started
-    for p in started:
-        p.stop()
+    stop_all(started)
 
 
 class Writer:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import Proxy, accounts_yaml, wait_for
+from conftest import Proxy, accounts_yaml, start_all, stop_all, wait_for
 
 A, B, C = "sk-ant-api03-FLY-A", "sk-ant-api03-FLY-B", "sk-ant-api03-FLY-C"
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 5,
@@ -21,9 +21,9 @@ BODY = {"model": "claude-sonnet-4-6", "max_tokens": 5,
 def pair(sim_server, redis_server, tmp_path_factory, strategy: str,
          *accounts: dict) -> list[Proxy]:
     yaml = accounts_yaml(sim_server.url, *accounts)
-    started = [Proxy(tmp_path_factory.mktemp(f"{strategy}{i}"), yaml,
-                     {"flare_redis": redis_server.url, "flare_strategy": strategy,
-                      "flare_queue_s": "0"}, None).start() for i in (1, 2)]
+    started = start_all([Proxy(tmp_path_factory.mktemp(f"{strategy}{i}"), yaml,
+                               {"flare_redis": redis_server.url, "flare_strategy": strategy,
+                                "flare_queue_s": "0"}, None) for i in (1, 2)])
     wait_for(lambda: all(p.health()["shared_state"] == "ok" for p in started), timeout=20)
     return started
 
@@ -34,8 +34,7 @@ def rotating(sim_server, redis_server, tmp_path_factory) -> Iterator[list[Proxy]
                    {"name": "a", "api_key": A}, {"name": "b", "api_key": B},
                    {"name": "c", "api_key": C})
     yield started
-    for p in started:
-        p.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module", params=["capped", "uncapped"])
@@ -44,8 +43,7 @@ def least(request, sim_server, redis_server, tmp_path_factory) -> Iterator[list[
     started = pair(sim_server, redis_server, tmp_path_factory, "least-requests",
                    {"name": "a", "api_key": A, **cap}, {"name": "b", "api_key": B})
     yield started
-    for p in started:
-        p.stop()
+    stop_all(started)
 
 
 def post(p: Proxy) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Proxy, accounts_yaml, rejected_5h, wait_for
+from conftest import Proxy, accounts_yaml, rejected_5h, start_all, stop_all, wait_for
 
 MITMFLARE = Path(sys.executable).with_name("mitmflare")
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
@@ -45,14 +45,13 @@ def hosts(sim_server, redis_server, tmp_path_factory) -> Iterator[list[Proxy]]:
     FIRST["key"] = key_of(cli("users", "add", "bob", "--state",
                               str(folders[0] / "mitmflare-state.db"), cwd=folders[0],
                               redis=redis_server.url))
-    started = [Proxy(folder, yaml, {"flare_redis": redis_server.url,
-                                    "flare_require_access_keys": "true"}, None).start()
-               for folder in folders]
+    started = start_all([Proxy(folder, yaml, {"flare_redis": redis_server.url,
+                                              "flare_require_access_keys": "true"}, None)
+                         for folder in folders])
     wait_for(lambda: all(health(p, FIRST["key"]).get("shared_state") == "ok" for p in started),
              timeout=20)
     yield started
-    for p in started:
-        p.stop()
+    stop_all(started)
 
 
 def ask(p: Proxy, key: str) -> httpx.Response:

@@ -12,7 +12,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import Proxy, accounts_yaml, free_port, rejected_5h
+from conftest import Proxy, accounts_yaml, free_port, rejected_5h, start_all, stop_all
 
 A, B = "sk-ant-api03-AAA", "sk-ant-api03-BBB"
 MSG = [{"role": "user", "content": "hello"}]
@@ -23,12 +23,11 @@ def workers(sim_server, redis_server, tmp_path_factory) -> Iterator[tuple[Proxy,
     """Two workers, round-robin (without sharing, requests would alternate accounts)."""
     yaml = accounts_yaml(sim_server.url, {"name": "key-a", "api_key": A},
                          {"name": "key-b", "api_key": B})
-    started = [Proxy(tmp_path_factory.mktemp(f"worker{i}"), yaml,
-                     {"flare_redis": redis_server.url, "flare_strategy": "round-robin"},
-                     None).start() for i in (1, 2)]
+    started = start_all([Proxy(tmp_path_factory.mktemp(f"worker{i}"), yaml,
+                               {"flare_redis": redis_server.url, "flare_strategy": "round-robin"},
+                               None) for i in (1, 2)])
     yield started[0], started[1]
-    for p in started:
-        p.stop()
+    stop_all(started)
 
 
 def ask(p: Proxy, **body) -> httpx.Response:
