@@ -31,6 +31,18 @@ BUNDLE = ROOT / "addons" / "bundle.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Create mitmproxy's CA (``~/.mitmproxy``) before any proxy starts, in the one process that
+    starts the pytest-xdist workers: on a fresh machine, proxies started side by side (by two
+    workers, or by :func:`start_all`) would each write it while another reads it."""
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller did it
+        return
+    from mitmproxy import options
+    from mitmproxy.certs import CertStore
+    CertStore.from_store(Path(options.CONF_DIR).expanduser(), options.CONF_BASENAME,
+                         options.KEY_SIZE)
+
+
 @pytest.fixture(scope="session")
 def sim_server() -> Iterator[SimulatedUpstream]:
     sim = SimulatedUpstream(chunk_delay_s=0.0)
@@ -47,7 +59,37 @@ def sim(sim_server: SimulatedUpstream) -> SimulatedUpstream:
     return sim_server
 
 
+def _port_range() -> range:
+    """The ports this test process hands out: a slice of its own (one per pytest-xdist worker)
+    below the kernel's ephemeral range, where neither outgoing connections nor another
+    process's ``bind(0)`` take a port between the test picking it and a server binding it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    size = 1500
+    first = 10000 + size * (int(worker) if worker.isdigit() else 0)
+    return range(first, min(first + size, ephemeral))
+
+
+_PORTS = _port_range()
+_next_port = _PORTS.start + os.getpid() % max(len(_PORTS), 1)  # runs in a row start apart
+
+
 def free_port() -> int:
+    """A loopback port free now, not handed out before in this session (while the slice
+    lasts), nor by another worker; ``bind(0)`` when there is no slice."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _next_port
+        _next_port = _PORTS.start + (port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
