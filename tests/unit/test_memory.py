@@ -53,3 +53,24 @@ async def test_a_pending_run_is_cancelled_at_shutdown():
     assert part._pending is not None
     part.done()
     assert part._pending is None and part.runs == 0
+
+
+async def test_not_while_a_large_request_is_in_flight_nor_between_requests_of_a_burst(
+        monkeypatch):
+    monkeypatch.setattr(memory, "DELAY_S", 0.05)
+    part = MemoryReturn()
+    first, second = _flow(LARGE_BYTES), _flow(LARGE_BYTES)
+    part.request(first)
+    part.request(second)
+    part.response(first)  # the second is still in flight
+    await asyncio.sleep(0.1)
+    assert part.runs == 0 and part._pending is None
+    for _ in range(3):  # a burst: each ends within DELAY_S of the next starting
+        part.response(second)
+        await asyncio.sleep(0.03)
+        second = _flow(LARGE_BYTES)
+        part.request(second)
+    assert part.runs == 0
+    part.response(second)
+    await asyncio.sleep(0.1)  # quiet for DELAY_S after the last
+    assert part.runs == 1
