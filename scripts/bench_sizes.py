@@ -181,7 +181,8 @@ def sizes(targets: dict[str, str], pids: dict[str, int], rss_mb, rounds: int, sc
                             "ttfb50": _pct([s[1] for s in samples], 0.5),
                             "rss_per_mb": growth if pids.get(name) else None})
         if label == "10MB":
-            time.sleep(2)
+            from mitmflare.addons.memory import DELAY_S
+            time.sleep(DELAY_S + 2)  # mitmflare gives memory back once large requests pause
             out["rss_after_10mb"] = {n: rss_mb(p) for n, p in pids.items()}
     return out
 

@@ -11,8 +11,11 @@ after a full collection, 101 MB (its start) after ``malloc_trim`` (4 ms).
 So, once :data:`DELAY_S` have passed since the last flow whose request body was at least
 :data:`LARGE_BYTES` ended, with no such flow in flight, a full collection and, on glibc,
 ``malloc_trim(0)`` run on the event loop, off any hook (none for small requests). Not during
-a burst of large requests: memory given back is asked for again by the next one (page faults,
-~10 ms for a 10 MB request's buffers on the VM), and the run itself pauses the loop 2-5 ms.
+a burst of large requests: memory given back is asked for again by the next one (page faults:
+``scripts/bench --sizes``, 10 MB at c=8, 2026-12-07, gave +100-147 ms over direct with a 1 s
+delay against bare mitmdump's +18-89 ms, which keeps its memory), and the run itself pauses the
+loop 2-5 ms. Claude Code's agent steps come seconds apart; a session's pause or its end
+gives the memory back.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mitmproxy import http
 log = logging.getLogger("mitmflare")
 
 LARGE_BYTES = 1024 * 1024  # a request body at least this large (bytes) asks for a run
-DELAY_S = 1.0              # after its flow ended: the flow is gone by then
+DELAY_S = 15.0             # quiet this long after the last large request (s)
 
 
 def _malloc_trim():
