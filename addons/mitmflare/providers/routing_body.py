@@ -19,7 +19,7 @@ checking it in Python costs more than the whole read (4-7 ms at 10 MB of real, p
 non-ASCII text). Such a body goes to the upstream as the client sent it, as it would through
 any proxy; the upstream refuses it (a 400 to the client, which changes no account's state),
 and a request that must be re-encoded (conversion, a mapped model) is sent as is too, since
-``json`` cannot read it (:func:`..addons.attempt`).
+``json`` cannot read it (``addons/attempt.py``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..providers.routing_body import LATEST_TURNS
+
 DEFAULT_TTL_S = 300.0   # "ephemeral" cache without a ttl: 5 minutes
 LONG_TTL_S = 3600.0     # "ttl": "1h"
 CONVERSATIONS_MAX = 20_000
@@ -156,7 +158,7 @@ def _blocks(body: dict[str, Any]):
             yield from (b for b in part if isinstance(b, dict))
     messages = body.get("messages")
     if isinstance(messages, list):
-        for message in messages[-4:]:  # breakpoints sit on the latest turns
+        for message in messages[-LATEST_TURNS:]:  # breakpoints sit on the latest turns
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, list):
                 yield from (b for b in content if isinstance(b, dict))
