@@ -164,6 +164,21 @@ def test_a_rejected_edit_writes_nothing_and_suggests_the_value_meant(tmp_path):
     assert yaml.safe_load(path.read_text())["accounts"][0]["paused"] is True
 
 
+def test_a_control_character_in_the_file_is_one_error_line_not_a_traceback(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    broken = STYLED.replace("name: key-a", "name: key-a\x1b[0m")
+    path.write_text(broken)
+    for args, start in [(("accounts", "list"), f"error: {path}: "),
+                        (("accounts", "pause", "key-a"), f"error: {path} cannot be read as YAML: "),
+                        (("doctor",), f"FAIL  accounts file: {path}: ")]:
+        result = edit(path, *args, MITMFLARE_DB=str(tmp_path / "m.db"),
+                      MITMFLARE_STATE=str(tmp_path / "s.db"))
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
+        (line,) = [line for line in result.output.splitlines() if "#x001b" in line]
+        assert line.startswith(start + "line 3, column 16: unacceptable character #x001b"), line
+        assert path.read_text() == broken  # nothing written
+
+
 def in_terminal(cwd, *args: str, answer: str, **env: str) -> tuple[int, str]:
     """Run `mitmflare ARGS` as a process whose stdin and stdout are a terminal (a pty), type
     ``answer``; returns its exit code and everything it printed (the typed answer too)."""

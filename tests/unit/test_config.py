@@ -71,13 +71,46 @@ def test_a_file_that_cannot_be_read_as_a_whole_is_rejected(text, expected):
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("accounts:\n  - name: a\n    provider: anthropic\n    api_key: sk-SECRET\x07\n",
+     "accounts.yaml: line 4, column 23: unacceptable character #x0007 (special characters are "
+     "not allowed); delete it, or write it as \\u0007 inside double quotes"),
+    ("accounts: []\n\x1b[0m\n", "accounts.yaml: line 2, column 1: unacceptable character #x001b"),
+    ("accounts: []\n# a comment\x7f\n", "accounts.yaml: line 2, column 12: unacceptable "
+                                       "character #x007f"),
+    ("accounts: !secret-tag []\n", "accounts.yaml: YAML error at line 1, column 11: could not "
+                                   "determine a constructor for the tag '!secret-tag'"),
+    ("accounts:\n  - name: a\n    oauth: {access_token: t, expires_at: 2026-13-45}\n",
+     "accounts.yaml: line 3, column 42: not a valid timestamp; put the value in quotes"),
+    ("accounts:\n  - name: a\n    priority: !!int sk-SECRET\n",
+     "accounts.yaml: line 3, column 15: not a valid int"),
+])
+def test_a_character_or_value_yaml_cannot_read_is_one_line_naming_where(text, expected):
+    """Control characters (a stray escape from a terminal) are refused by the YAML reader,
+    which has no line of its own, only a position; values that do not fit their YAML type
+    fail when built. Both name the line and column, and never the text around them."""
+    with pytest.raises(ConfigError) as info:
+        parse_accounts(text, "accounts.yaml")
+    message = str(info.value)
+    assert message.startswith(expected) and "\n" not in message and "SECRET" not in message
+
+
+def test_a_file_that_is_not_utf8_is_rejected_in_one_line(tmp_path):
+    path = tmp_path / "accounts.yaml"
+    path.write_bytes(b"accounts: []\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_accounts(str(path))
+    assert str(info.value) == (f"{path}: not UTF-8 text (invalid continuation byte at byte 18); "
+                               f"save it as UTF-8")
+
+
 def test_libyaml_and_pyyaml_read_alike_and_word_errors_alike(monkeypatch):
     from mitmflare.config import accounts
 
     monkeypatch.setenv("FLARE_TEST_KEY", "sk-from-env")
     texts = [GOOD, ENTRY + "  - name: a\n    provider: anthropic\n    api_key: k\n    colour: red\n",
              ENTRY + "  - just a string\n", "accounts:\n  - name: a\n    api_key: [oops\n",
-             "accounts:\n\t- name: a\n"]
+             "accounts:\n\t- name: a\n", "accounts: []\n\x07\n"]
 
     def read(text):
         try:

@@ -25,6 +25,7 @@ from .words import (  # re-exported: light names the mitmflare command imports
     ConfigError,
     env_file,
     one_of,
+    yaml_problem,
 )
 
 
@@ -226,13 +227,18 @@ def load_accounts(path: str) -> AccountsLoad:
     """Read and validate the accounts file at ``path``; ``${VAR}`` is looked up in the
     process environment, then in the ``.env`` file beside it (read anew on every call).
 
-    Raises :class:`ConfigError` only when the file as a whole cannot be used (missing, YAML
-    syntax error with its line, not a mapping with an ``accounts`` list)."""
+    Raises :class:`ConfigError` (one line: the file, where, why) only when the file as a
+    whole cannot be used: missing or unreadable, not UTF-8, a YAML syntax error or a character
+    YAML forbids (a control character such as ``\\x07``), a value that does not fit its YAML
+    type, not a mapping with an ``accounts`` list."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                          f"as UTF-8") from None
     env, dotenv = account_env(path)
     return parse_accounts(text, path, env, dotenv)
 
@@ -256,13 +262,18 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
     env = os.environ if env is None else env
     try:
         root = _compose(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-        raise ConfigError(f"{source}: YAML syntax error at {where}: {exc.problem}") from exc
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
+        raise ConfigError(f"{source}: {yaml_problem(exc, text)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML syntax error at {yaml_problem(exc, text)}") from None
     if root is None:
         return AccountsLoad([], [])
-    data = yaml.SafeLoader(text).construct_document(root)
+    try:
+        data = yaml.SafeLoader(text).construct_document(root)
+    except yaml.YAMLError as exc:  # an unknown tag (!foo), an unhashable key
+        raise ConfigError(f"{source}: YAML error at {yaml_problem(exc, text)}") from None
+    except ValueError:  # a typed value that does not fit its type: 2026-13-45, !!int x
+        raise ConfigError(f"{source}: {_bad_value(root)}") from None
     if not isinstance(data, dict) or set(data) - {"accounts", "fallbacks"}:
         raise ConfigError(f"{source}: line 1: the file must be a mapping with the key "
                           f"'accounts' (and optionally 'fallbacks')")
@@ -313,6 +324,26 @@ def _compose(text: str) -> yaml.Node | None:
         except yaml.YAMLError:
             pass
     return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+def _bad_value(root: yaml.Node) -> str:
+    """Where and what the first scalar in ``root`` that cannot be built as its type is
+    (``line 4, column 17: not a valid timestamp; …``), without its text (it may be a secret)."""
+    stack = [root]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                yaml.SafeLoader("").construct_object(node)
+            except ValueError:
+                kind = node.tag.rsplit(":", 1)[-1]
+                return (f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}: "
+                        f"not a valid {kind}; put the value in quotes to keep it as text")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+    return "a value cannot be read as its YAML type"
 
 
 def _fallbacks_ok(fallbacks: Any) -> bool:

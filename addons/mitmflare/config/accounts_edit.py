@@ -19,7 +19,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from .file_replace import replace_text
-from .words import ENV_REF, ConfigError
+from .words import ENV_REF, ConfigError, yaml_problem
 
 
 class AccountsEditError(Exception):
@@ -51,9 +51,16 @@ def editing(path: Path, name: str | None = None, extra_env: Mapping[str, str] | 
     yaml = _yaml()
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else "accounts: []\n"
+    except UnicodeDecodeError as exc:
+        raise AccountsEditError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                f"save it as UTF-8") from None
+    except OSError as exc:
+        raise AccountsEditError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
         data, seq_indent, dash_offset = load_yaml_guess_indent(text, yaml=yaml)
     except Exception as exc:
-        raise AccountsEditError(f"{path} cannot be read as YAML: {exc}") from None
+        raise AccountsEditError(f"{path} cannot be read as YAML: {yaml_problem(exc, text)}") \
+            from None
     if data is None:
         data = yaml.load("accounts: []\n")
     if not isinstance(data, dict):

@@ -35,3 +35,24 @@ def one_of(value: str, choices: Iterable[str]) -> str:
 def env_file(accounts_path: str) -> str:
     """The ``.env`` file read beside the accounts file."""
     return os.path.join(os.path.dirname(os.path.abspath(accounts_path)), ".env")
+
+
+def yaml_problem(exc: Exception, text: str) -> str:
+    """Where and why a YAML parser (PyYAML or ruamel.yaml, duck-typed) refused ``text``, on
+    one line: ``line 3, column 14: unacceptable character #x0007 (special characters are not
+    allowed) …`` for a character YAML forbids (a reader error, which carries a position in
+    ``text``), ``line 5, column 1: expected ',' or ']' …`` for a syntax error (its mark),
+    else the error's own words with their line breaks folded. Never shows the lines around the
+    place (a mark's snippet of the file, which may hold a secret)."""
+    position, character = getattr(exc, "position", None), getattr(exc, "character", None)
+    if isinstance(position, int) and isinstance(character, int):  # a reader error
+        line = text.count("\n", 0, position) + 1
+        column = position - text.rfind("\n", 0, position)
+        reason = getattr(exc, "reason", None) or "not allowed in YAML"
+        return (f"line {line}, column {column}: unacceptable character #x{character:04x} "
+                f"({reason}); delete it, or write it as \\u{character:04x} inside double quotes")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split()) or type(exc).__name__
