@@ -1,9 +1,13 @@
 """``mitmflare writer``: writes the rows every mitmflare process appends to the Redis Stream
 (:mod:`.row_stream`) into one analytics database, exactly once.
 
-- **One active writer**: it holds the lease ``mitmflare:writer`` (``SET NX PX``, renewed every
-  second, :data:`~.row_stream.WRITER_TTL_MS`); another one started meanwhile waits and takes
-  over when the lease lapses.
+- **One active writer**: it holds the lease ``mitmflare:writer`` (``SET NX PX``,
+  :data:`~.row_stream.WRITER_TTL_MS`, 5 s), renewed on every pass of its read loop (a read
+  waits at most :data:`BLOCK_MS`, so some 5 times a second); another one started meanwhile
+  checks once a second and takes over when the lease lapses (within about 6 s of a writer's
+  death). A lease that lapsed while this writer lived (its loop stalled past the TTL: a
+  Redis command's timeout, a starved CPU) is taken again, with a warning saying how long
+  the loop went without renewing it.
 - **Exactly once**: entries are read with a consumer group (one consumer name, so a restarted
   writer first gets the entries it had read but not acknowledged), handed to a
   :class:`~.writer.DatabaseWriter` thread with their stream position (table
@@ -74,6 +78,7 @@ class StreamWriter:
         self._pushed: dict[tuple[str, str, str], float] = {}
         self._in_flight = 0                    # frames handed over, not yet committed
         self._cursor: bytes | str = "0"        # reading this consumer's unacknowledged entries
+        self._renewed: float | None = None     # time.monotonic() of the last lease taken/renewed
 
     def run(self) -> int:
         """Consume until :attr:`stop` is set; the exit code."""
@@ -134,10 +139,22 @@ class StreamWriter:
         return rs.order(row[0]) if row else (0, 0)
 
     def _lease(self, client) -> bool:
+        """Take or renew the lease (:data:`~.row_stream.WRITER_TTL_MS`); whether this writer
+        holds it. Taking it again after it lapsed while held (not renewed in time, no other
+        writer in between) logs a warning with the seconds since the last renewal."""
         ttl = rs.WRITER_TTL_MS
+        now = time.monotonic()
         if client.set(rs.WRITER_KEY, self.me, nx=True, px=ttl):
+            if self._renewed is not None:
+                log.warning("mitmflare writer: the lease had lapsed (last renewed %.1f s ago, "
+                            "it lasts %.1f s); taken again", now - self._renewed, ttl / 1000)
+            self._renewed = now
             return True
-        return bool(client.eval(RENEW, 1, rs.WRITER_KEY, self.me, ttl))
+        if client.eval(RENEW, 1, rs.WRITER_KEY, self.me, ttl):
+            self._renewed = now
+            return True
+        self._renewed = None  # another writer holds it: taking it later is no lapse of ours
+        return False
 
     def _ensure_group(self, client) -> None:
         import redis
