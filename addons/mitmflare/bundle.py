@@ -34,6 +34,7 @@ from .addons.accounts_file import AccountsFile
 from .addons.concurrency import SlotRelease
 from .addons.failover import Failover
 from .addons.guard import Guard, Refusal
+from .addons.hook_table import HookTableSwitch
 from .addons.listener import Listener
 from .addons.log_format import LogFormat
 from .addons.memory import MemoryReturn
@@ -58,7 +59,8 @@ ASYNC_HOOKS = ("request", "response")
 
 
 def make_addons() -> list[object]:
-    """The parts in hook order: the listener's proxy-core settings, the fail-closed guard, the
+    """The parts in hook order: mitmproxy's events from a table (:mod:`.addons.hook_table`),
+    the listener's proxy-core settings, the fail-closed guard, the
     log format, accounts, access keys, shared state (Redis), token refresh, account health
     (budgets, window start), which clients subscription accounts serve, operations
     (``/health``, probes, commands), the runtime file (where the ``mitmflare`` command finds
@@ -69,11 +71,11 @@ def make_addons() -> list[object]:
     the recorder, whose stream tap they watch), and last giving memory back after large
     requests."""
     proxy = ProxyState()
-    return [Listener(), Guard(proxy), LogFormat(), AccountsFile(proxy), AccessKeys(proxy),
-            SharedState(proxy), TokenRefresher(proxy), AccountHealth(proxy), OAuthClients(proxy),
-            Operations(proxy), RuntimeFile(), Failover(proxy), Router(proxy), PoolHeaders(proxy),
-            SlotRelease(proxy),
-            Recorder(proxy), RowStream(proxy), Timeouts(proxy), MemoryReturn()]
+    return [HookTableSwitch(), Listener(), Guard(proxy), LogFormat(), AccountsFile(proxy),
+            AccessKeys(proxy), SharedState(proxy), TokenRefresher(proxy), AccountHealth(proxy),
+            OAuthClients(proxy), Operations(proxy), RuntimeFile(), Failover(proxy), Router(proxy),
+            PoolHeaders(proxy), SlotRelease(proxy), Recorder(proxy), RowStream(proxy),
+            Timeouts(proxy), MemoryReturn()]
 
 
 class Bundle:
@@ -128,7 +130,7 @@ class Bundle:
         if self.refusal is not None:
             log.error("mitmflare cannot start: %s. Nothing will be routed; %s.", self.refusal,
                       fix)
-            self._dispatch([p for p in self.parts if isinstance(p, Listener)]
+            self._dispatch([p for p in self.parts if isinstance(p, (HookTableSwitch, Listener))]
                            + [Refusal(self.refusal)])
 
     def configure(self, updated: set[str]) -> None:
