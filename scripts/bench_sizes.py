@@ -4,7 +4,8 @@
   definitions with ``cache_control``, the session in ``metadata.user_id`` and its header, a
   history grown turn by turn: user turns, assistant text and tool uses, tool results holding
   file contents) of 100 KB, 1 MB and 10 MB, JSON and streamed answers, at concurrency 1 and 8,
-  the targets taking turns in every round. Per cell: p50 / p99 latency added over direct
+  the targets taking turns in every round (at concurrency 1 request by request: each body
+  goes to every target in turn). Per cell: p50 / p99 latency added over direct
   (ms), stream time to first byte, and the proxy's peak RSS over the round (sampled every
   5 ms) above its RSS before the round, per MB of body in flight.
 * **Thinking stream**: one answer of 2,000 events (thinking deltas, a signature, text, a tool
@@ -33,7 +34,7 @@ import httpx
 
 KB, MB = 1024, 1024 * 1024
 SIZES = {"100KB": 100 * KB, "1MB": MB, "10MB": 10 * MB}
-REQUESTS = {"100KB": 30, "1MB": 12, "10MB": 4}  # per round, target, kind and concurrency
+REQUESTS = {"100KB": 30, "1MB": 12, "10MB": 8}  # per round, target, kind and concurrency
 THINKING_EVENTS = 2000
 SESSION = "6d1b2c3a-0f4e-4b7d-9a51-2f0c8e7d5b11"
 WORDS = ["the", "proxy", "reads", "a", "request", "and", "routes", "it", "to", "an", "account",
@@ -136,6 +137,26 @@ HEADERS = {"x-api-key": "bench-client", "content-type": "application/json",
            "user-agent": "claude-cli/2.0.14 (external, cli)"}
 
 
+async def _interleaved(urls: dict[str, str], bodies: list[bytes]) -> dict[str, list[tuple]]:
+    """Concurrency 1, request by request: each body goes to every target in turn (one open
+    connection each), so a slow spell of the machine lands on all targets alike; at 10 MB a
+    round per target took seconds and the spells decided which target looked faster."""
+    out: dict[str, list[tuple]] = {name: [] for name in urls}
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = {name: httpx.AsyncClient(limits=limits, timeout=120, trust_env=False)
+               for name in urls}
+    try:
+        for name, url in urls.items():
+            await _one(clients[name], url, WARM, HEADERS)  # connections open first
+        for body in bodies:
+            for name, url in urls.items():
+                out[name].append(await _one(clients[name], url, body, HEADERS))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return out
+
+
 async def _load(url: str, bodies: list[bytes], concurrency: int) -> list[tuple]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     out: list[tuple] = []
@@ -171,9 +192,19 @@ def sizes(targets: dict[str, str], pids: dict[str, int], rss_mb, rounds: int, sc
                 cell = out["cells"].setdefault(f"{label} {kind} c={concurrency}", {})
                 progress(f"sizes: {label} {kind} c={concurrency}")
                 for _ in range(rounds):
-                    for name, url in targets.items():
-                        with RssSampler(pids.get(name), rss_mb) as rss:
-                            samples = asyncio.run(_load(url, bodies, concurrency))
+                    if concurrency == 1:
+                        with contextlib.ExitStack() as stack:
+                            samplers = {name: stack.enter_context(RssSampler(pids.get(name),
+                                                                              rss_mb))
+                                        for name in targets}
+                            by_target = asyncio.run(_interleaved(targets, bodies))
+                    else:
+                        samplers, by_target = {}, {}
+                        for name, url in targets.items():
+                            with RssSampler(pids.get(name), rss_mb) as samplers[name]:
+                                by_target[name] = asyncio.run(_load(url, bodies, concurrency))
+                    for name, samples in by_target.items():
+                        rss = samplers[name]
                         lat = [s[0] for s in samples]
                         growth = (rss.peak - rss.start) / (concurrency * size / MB)
                         cell.setdefault(name, []).append({

@@ -53,12 +53,19 @@ class Quiet:  # implements nothing: never called
     pass
 
 
+class Broken:  # looking its hooks up raises: logged at each event, as mitmproxy does
+    def __getattr__(self, name: str):
+        if name == "response":
+            raise RuntimeError("no response here")
+        raise AttributeError(name)
+
+
 class ModuleNamedLikeAHook:
     request = types  # e.g. `from x import request`: skipped, as mitmproxy skips it
 
 
 def _chain(calls: list) -> list:
-    return [Sync(calls, "s"), Quiet(), Async(calls, "a"), ModuleNamedLikeAHook(),
+    return [Sync(calls, "s"), Quiet(), Broken(), Async(calls, "a"), ModuleNamedLikeAHook(),
             Nested(calls, "n"), FailingNested(calls, "f"), Sync(calls, "last")]
 
 
@@ -83,7 +90,8 @@ async def test_the_same_hooks_in_the_same_order_with_the_same_errors_as_mitmprox
     calls, errors = await _deliver(True, caplog)
     assert [c[:2] for c in calls] == [c[:2] for c in own_calls]
     assert len(calls) == 18 and all(c[2] == calls[0][2] for c in calls)
-    assert errors == own_errors == ["Addon error: f.a broke"] * 2
+    assert errors == own_errors == ["Addon error: f.a broke", "Addon error: no response here",
+                                    "Addon error: f.a broke"]
     names = [c[0] for c in calls if c[1] == "request"]
     # the failing sub-addon ends its own top-level addon's turn, not the event
     assert names[:8] == ["s", "a", "n", "n.a", "n.b", "f", "f.a", "last"]

@@ -118,22 +118,25 @@ def _changed(manager: AddonManager) -> None:
 def _implementations(top: object, name: str) -> Group:
     """``top``'s and its sub-addons' callables for hook ``name`` (mitmproxy's ``_iter_hooks``
     order); a module of that name is skipped as mitmproxy skips it; any other attribute that is
-    not callable raises mitmproxy's ``AddonManagerError`` when the event comes, as there."""
+    not callable raises mitmproxy's ``AddonManagerError`` when the event comes, as there, and
+    an error raised while looking (a property, ``__getattr__``) is raised then too."""
     found: list[Callable[..., Any]] = []
-    for addon in traverse([top]):
-        func = getattr(addon, name, None)
-        if not func or isinstance(func, types.ModuleType):
-            continue
-        if not callable(func):
-            found.append(_not_callable(addon, name))
-        else:
-            found.append(func)
+    try:
+        for addon in traverse([top]):
+            func = getattr(addon, name, None)
+            if not func or isinstance(func, types.ModuleType):
+                continue
+            found.append(func if callable(func) else _raiser(exceptions.AddonManagerError(
+                f"Addon handler {name} ({addon}) not callable")))
+    except Exception as exc:  # a property or __getattr__ that raises: logged at each event
+        found.append(_raiser(exc))
     return tuple(found)
 
 
-def _not_callable(addon: object, name: str) -> Callable[..., None]:
+def _raiser(error: Exception) -> Callable[..., None]:
+    """A hook that raises ``error`` (what mitmproxy's dispatch would have raised there)."""
     def fail(*_: Any) -> None:
-        raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
+        raise error
     return fail
 
 
