@@ -13,6 +13,7 @@ from mitmproxy.addonmanager import AddonManager
 from mitmproxy.proxy.layers.http import HttpRequestHook as RequestHook
 from mitmproxy.proxy.layers.http import HttpResponseHook as ResponseHook
 from mitmproxy.test import taddons, tflow
+from mitmproxy.utils import asyncio_utils
 
 from mitmflare.addons import hook_table
 from mitmflare.addons.hook_table import HookTable, HookTableSwitch
@@ -191,3 +192,70 @@ def test_a_manager_of_another_class_is_left_alone(caplog):
         with caplog.at_level(logging.WARNING):
             assert not hook_table.install(manager)
         assert type(manager) is Theirs and "flare_hook_table has no effect" in caplog.text
+
+
+async def test_an_event_in_flight_reaches_addons_reloaded_or_added_meanwhile_as_mitmproxy():
+    """A hook that awaits while a script is reloaded and an addon added: the rest of the event
+    goes where mitmproxy sends it (the script's new version), none twice."""
+    import asyncio
+
+    async def deliver(table: bool, reload: bool) -> list:
+        calls: list = []
+        go = asyncio.Event()
+
+        class Waits:
+            async def request(self, flow) -> None:
+                calls.append("waits")
+                await go.wait()
+
+        class Script:
+            def __init__(self, ns) -> None:
+                self.ns = ns
+
+            @property
+            def addons(self) -> list:
+                return [self.ns]
+
+        script = Script(types.SimpleNamespace(name="v1", request=lambda f: calls.append("v1")))
+        with taddons.context(Sync(calls, "s"), Waits(), script, loadcore=False) as tctx:
+            manager = tctx.master.addons
+            if table:
+                hook_table.install(manager)
+            flow = tflow.tflow()
+            go.set()
+            await manager.trigger_event(RequestHook(flow))  # the table is built here
+            go.clear()
+            event = asyncio_utils.create_task(manager.trigger_event(RequestHook(flow)),
+                                              name="event in flight", keep_ref=True)
+            await asyncio.sleep(0.01)  # "waits" is awaiting now
+            if reload:
+                manager.remove(script.ns)  # what mitmproxy's script reload does
+                new = types.SimpleNamespace(name="v2", request=lambda f: calls.append("v2"))
+                manager.register(new)
+                script.ns = new
+            manager.add(Sync(calls, "added"))
+            go.set()
+            await event
+        return [c if isinstance(c, str) else c[0] for c in calls]
+
+    own = await deliver(False, reload=True)
+    # the reload gave the chain a new list, so the addon added after it misses this event
+    # in mitmproxy too
+    assert await deliver(True, reload=True) == own == ["s", "waits", "v1", "s", "waits", "v2"]
+    own = await deliver(False, reload=False)
+    assert await deliver(True, reload=False) == own == ["s", "waits", "v1", "s", "waits", "v1",
+                                                        "added"]
+
+
+async def test_log_records_and_updates_keep_the_table():
+    from mitmproxy.log import AddLogHook
+
+    with taddons.context(Sync([], "s"), loadcore=False) as tctx:
+        manager = tctx.master.addons
+        hook_table.install(manager)
+        await manager.trigger_event(RequestHook(tflow.tflow()))
+        table = manager.__dict__["_hook_table"]
+        manager.trigger(hooks.UpdateHook([]))
+        logging.getLogger("mitmflare.test").warning("a log record")  # AddLogHook, sync
+        assert manager.__dict__["_hook_table"] is table
+        assert AddLogHook is not None

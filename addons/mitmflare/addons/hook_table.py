@@ -14,14 +14,18 @@ switches the running manager's class to it (``flare_hook_table``, on by default)
 (option off, or the bundle unloaded). It keeps, per hook name, the chain's addons that
 implement the hook (sub-addons included, in mitmproxy's order) and calls only those, with
 mitmproxy's rules: a hook's awaitable is awaited; an exception is logged as mitmproxy logs it
-(``Addon error: …``, through its own ``safecall``) and skips the rest of that top-level
-addon's hooks for this event; ``AddonHalt`` ends the event; ``OptionsError`` propagates. The
-table is built on first use and again after anything that can change which addons there are
-or what they implement: ``register``/``add``/``remove``/``clear`` (scripts loaded, reloaded,
-removed) and every synchronous ``trigger`` (option changes: ``configure``). Differences from
-mitmproxy's own: a hook attribute set on an addon object later than that is seen at the next
-such change; an event's arguments are prepared once per event (mitmproxy: once per addon
-that implements it; they are the same objects).
+(``Addon error: …``, through its own ``safecall``; the traceback shows this module's frames
+too) and skips the rest of that top-level addon's hooks for this event; ``AddonHalt`` ends
+the event; ``OptionsError`` propagates. The table is built on first use and again after
+anything that can change which addons there are: ``register``/``add``/``remove``/``clear``
+(scripts loaded, reloaded, removed) and option changes (``configure``). When that happens
+while an event is being delivered (a hook awaited meanwhile), the rest of that event is
+delivered the way mitmproxy delivers it: the chain the event started with, each addon's hooks
+looked up at its turn (a script reloaded meanwhile gets the event in its new version, an
+addon added meanwhile gets it), none called twice. One difference remains: a hook attribute
+set on an addon object later than any such change is seen at the next one; and an event's
+arguments are prepared once per event (mitmproxy: once per addon that implements it; they
+are the same objects).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from mitmproxy.addonmanager import AddonManager, safecall, traverse
 
 log = logging.getLogger("mitmflare")
 
-Group = tuple[Callable[..., Any], ...]  # one top-level addon's implementations of a hook
+Hook = tuple[object, Callable[..., Any]]  # an addon and its implementation of a hook
+Group = tuple[object, tuple[Hook, ...]]   # a top-level addon of the chain and its hooks
 
 
 class HookTable(AddonManager):
@@ -45,25 +50,56 @@ class HookTable(AddonManager):
     Never instantiated: :func:`install` switches an existing manager's class to it."""
 
     def _groups(self, name: str) -> list[Group]:
-        """The implementations of hook ``name``, one tuple per top-level addon that has any,
+        """The implementations of hook ``name``, one entry per top-level addon that has any,
         in chain order (built on first use after a change)."""
         table: dict[str, list[Group]] | None = self.__dict__.get("_hook_table")
         if table is None:
             table = self.__dict__["_hook_table"] = {}
         groups = table.get(name)
         if groups is None:
-            groups = table[name] = [group for top in self.chain
-                                    if (group := _implementations(top, name))]
+            groups = table[name] = [(top, hooks) for top in self.chain
+                                    if (hooks := _implementations(top, name))]
         return groups
 
     async def trigger_event(self, event: hooks.Hook) -> None:
+        chain, generation = self.chain, _generation(self)
         groups = self._groups(event.name)
         if not groups:
             return
         args = event.args()
-        for group in groups:
+        for n, (top, group) in enumerate(groups):
             try:
-                for func in group:
+                for i, (_, func) in enumerate(group):
+                    result = func(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                        if _generation(self) != generation:  # added, removed, reloaded
+                            done = _called(groups[:n], group[:i + 1])
+                            await self._rest(chain, _index(chain, top), event, args, done)
+                            return
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as exc:
+                _log(exc)
+            if _generation(self) != generation:
+                done = _called(groups[:n + 1], ())
+                await self._rest(chain, _index(chain, top) + 1, event, args, done)
+                return
+
+    async def _rest(self, chain: list, start: int, event: hooks.Hook, args: list,
+                    done: set[int]) -> None:
+        """The rest of an event whose addons changed while it was delivered, as mitmproxy
+        delivers it: the chain the event started with (and what was added to it) from
+        ``start``, each addon's hooks looked up at its turn, none called twice."""
+        position = start
+        while position < len(chain):
+            try:
+                for addon, func in _implementations(chain[position], event.name):
+                    if id(addon) in done:
+                        continue
+                    done.add(id(addon))
                     result = func(*args)
                     if result is not None and inspect.isawaitable(result):
                         await result
@@ -72,12 +108,18 @@ class HookTable(AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as exc:
-                with safecall():  # logs it as mitmproxy does ("Addon error: …")
-                    raise exc
+                _log(exc)
+            position += 1
 
     def trigger(self, event: hooks.Hook) -> None:
-        _changed(self)
-        super().trigger(event)
+        configure = isinstance(event, hooks.ConfigureHook)
+        if configure:  # options decide which scripts there are (and may decide hooks)
+            _changed(self)
+        try:
+            super().trigger(event)
+        finally:
+            if configure:
+                _changed(self)
 
     def register(self, addon):
         _changed(self)
@@ -106,30 +148,53 @@ class HookTable(AddonManager):
             _changed(self)
 
 
+def _generation(manager: AddonManager) -> int:
+    return manager.__dict__.get("_hook_generation", 0)
+
+
+def _index(chain: list, top: object) -> int:
+    """Where ``top`` (by identity) is in ``chain``; 0 if it is not (nothing is called twice)."""
+    return next((n for n, addon in enumerate(chain) if addon is top), 0)
+
+
+def _called(groups: list[Group], group: tuple[Hook, ...]) -> set[int]:
+    """Ids of the addons whose hook an event has called: all of ``groups``, then ``group``."""
+    return {id(addon) for _, hooks in groups for addon, _ in hooks} | {
+        id(addon) for addon, _ in group}
+
+
+def _log(error: Exception) -> None:
+    """Log ``error`` as mitmproxy logs an addon's error (``Addon error: …``, its ``safecall``;
+    the traceback shows this module's frames too)."""
+    with safecall():
+        raise error
+
+
 def _changed(manager: AddonManager) -> None:
     """Forget the table (built again on the next event; none kept once mitmproxy's class is
-    back)."""
+    back) and count a change (an event being delivered notices it)."""
+    manager.__dict__["_hook_generation"] = _generation(manager) + 1
     if type(manager) is HookTable:
         manager.__dict__["_hook_table"] = None
     else:
         manager.__dict__.pop("_hook_table", None)
 
 
-def _implementations(top: object, name: str) -> Group:
+def _implementations(top: object, name: str) -> tuple[Hook, ...]:
     """``top``'s and its sub-addons' callables for hook ``name`` (mitmproxy's ``_iter_hooks``
     order); a module of that name is skipped as mitmproxy skips it; any other attribute that is
     not callable raises mitmproxy's ``AddonManagerError`` when the event comes, as there, and
     an error raised while looking (a property, ``__getattr__``) is raised then too."""
-    found: list[Callable[..., Any]] = []
+    found: list[Hook] = []
     try:
         for addon in traverse([top]):
             func = getattr(addon, name, None)
             if not func or isinstance(func, types.ModuleType):
                 continue
-            found.append(func if callable(func) else _raiser(exceptions.AddonManagerError(
-                f"Addon handler {name} ({addon}) not callable")))
+            found.append((addon, func if callable(func) else _raiser(
+                exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable"))))
     except Exception as exc:  # a property or __getattr__ that raises: logged at each event
-        found.append(_raiser(exc))
+        found.append((top, _raiser(exc)))
     return tuple(found)
 
 
