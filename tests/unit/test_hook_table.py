@@ -65,6 +65,23 @@ class ModuleNamedLikeAHook:
     request = types  # e.g. `from x import request`: skipped, as mitmproxy skips it
 
 
+class Script:
+    """What mitmproxy's script addon is to the addon manager: its module as a sub-addon."""
+
+    def __init__(self, ns) -> None:
+        self.ns = ns
+
+    @property
+    def addons(self) -> list:
+        return [self.ns]
+
+    def reload(self, manager: AddonManager, ns) -> None:
+        """What mitmproxy's script addon does when its file changed."""
+        manager.remove(self.ns)
+        manager.register(ns)
+        self.ns = ns
+
+
 def _chain(calls: list) -> list:
     return [Sync(calls, "s"), Quiet(), Broken(), Async(calls, "a"), ModuleNamedLikeAHook(),
             Nested(calls, "n"), FailingNested(calls, "f"), Sync(calls, "last")]
@@ -135,21 +152,11 @@ async def test_addons_added_removed_and_reloaded_after_the_first_event_are_follo
         await manager.trigger_event(RequestHook(flow))
         assert [c[0] for c in calls] == ["s", "s", "added", "s"]
 
-        class Script:  # what mitmproxy's script addon does on a reload
-            def __init__(self, ns) -> None:
-                self.ns = ns
-
-            @property
-            def addons(self) -> list:
-                return [self.ns]
-
         script = Script(types.SimpleNamespace(name="v1", request=lambda f: calls.append("v1")))
         manager.add(script)
         await manager.trigger_event(RequestHook(flow))
-        manager.remove(script.ns)
-        new = types.SimpleNamespace(name="v2", request=lambda f: calls.append("v2"))
-        manager.register(new)
-        script.ns = new
+        script.reload(manager, types.SimpleNamespace(name="v2",
+                                                     request=lambda f: calls.append("v2")))
         await manager.trigger_event(RequestHook(flow))
         assert calls[-4:] == [("s", "request", flow.id), "v1", ("s", "request", flow.id), "v2"]
 
@@ -208,14 +215,6 @@ async def test_an_event_in_flight_reaches_addons_reloaded_or_added_meanwhile_as_
                 calls.append("waits")
                 await go.wait()
 
-        class Script:
-            def __init__(self, ns) -> None:
-                self.ns = ns
-
-            @property
-            def addons(self) -> list:
-                return [self.ns]
-
         script = Script(types.SimpleNamespace(name="v1", request=lambda f: calls.append("v1")))
         with taddons.context(Sync(calls, "s"), Waits(), script, loadcore=False) as tctx:
             manager = tctx.master.addons
@@ -229,10 +228,8 @@ async def test_an_event_in_flight_reaches_addons_reloaded_or_added_meanwhile_as_
                                               name="event in flight", keep_ref=True)
             await asyncio.sleep(0.01)  # "waits" is awaiting now
             if reload:
-                manager.remove(script.ns)  # what mitmproxy's script reload does
-                new = types.SimpleNamespace(name="v2", request=lambda f: calls.append("v2"))
-                manager.register(new)
-                script.ns = new
+                script.reload(manager, types.SimpleNamespace(
+                    name="v2", request=lambda f: calls.append("v2")))
             manager.add(Sync(calls, "added"))
             go.set()
             await event

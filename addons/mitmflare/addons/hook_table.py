@@ -77,12 +77,9 @@ class HookTable(AddonManager):
                             done = _called(groups[:n], group[:i + 1])
                             await self._rest(chain, _index(chain, top), event, args, done)
                             return
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
             except Exception as exc:
-                _log(exc)
+                if _halts(exc):
+                    return
             if _generation(self) != generation:
                 done = _called(groups[:n + 1], ())
                 await self._rest(chain, _index(chain, top) + 1, event, args, done)
@@ -103,12 +100,9 @@ class HookTable(AddonManager):
                     result = func(*args)
                     if result is not None and inspect.isawaitable(result):
                         await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
             except Exception as exc:
-                _log(exc)
+                if _halts(exc):
+                    return
             position += 1
 
     def trigger(self, event: hooks.Hook) -> None:
@@ -163,11 +157,16 @@ def _called(groups: list[Group], group: tuple[Hook, ...]) -> set[int]:
         id(addon) for addon, _ in group}
 
 
-def _log(error: Exception) -> None:
-    """Log ``error`` as mitmproxy logs an addon's error (``Addon error: …``, its ``safecall``;
-    the traceback shows this module's frames too)."""
-    with safecall():
+def _halts(error: Exception) -> bool:
+    """What a hook's exception does to its event, by mitmproxy's rules (its ``safecall``):
+    ``AddonHalt`` ends the event (True); ``OptionsError`` is raised again; any other error is
+    logged as mitmproxy logs it (``Addon error: …``; the traceback shows this module's frames
+    too) and ends only its addon's turn (False)."""
+    if isinstance(error, exceptions.AddonHalt):
+        return True
+    with safecall():  # re-raises OptionsError, logs the rest
         raise error
+    return False
 
 
 def _changed(manager: AddonManager) -> None:
