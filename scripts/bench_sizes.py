@@ -34,7 +34,7 @@ import httpx
 
 KB, MB = 1024, 1024 * 1024
 SIZES = {"100KB": 100 * KB, "1MB": MB, "10MB": 10 * MB}
-REQUESTS = {"100KB": 30, "1MB": 12, "10MB": 8}  # per round, target, kind and concurrency
+REQUESTS = {"100KB": 30, "1MB": 24, "10MB": 12}  # per round, target, kind and concurrency
 THINKING_EVENTS = 2000
 SESSION = "6d1b2c3a-0f4e-4b7d-9a51-2f0c8e7d5b11"
 WORDS = ["the", "proxy", "reads", "a", "request", "and", "routes", "it", "to", "an", "account",

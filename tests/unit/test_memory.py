@@ -20,6 +20,7 @@ def _flow(size: int):
 
 async def test_a_large_request_frees_its_cyclic_garbage_soon_after_it_ended(monkeypatch):
     monkeypatch.setattr(memory, "DELAY_S", 0.01)
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 60)  # the run's own collection frees it
     part = MemoryReturn()
 
     class Cycle:  # what a finished flow is: garbage that only a collection frees
@@ -37,6 +38,7 @@ async def test_a_large_request_frees_its_cyclic_garbage_soon_after_it_ended(monk
     finally:
         gc.enable()
     assert part.runs == 1 and gone() is None
+    part.done()
 
 
 async def test_small_requests_schedule_nothing(monkeypatch):
@@ -57,13 +59,14 @@ async def test_a_pending_run_is_cancelled_at_shutdown():
 
 async def test_not_while_a_large_request_is_in_flight_nor_between_requests_of_a_burst(
         monkeypatch):
-    monkeypatch.setattr(memory, "DELAY_S", 0.05)
+    monkeypatch.setattr(memory, "DELAY_S", 0.2)
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 60)  # (its collection is timed below)
     part = MemoryReturn()
     first, second = _flow(LARGE_BYTES), _flow(LARGE_BYTES)
     part.request(first)
     part.request(second)
     part.response(first)  # the second is still in flight
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
     assert part.runs == 0 and part._pending is None
     for _ in range(3):  # a burst: each ends within DELAY_S of the next starting
         part.response(second)
@@ -72,5 +75,67 @@ async def test_not_while_a_large_request_is_in_flight_nor_between_requests_of_a_
         part.request(second)
     assert part.runs == 0
     part.response(second)
-    await asyncio.sleep(0.1)  # quiet for DELAY_S after the last
+    await asyncio.sleep(0.4)  # quiet for DELAY_S after the last
     assert part.runs == 1
+    part.done()
+
+
+async def test_a_large_request_is_followed_soon_by_one_collection_that_frees_it(monkeypatch):
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 0.01)
+    part = MemoryReturn()
+
+    class Cycle:
+        pass
+
+    garbage = Cycle()
+    garbage.me = garbage
+    gone = weakref.ref(garbage)
+    del garbage
+    gc.disable()
+    try:
+        part.response(_flow(LARGE_BYTES))
+        part.response(_flow(LARGE_BYTES))  # one collection pending at a time
+        assert part.collections == 0 and gone() is not None
+        await asyncio.sleep(0.1)
+    finally:
+        gc.enable()
+    assert part.collections == 1 and gone() is None
+    assert part.runs == 0  # giving memory back to the system waits for DELAY_S of quiet
+    part.done()
+
+
+async def test_small_requests_are_followed_by_no_collection(monkeypatch):
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 0.01)
+    part = MemoryReturn()
+    part.response(_flow(LARGE_BYTES - 1))
+    part.error(_flow(10))
+    await asyncio.sleep(0.05)
+    assert part.collections == 0 and part._collect is None
+
+
+async def test_shutdown_cancels_a_pending_collection():
+    part = MemoryReturn()
+    part.response(_flow(LARGE_BYTES))
+    assert part._collect is not None
+    part.done()
+    assert part._collect is None and part.collections == 0
+
+
+def test_start_up_objects_leave_the_collectors_sight_until_unloaded():
+    part = MemoryReturn()
+    assert gc.get_freeze_count() == 0
+    try:
+        part.running()
+        assert gc.get_freeze_count() > 1000  # this test process's modules, pytest, ...
+    finally:
+        part.done()
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_heap_is_kept_only_where_glibc_can_be_told(monkeypatch):
+    assert memory.keep_heap() is True  # this machine: glibc
+    monkeypatch.setattr(memory.ctypes.util, "find_library", lambda name: None)
+    assert memory.keep_heap() is False  # musl, macOS: nothing set, nothing raised
+    part = MemoryReturn()
+    part.running()
+    part.done()
