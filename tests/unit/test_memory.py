@@ -139,3 +139,21 @@ def test_the_heap_is_kept_only_where_glibc_can_be_told(monkeypatch):
     part = MemoryReturn()
     part.running()
     part.done()
+
+
+async def test_under_mitmweb_no_collection_follows_each_large_request(monkeypatch):
+    from mitmproxy.addons.view import View
+    from mitmproxy.test import taddons
+
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 0.01)
+    for extra, collects in (([View()], False), ([], True)):  # mitmweb, mitmdump
+        part = MemoryReturn()
+        with taddons.context(part, *extra):
+            part.running()
+            try:
+                assert part.collect_each is collects
+                part.response(_flow(LARGE_BYTES))
+                await asyncio.sleep(0.05)
+                assert part.collections == (1 if collects else 0)
+            finally:
+                part.done()

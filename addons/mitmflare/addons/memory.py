@@ -19,7 +19,8 @@ So:
   glibc's defaults move both with the traffic and handed a 10 MB body to ``mmap``, paged in
   and returned each time), so a body's memory is reused by the next one.
 * :data:`COLLECT_AFTER_S` after a flow whose request body was at least :data:`LARGE_BYTES`
-  ended: a full collection (one pending at a time), which frees its body for the next.
+  ended: a full collection (one pending at a time), which frees its body for the next. Not
+  under mitmweb, whose flow list keeps every flow (and its body) anyway.
   Measured (``scripts/bench --sizes`` cells, 2026-12-07, 10 MB streams at c=1): the time
   from a body's last byte to the router's answer 6.5 -> 3.0 ms (bare mitmdump 4.0), the
   proxy's peak growth per MB in flight 7.5 -> 2.7 on the first rounds, then ~0.
@@ -41,7 +42,7 @@ import gc
 import logging
 import time
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 log = logging.getLogger("mitmflare")
 
@@ -81,6 +82,7 @@ class MemoryReturn:
         self._trim = _libc_function("malloc_trim")
         self.runs = 0  # how many times memory was given back (tests)
         self.collections = 0  # collections after a large request (tests)
+        self.collect_each = True  # False under a flow list (mitmweb's view): see running
 
     def request(self, flow: http.HTTPFlow) -> None:
         if len(flow.request.raw_content or b"") >= LARGE_BYTES:
@@ -98,6 +100,10 @@ class MemoryReturn:
     def running(self) -> None:
         gc.freeze()
         keep_heap()
+        # mitmweb keeps each flow in its list: a collection frees no body there, and costs
+        # more with every flow kept; only the quiet-time run (DELAY_S) is left
+        master = getattr(ctx, "master", None)
+        self.collect_each = master is None or master.addons.get("view") is None
 
     def done(self) -> None:
         gc.unfreeze()
@@ -112,7 +118,7 @@ class MemoryReturn:
         if len(flow.request.raw_content or b"") < LARGE_BYTES:
             return
         self._large.discard(flow.id)
-        if self._collect is None:
+        if self._collect is None and self.collect_each:
             self._collect = asyncio.get_running_loop().call_later(COLLECT_AFTER_S,
                                                                   self._collected)
         if self._pending is not None:
