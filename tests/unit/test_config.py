@@ -169,3 +169,23 @@ def test_fallbacks_and_prices_are_read_and_a_bad_fallbacks_costs_only_itself():
                           "are used"] and bad.rejected == ["fallbacks"]
     price = parse_accounts(ENTRY + "    price: {input: -1, output: 2}\n")
     assert price.accounts == [] and "price.input" in price.errors[0]
+
+
+@pytest.mark.parametrize("text", [
+    "accounts: " + "[" * 5000 + "]" * 5000 + "\n",
+    "accounts:\n  - name: a\n    provider: anthropic\n    api_key: k\n    models: "
+    + "{a: " * 3000 + "b" + "}" * 3000 + "\n",
+])
+def test_nesting_past_the_parsers_depth_is_one_line_not_a_traceback(text):
+    for fast in (True, False):  # libyaml and PyYAML
+        from mitmflare.config import accounts
+
+        loader = accounts._CLoader
+        try:
+            if not fast:
+                accounts._CLoader = None
+            with pytest.raises(ConfigError) as info:
+                parse_accounts(text, "accounts.yaml")
+        finally:
+            accounts._CLoader = loader
+        assert str(info.value) == f"accounts.yaml: {accounts.TOO_DEEP}"

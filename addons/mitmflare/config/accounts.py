@@ -223,6 +223,10 @@ class AccountsLoad:
     fallbacks: dict[str, list[str]] = field(default_factory=dict)  # model -> models to serve
 
 
+TOO_DEEP = ("lists or mappings nested too deeply to read (an accounts file needs four "
+            "levels: accounts, an account, its models, a model)")
+
+
 def load_accounts(path: str) -> AccountsLoad:
     """Read and validate the accounts file at ``path``; ``${VAR}`` is looked up in the
     process environment, then in the ``.env`` file beside it (read anew on every call).
@@ -230,7 +234,8 @@ def load_accounts(path: str) -> AccountsLoad:
     Raises :class:`ConfigError` (one line: the file, where, why) only when the file as a
     whole cannot be used: missing or unreadable, not UTF-8, a YAML syntax error or a character
     YAML forbids (a control character such as ``\\x07``), a value that does not fit its YAML
-    type, not a mapping with an ``accounts`` list."""
+    type, nesting deeper than the parser's recursion allows, not a mapping with an
+    ``accounts`` list."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -266,6 +271,8 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         raise ConfigError(f"{source}: {yaml_problem(exc, text)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: YAML syntax error at {yaml_problem(exc, text)}") from None
+    except RecursionError:  # [[[[…]]]] past Python's stack: PyYAML composes recursively
+        raise ConfigError(f"{source}: {TOO_DEEP}") from None
     if root is None:
         return AccountsLoad([], [])
     try:
@@ -274,6 +281,8 @@ def parse_accounts(text: str, source: str = "<accounts>", env: Mapping[str, str]
         raise ConfigError(f"{source}: YAML error at {yaml_problem(exc, text)}") from None
     except ValueError:  # a typed value that does not fit its type: 2026-13-45, !!int x
         raise ConfigError(f"{source}: {_bad_value(root)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: {TOO_DEEP}") from None
     if not isinstance(data, dict) or set(data) - {"accounts", "fallbacks"}:
         raise ConfigError(f"{source}: line 1: the file must be a mapping with the key "
                           f"'accounts' (and optionally 'fallbacks')")
