@@ -12,18 +12,18 @@ bare mitmdump's RSS +101 MB over its start, of which a full collection frees 100
 So:
 
 * At start (``running``): the objects made while loading (mitmproxy, its addons, this
-  bundle's modules: ~90 % of the process's objects) are moved out of the collector's sight
-  (``gc.freeze``; back in ``done``), so a full collection scans only what requests made
-  since: 0.1-0.3 ms instead of ~50 ms. And on glibc, blocks up to :data:`HEAP_BLOCK_BYTES` come
-  from the heap and freed memory stays there up to :data:`KEEP_FREE_BYTES` (``mallopt``;
-  glibc's defaults move both with the traffic and handed a 10 MB body to ``mmap``, paged in
-  and returned each time), so a body's memory is reused by the next one.
+  bundle's modules) are moved out of the collector's sight (``gc.freeze``; back in
+  ``done``), so a full collection scans only what requests made since: 0.1-0.6 ms instead of
+  ~50 ms. And on glibc, blocks up to :data:`HEAP_BLOCK_BYTES` come from the heap and freed
+  memory stays there up to :data:`KEEP_FREE_BYTES` (``mallopt``; glibc's defaults move both
+  with the traffic and handed a 10 MB body to ``mmap``, paged in and returned each time), so
+  a body's memory is reused by the next one.
 * :data:`COLLECT_AFTER_S` after a flow whose request body was at least :data:`LARGE_BYTES`
   ended: a full collection (one pending at a time), which frees its body for the next. Not
-  under mitmweb, whose flow list keeps every flow (and its body) anyway.
-  Measured (``scripts/bench --sizes`` cells, 2026-12-07, 10 MB streams at c=1): the time
-  from a body's last byte to the router's answer 6.5 -> 3.0 ms (bare mitmdump 4.0), the
-  proxy's peak growth per MB in flight 7.5 -> 2.7 on the first rounds, then ~0.
+  under mitmweb, whose flow list keeps every flow (and its body) anyway. Measured
+  (2026-12-07, 10 MB streams at c=1, fresh processes; README "Performance"): the time from a
+  body's last byte to the end of the ``request`` hooks 6.4-6.9 -> 3.0-3.4 ms (bare mitmdump
+  4.0-4.5), the proxy's peak growth per MB in flight 7.5 -> 2.7 on the first round, then ~0.
 * Once :data:`DELAY_S` have passed since the last large flow ended, with none in flight, a
   full collection and ``malloc_trim(0)`` give the memory back to the system. Not during a
   burst of large requests: memory given back is asked for again by the next one (10 MB at
