@@ -43,18 +43,22 @@ async def test_a_large_request_frees_its_cyclic_garbage_soon_after_it_ended(monk
 
 async def test_small_requests_schedule_nothing(monkeypatch):
     monkeypatch.setattr(memory, "DELAY_S", 0.01)
+    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 0.01)
     part = MemoryReturn()
     part.response(_flow(LARGE_BYTES - 1))
+    part.error(_flow(10))
     await asyncio.sleep(0.05)
     assert part.runs == 0 and part._pending is None
+    assert part.collections == 0 and part._collect is None
 
 
-async def test_a_pending_run_is_cancelled_at_shutdown():
+async def test_a_pending_run_and_collection_are_cancelled_at_shutdown():
     part = MemoryReturn()
     part.response(_flow(LARGE_BYTES))
-    assert part._pending is not None
+    assert part._pending is not None and part._collect is not None
     part.done()
     assert part._pending is None and part.runs == 0
+    assert part._collect is None and part.collections == 0
 
 
 async def test_not_while_a_large_request_is_in_flight_nor_between_requests_of_a_burst(
@@ -102,23 +106,6 @@ async def test_a_large_request_is_followed_soon_by_one_collection_that_frees_it(
     assert part.collections == 1 and gone() is None
     assert part.runs == 0  # giving memory back to the system waits for DELAY_S of quiet
     part.done()
-
-
-async def test_small_requests_are_followed_by_no_collection(monkeypatch):
-    monkeypatch.setattr(memory, "COLLECT_AFTER_S", 0.01)
-    part = MemoryReturn()
-    part.response(_flow(LARGE_BYTES - 1))
-    part.error(_flow(10))
-    await asyncio.sleep(0.05)
-    assert part.collections == 0 and part._collect is None
-
-
-async def test_shutdown_cancels_a_pending_collection():
-    part = MemoryReturn()
-    part.response(_flow(LARGE_BYTES))
-    assert part._collect is not None
-    part.done()
-    assert part._collect is None and part.collections == 0
 
 
 def test_start_up_objects_leave_the_collectors_sight_until_unloaded():
