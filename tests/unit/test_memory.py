@@ -111,9 +111,18 @@ async def test_a_large_request_is_followed_soon_by_one_collection_that_frees_it(
 def test_start_up_objects_leave_the_collectors_sight_until_unloaded():
     part = MemoryReturn()
     assert gc.get_freeze_count() == 0
+
+    class Cycle:  # garbage of the start-up: collected first, not frozen for good
+        pass
+
+    garbage = Cycle()
+    garbage.me = garbage
+    gone = weakref.ref(garbage)
+    del garbage
     try:
         part.running()
         assert gc.get_freeze_count() > 1000  # this test process's modules, pytest, ...
+        assert gone() is None
     finally:
         part.done()
     assert gc.get_freeze_count() == 0

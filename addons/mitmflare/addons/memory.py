@@ -98,6 +98,7 @@ class MemoryReturn:
         self._ended(flow)
 
     def running(self) -> None:
+        gc.collect()  # (once, ~50 ms) so that no garbage of the start-up is frozen with it
         gc.freeze()
         keep_heap()
         # mitmweb keeps each flow in its list: a collection frees no body there, and costs
