@@ -130,7 +130,7 @@ def test_start_up_objects_leave_the_collectors_sight_until_unloaded():
 
 def test_the_heap_is_kept_only_where_glibc_can_be_told(monkeypatch):
     assert memory.keep_heap() is True  # this machine: glibc
-    monkeypatch.setattr(memory.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(memory, "_libc", lambda: None)
     assert memory.keep_heap() is False  # musl, macOS: nothing set, nothing raised
     part = MemoryReturn()
     part.running()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -54,14 +55,20 @@ KEEP_FREE_BYTES = 256 * 1024 * 1024  # glibc's M_TRIM_THRESHOLD
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (``find_library`` runs ``ldconfig``), or None."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def _libc_function(name: str):
     """The C library's function ``name`` (glibc's ``malloc_trim``, ``mallopt``), or None
     where there is none (musl, macOS)."""
-    libc = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(libc), name, None) if libc else None
-    except OSError:
-        return None
+    return getattr(_libc(), name, None)
 
 
 def keep_heap() -> bool:
